@@ -1,0 +1,40 @@
+"""keras_dla: Deep Layer Aggregation (Yu, Wang, Shelhamer, Darrell, CVPR 2018) for Keras 3."""
+
+from keras_dla.dla import (
+    DLA,
+    DLA34,
+    DLA46C,
+    DLA46XC,
+    DLA60,
+    DLA60X,
+    DLA60XC,
+    DLA102,
+    DLA102X,
+    DLA102X2,
+    DLA169,
+    MODEL_CONFIGS,
+    DLA60Res2Net,
+    DLA60Res2NeXt,
+)
+from keras_dla.imagenet import decode_predictions, preprocess_input
+from keras_dla.version import __version__
+
+__all__ = [
+    "DLA",
+    "DLA34",
+    "DLA46C",
+    "DLA46XC",
+    "DLA60XC",
+    "DLA60",
+    "DLA60X",
+    "DLA102",
+    "DLA102X",
+    "DLA102X2",
+    "DLA169",
+    "DLA60Res2Net",
+    "DLA60Res2NeXt",
+    "MODEL_CONFIGS",
+    "decode_predictions",
+    "preprocess_input",
+    "__version__",
+]

@@ -1,0 +1,159 @@
+"""PyTorch state dict -> Keras weights, by name, with every key accounted for.
+
+Keras layer names are PyTorch module paths, so a checkpoint key is `<layer name>.<tensor name>`. The
+converter walks the model's layers, takes the keys each one needs, and then checks that every key of the
+checkpoint was used or is on the list of keys that have no Keras counterpart (`ignored_keys`). Anything
+else is an error naming the key: loading is never silently partial.
+"""
+
+import os
+
+import numpy as np
+from keras import layers
+
+from keras_dla import readers
+
+DEAD_KEYS_NOTE = (
+    "dead in the authors' code: a Tree of more than one level builds `project` but passes its output to "
+    "a sub-tree that ignores it (timm removed these layers)"
+)
+BATCHES_TRACKED_NOTE = "BatchNorm step counter, not used by the forward pass"
+FC_NOTE = "classifier, not built with include_top=False"
+
+
+def _transpose_conv_kernel(w):
+    # PyTorch (out, in / groups, kh, kw) -> Keras (kh, kw, in / groups, out).
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _dense_kernel(w):
+    # The authors' classifier is a 1x1 conv (classes, C, 1, 1); timm's may be (classes, C). Keras: (C, classes).
+    return w.reshape(w.shape[0], -1).T
+
+
+def _tensor_map(layer):
+    """`[(checkpoint tensor name, Keras variable, numpy transform)]` of one layer, in `layer.weights` order."""
+    if isinstance(layer, layers.Conv2D):
+        pairs = [("weight", _transpose_conv_kernel)]
+        if layer.use_bias:
+            pairs.append(("bias", None))
+    elif isinstance(layer, layers.BatchNormalization):
+        pairs = [("weight", None), ("bias", None), ("running_mean", None), ("running_var", None)]
+    elif isinstance(layer, layers.Dense):
+        pairs = [("weight", _dense_kernel), ("bias", None)]
+    else:
+        raise TypeError(f"No PyTorch mapping for layer {layer.name!r} of type {type(layer).__name__}")
+    if len(pairs) != len(layer.weights):
+        raise TypeError(f"Layer {layer.name!r} has {len(layer.weights)} weights; the mapping expects {len(pairs)}")
+    return pairs
+
+
+def dead_project_keys(config):
+    """Prefixes of the authors' unused `project` layers for a config of `dla.MODEL_CONFIGS` (see DEAD_KEYS_NOTE).
+
+    A tree node of more than one level whose input and output widths differ owns one; its sub-trees are
+    walked as the authors' `Tree.__init__` builds them.
+    """
+    prefixes = []
+
+    def walk(name, levels, in_channels, out_channels):
+        if levels == 1:
+            return
+        if in_channels != out_channels:
+            prefixes.append(f"{name}.project.")
+        walk(f"{name}.tree1", levels - 1, in_channels, out_channels)
+        walk(f"{name}.tree2", levels - 1, out_channels, out_channels)
+
+    channels = config["channels"]
+    for i in range(2, 6):
+        walk(f"level{i}", config["levels"][i], channels[i - 1], channels[i])
+    return tuple(prefixes)
+
+
+def ignored_keys(state_dict, model, dead_prefixes):
+    """`{key: reason}` for checkpoint keys that have no Keras weight by design."""
+    has_fc = any(layer.name == "fc" for layer in model.layers)
+    reasons = {}
+    for key in state_dict:
+        if key.endswith(".num_batches_tracked"):
+            reasons[key] = BATCHES_TRACKED_NOTE
+        elif key.startswith(dead_prefixes):
+            reasons[key] = DEAD_KEYS_NOTE
+        elif key.startswith("fc.") and not has_fc:
+            reasons[key] = FC_NOTE
+    return reasons
+
+
+def assign_state_dict(model, state_dict, *, dead_prefixes=(), source="checkpoint"):
+    """Copies a PyTorch state dict into `model` by layer name.
+
+    Args:
+        model: a keras_dla model.
+        state_dict: `{key: numpy array}`.
+        dead_prefixes: key prefixes known to be unused (`dead_project_keys`).
+        source: how to name the checkpoint in error messages.
+
+    Returns:
+        `{key: reason}` of the checkpoint keys that were deliberately not used.
+
+    Raises:
+        ValueError: a key the model needs is missing, a shape differs, or a key is left unexplained.
+    """
+    updates = []
+    used = set()
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        for (tensor_name, transform), variable in zip(_tensor_map(layer), layer.weights):
+            key = f"{layer.name}.{tensor_name}"
+            if key not in state_dict:
+                raise ValueError(
+                    f"The {source} has no tensor {key!r} for layer {layer.name!r} of {model.name} "
+                    f"(Keras shape {tuple(variable.shape)}); is it a checkpoint of another DLA variant? "
+                    f"Received: a state dict of {len(state_dict)} keys"
+                )
+            value = np.asarray(state_dict[key])
+            if transform is not None:
+                value = transform(value)
+            if value.shape != tuple(variable.shape):
+                raise ValueError(
+                    f"Shape mismatch for {key!r} of {model.name}: the {source} holds "
+                    f"{tuple(np.shape(state_dict[key]))} (PyTorch layout, {value.shape} as Keras) but the "
+                    f"model expects {tuple(variable.shape)}; is it a checkpoint of another DLA variant or "
+                    f"class count? Received: {key}{list(np.shape(state_dict[key]))}"
+                )
+            updates.append((variable, value))
+            used.add(key)
+    ignored = ignored_keys(state_dict, model, tuple(dead_prefixes))
+    unexplained = sorted(set(state_dict) - used - set(ignored))
+    if unexplained:
+        shown = ", ".join(f"{k}{list(np.shape(state_dict[k]))}" for k in unexplained[:8])
+        more = f" and {len(unexplained) - 8} more" if len(unexplained) > 8 else ""
+        raise ValueError(
+            f"The {source} has tensors that {model.name} has no layer for; is it a checkpoint of another "
+            f"DLA variant? Received: {shown}{more}"
+        )
+    for variable, value in updates:
+        variable.assign(value.astype(variable.dtype))
+    return ignored
+
+
+def load_weights(model, path, *, dead_prefixes=()):
+    """Loads `path` into `model`: a Keras `.weights.h5` file, or a PyTorch checkpoint converted on the fly."""
+    path = os.fspath(path)
+    if path.endswith(".weights.h5"):
+        try:
+            model.load_weights(path)
+        except ValueError as e:
+            raise ValueError(
+                f"Could not load {path!r} into {model.name}; is it a weights file of another DLA variant "
+                f"or of a model built with other arguments? Keras said: {e} Received: weights={path!r}"
+            ) from None
+        return {}
+    state_dict = readers.read_state_dict(path)
+    return assign_state_dict(
+        model,
+        state_dict,
+        dead_prefixes=dead_prefixes,
+        source=f"checkpoint {os.path.basename(path)!r}",
+    )

@@ -1,0 +1,362 @@
+"""DLA ImageNet classifiers: the config table, one generic builder and a thin function per variant.
+
+Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
+[Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018; the authors' `ucbdrive/dla` code
+and timm's port. Layer names are the PyTorch module paths, so `fc`, `level3.tree1.root.conv`, ...
+"""
+
+import os
+
+import keras
+from keras import layers
+
+from keras_dla import blocks, convert
+
+# levels: blocks per level (level0/1 count convs, level2..5 are trees of that depth); channels per level.
+# block: "basic" | "bottleneck" | "res2net"; groups / base_width give the bottleneck's grouped 3x3 width
+# (see blocks.bottleneck_width); residual_root adds the first child to the root (DLA-102 and deeper).
+MODEL_CONFIGS = {
+    "dla34": dict(
+        levels=(1, 1, 1, 2, 2, 1),
+        channels=(16, 32, 64, 128, 256, 512),
+        block="basic",
+        groups=1,
+        base_width=64,
+        residual_root=False,
+    ),
+    "dla46_c": dict(
+        levels=(1, 1, 1, 2, 2, 1),
+        channels=(16, 32, 64, 64, 128, 256),
+        block="bottleneck",
+        groups=1,
+        base_width=64,
+        residual_root=False,
+    ),
+    "dla46x_c": dict(
+        levels=(1, 1, 1, 2, 2, 1),
+        channels=(16, 32, 64, 64, 128, 256),
+        block="bottleneck",
+        groups=32,
+        base_width=4,
+        residual_root=False,
+    ),
+    "dla60x_c": dict(
+        levels=(1, 1, 1, 2, 3, 1),
+        channels=(16, 32, 64, 64, 128, 256),
+        block="bottleneck",
+        groups=32,
+        base_width=4,
+        residual_root=False,
+    ),
+    "dla60": dict(
+        levels=(1, 1, 1, 2, 3, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="bottleneck",
+        groups=1,
+        base_width=64,
+        residual_root=False,
+    ),
+    "dla60x": dict(
+        levels=(1, 1, 1, 2, 3, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="bottleneck",
+        groups=32,
+        base_width=4,
+        residual_root=False,
+    ),
+    "dla102": dict(
+        levels=(1, 1, 1, 3, 4, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="bottleneck",
+        groups=1,
+        base_width=64,
+        residual_root=True,
+    ),
+    "dla102x": dict(
+        levels=(1, 1, 1, 3, 4, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="bottleneck",
+        groups=32,
+        base_width=4,
+        residual_root=True,
+    ),
+    "dla102x2": dict(
+        levels=(1, 1, 1, 3, 4, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="bottleneck",
+        groups=64,
+        base_width=4,
+        residual_root=True,
+    ),
+    "dla169": dict(
+        levels=(1, 1, 2, 3, 5, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="bottleneck",
+        groups=1,
+        base_width=64,
+        residual_root=True,
+    ),
+    "dla60_res2net": dict(
+        levels=(1, 1, 1, 2, 3, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="res2net",
+        groups=1,
+        base_width=28,
+        scale=4,
+        residual_root=False,
+    ),
+    "dla60_res2next": dict(
+        levels=(1, 1, 1, 2, 3, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="res2net",
+        groups=8,
+        base_width=4,
+        scale=4,
+        residual_root=False,
+    ),
+}
+
+LEVEL_NAMES = tuple(f"level{i}" for i in range(6))
+MIN_INPUT_SIZE = 32
+DEFAULT_SIZE = 224
+POOLINGS = (None, "avg", "max")
+
+
+def _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation):
+    """keras.applications' argument checks, raised before any layer is built."""
+    if variant not in MODEL_CONFIGS:
+        raise ValueError(f"Unknown DLA variant; expected one of {sorted(MODEL_CONFIGS)}. Received: variant={variant!r}")
+    if not (weights in (None, "imagenet") or (isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights))):
+        raise ValueError(
+            "The `weights` argument should be either `None` (random initialization), `'imagenet'` "
+            "(pre-training on ImageNet), or the path to an existing weights file "
+            f"(.safetensors, .pth or .weights.h5). Received: weights={weights!r}"
+        )
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"`classes` should be a positive integer. Received: classes={classes!r}")
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            "If using `weights='imagenet'` with `include_top=True`, `classes` should be 1000. "
+            f"Received: classes={classes}"
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` should be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if weights is not None and classifier_activation not in (None, "softmax"):
+        raise ValueError(
+            "Only `None` and `'softmax'` are allowed for `classifier_activation` when loading pretrained "
+            f"weights. Received: classifier_activation={classifier_activation!r}"
+        )
+
+
+def _validate_input_shape(input_shape, weights):
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` should be a tuple of 3 values (height, width, channels). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    height, width, channels = input_shape
+    for size in (height, width):
+        if size is not None and (not isinstance(size, int) or size < MIN_INPUT_SIZE):
+            raise ValueError(
+                f"Input height and width should be None or integers >= {MIN_INPUT_SIZE}. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"The channel count should be a positive integer. Received: input_shape={tuple(input_shape)}")
+    if weights is not None and channels != 3:
+        raise ValueError(
+            f"Pretrained weights expect 3 input channels (RGB). Received: input_shape={tuple(input_shape)}"
+        )
+
+
+def _make_input(input_tensor, input_shape, include_top):
+    """The model input and its (height, width, channels), as keras.applications derives them."""
+    if input_shape is None:
+        if input_tensor is not None and len(input_tensor.shape) == 4:
+            input_shape = tuple(input_tensor.shape[1:])
+        else:
+            input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3) if include_top else (None, None, 3)
+    if input_tensor is None:
+        return layers.Input(shape=input_shape, name="input"), input_shape
+    if not keras.backend.is_keras_tensor(input_tensor):
+        return layers.Input(tensor=input_tensor, shape=input_shape, name="input"), input_shape
+    return input_tensor, input_shape
+
+
+def DLA(
+    variant,
+    *,
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    return_levels=False,
+    name=None,
+):
+    """Builds any DLA variant of `MODEL_CONFIGS`; see `DLA34` for the arguments."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "keras_dla builds channels_last models only. "
+            f"Received: keras.config.image_data_format()={keras.config.image_data_format()!r}"
+        )
+    _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation)
+    if input_shape is not None:
+        _validate_input_shape(input_shape, weights)
+    img_input, input_shape = _make_input(input_tensor, input_shape, include_top)
+    _validate_input_shape(input_shape, weights)  # the shape may have come from input_tensor
+    config = MODEL_CONFIGS[variant]
+
+    levels, channels = config["levels"], config["channels"]
+    block_args = dict(groups=config["groups"], base_width=config["base_width"])
+    if "scale" in config:
+        block_args["scale"] = config["scale"]
+
+    x = blocks.conv2d(img_input, channels[0], 7, name="base_layer.0")
+    x = blocks.batch_norm(x, name="base_layer.1")
+    x = blocks.relu(x, name="base_layer.2")
+    features = {}
+    x = features["level0"] = blocks.conv_level(x, channels[0], levels[0], stride=1, name="level0")
+    x = features["level1"] = blocks.conv_level(x, channels[1], levels[1], stride=2, name="level1")
+    for i in range(2, 6):
+        x = features[f"level{i}"] = blocks.tree(
+            x,
+            levels[i],
+            config["block"],
+            channels[i - 1],
+            channels[i],
+            stride=2,
+            level_root=i > 2,
+            residual_root=config["residual_root"],
+            name=f"level{i}",
+            block_args=block_args,
+        )
+
+    if return_levels:
+        outputs = features
+    elif include_top:
+        x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+        x = layers.Dense(classes, name="fc")(x)
+        if classifier_activation is not None:
+            x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+        outputs = x
+    elif pooling == "avg":
+        outputs = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    elif pooling == "max":
+        outputs = layers.GlobalMaxPooling2D(name="global_pool")(x)
+    else:
+        outputs = x
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = keras.Model(inputs, outputs, name=name or variant)
+
+    if weights == "imagenet":
+        raise ValueError(
+            f"ImageNet weights for {variant} are not available in this version of keras_dla yet; "
+            "convert a checkpoint and pass its path, or use weights=None. Received: weights='imagenet'"
+        )
+    if weights is not None:
+        convert.load_weights(model, weights, dead_prefixes=convert.dead_project_keys(config))
+    return model
+
+
+BASE_DOCSTRING = """Instantiates the {title} architecture (Deep Layer Aggregation).
+
+    Reference:
+    - [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484) (CVPR 2018)
+
+    The model computes what the authors' PyTorch `{variant}` computes: layer names are the PyTorch
+    module paths (`level3.tree1.root.conv`) and a PyTorch checkpoint in the authors' or timm's layout
+    loads through `weights=<path>`. Inputs are RGB images normalised with
+    `keras_dla.preprocess_input` (scale to [0, 1], ImageNet mean and std). Any height and width
+    >= 32 works, odd sizes included.
+
+    Args:
+        include_top: whether to include the global average pool and the `fc` classifier.
+        weights: `None` (random initialization), `"imagenet"`, or the path to a weights file:
+            a PyTorch checkpoint (`.safetensors`, `.pth`; authors' or timm layout, converted on the fly)
+            or a Keras `.weights.h5` file.
+        input_tensor: optional Keras tensor (output of `layers.Input()`) to use as image input.
+        input_shape: optional shape tuple `(height, width, channels)`; height and width may be `None`.
+            Defaults to `(224, 224, 3)` with `include_top=True` and to `(None, None, 3)` otherwise.
+        pooling: feature pooling when `include_top=False`: `None` (the 4D output of `level5`),
+            `"avg"` or `"max"` (a 2D output).
+        classes: number of classes, only with `include_top=True` and no pretrained weights.
+        classifier_activation: activation of the top layer, `None` to return the logits; only
+            `None` or `"softmax"` with pretrained weights.
+        return_levels: if True, the model returns a dict `{{"level0": ..., "level5": ...}}` of the
+            six level features (strides 1, 2, 4, 8, 16, 32), as DLA-Up consumes them; `include_top`
+            and `pooling` are then not used.
+        name: the model name.
+
+    Returns:
+        A `keras.Model` instance.
+
+    Example:
+    ```python
+    model = keras_dla.{fn}(weights=None, input_shape=(None, None, 3), include_top=False)
+    ```
+"""
+
+
+def _variant(fn_name, variant, title):
+    def builder(
+        include_top=True,
+        weights="imagenet",
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        name=variant,
+        return_levels=False,
+    ):
+        return DLA(
+            variant,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            return_levels=return_levels,
+            name=name,
+        )
+
+    builder.__name__ = builder.__qualname__ = fn_name
+    builder.__doc__ = BASE_DOCSTRING.format(title=title, variant=variant, fn=fn_name)
+    builder.__module__ = __name__
+    return builder
+
+
+DLA34 = _variant("DLA34", "dla34", "DLA-34")
+DLA46C = _variant("DLA46C", "dla46_c", "DLA-46-C")
+DLA46XC = _variant("DLA46XC", "dla46x_c", "DLA-X-46-C")
+DLA60XC = _variant("DLA60XC", "dla60x_c", "DLA-X-60-C")
+DLA60 = _variant("DLA60", "dla60", "DLA-60")
+DLA60X = _variant("DLA60X", "dla60x", "DLA-X-60")
+DLA102 = _variant("DLA102", "dla102", "DLA-102")
+DLA102X = _variant("DLA102X", "dla102x", "DLA-X-102")
+DLA102X2 = _variant("DLA102X2", "dla102x2", "DLA-X-102 64")
+DLA169 = _variant("DLA169", "dla169", "DLA-169")
+DLA60Res2Net = _variant("DLA60Res2Net", "dla60_res2net", "DLA-60 Res2Net")
+DLA60Res2NeXt = _variant("DLA60Res2NeXt", "dla60_res2next", "DLA-60 Res2NeXt")
+
+# Builder function of each variant, in the order of the paper's table.
+BUILDERS = {
+    "dla34": DLA34,
+    "dla46_c": DLA46C,
+    "dla46x_c": DLA46XC,
+    "dla60x_c": DLA60XC,
+    "dla60": DLA60,
+    "dla60x": DLA60X,
+    "dla102": DLA102,
+    "dla102x": DLA102X,
+    "dla102x2": DLA102X2,
+    "dla169": DLA169,
+    "dla60_res2net": DLA60Res2Net,
+    "dla60_res2next": DLA60Res2NeXt,
+}

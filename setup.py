@@ -1,0 +1,44 @@
+"""keras_dla: Deep Layer Aggregation for Keras 3."""
+
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+version = {}
+with open(os.path.join(here, "keras_dla", "version.py"), encoding="utf-8") as f:
+    exec(f.read(), version)
+
+setup(
+    name="keras_dla",
+    version=version["__version__"],
+    description="Deep Layer Aggregation (DLA, DLA-Up) for Keras 3, equal to the authors' PyTorch models",
+    long_description=open(os.path.join(here, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_dla", "keras_dla.*"]),
+    package_data={"keras_dla": ["data/*.json"]},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.13",
+        "numpy",
+        "h5py",
+    ],
+    extras_require={
+        # The numeric reference (PyTorch, timm) and the tools the tests and lint need. torch and
+        # torchvision are pinned to the pair that installs together offline here (see DEVELOPERS.md).
+        "test": [
+            "pytest",
+            "ruff",
+            "safetensors",
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "timm",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
