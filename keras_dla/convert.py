@@ -104,7 +104,7 @@ def assign_state_dict(model, state_dict, *, dead_prefixes=(), source="checkpoint
     for layer in model.layers:
         if not layer.weights:
             continue
-        for (tensor_name, transform), variable in zip(_tensor_map(layer), layer.weights):
+        for (tensor_name, transform), variable in zip(_tensor_map(layer), layer.weights, strict=True):
             key = f"{layer.name}.{tensor_name}"
             if key not in state_dict:
                 raise ValueError(
