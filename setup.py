@@ -37,6 +37,7 @@ setup(
             "timm",
         ],
     },
+    entry_points={"console_scripts": ["keras-dla = keras_dla.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
