@@ -16,7 +16,16 @@ from keras_dla.dla import (
     DLA60Res2Net,
     DLA60Res2NeXt,
 )
+from keras_dla.dla_up import DLA34Up, DLA60Up, DLA102Up, DLA169Up, DLAUp
 from keras_dla.imagenet import decode_predictions, preprocess_input
+from keras_dla.layers import DepthwiseConv2DTranspose
+from keras_dla.segmentation import (
+    CITYSCAPES_PALETTE,
+    SegmentationCrossEntropy,
+    SegmentationMeanIoU,
+    predict_multiscale,
+    save_overlay,
+)
 from keras_dla.version import __version__
 
 __all__ = [
@@ -34,6 +43,17 @@ __all__ = [
     "DLA60Res2Net",
     "DLA60Res2NeXt",
     "MODEL_CONFIGS",
+    "DLAUp",
+    "DLA34Up",
+    "DLA60Up",
+    "DLA102Up",
+    "DLA169Up",
+    "DepthwiseConv2DTranspose",
+    "SegmentationCrossEntropy",
+    "SegmentationMeanIoU",
+    "predict_multiscale",
+    "save_overlay",
+    "CITYSCAPES_PALETTE",
     "decode_predictions",
     "preprocess_input",
     "__version__",

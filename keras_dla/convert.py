@@ -8,10 +8,12 @@ else is an error naming the key: loading is never silently partial.
 
 import os
 
+import keras
 import numpy as np
 from keras import layers
 
 from keras_dla import readers
+from keras_dla.layers import DepthwiseConv2DTranspose
 
 DEAD_KEYS_NOTE = (
     "dead in the authors' code: a Tree of more than one level builds `project` but passes its output to "
@@ -24,6 +26,11 @@ FC_NOTE = "classifier, not built with include_top=False"
 def _transpose_conv_kernel(w):
     # PyTorch (out, in / groups, kh, kw) -> Keras (kh, kw, in / groups, out).
     return np.transpose(w, (2, 3, 1, 0))
+
+
+def _depthwise_transpose_kernel(w):
+    # PyTorch grouped ConvTranspose2d (C, 1, kh, kw) -> DepthwiseConv2DTranspose (kh, kw, C, 1).
+    return np.transpose(w, (2, 3, 0, 1))
 
 
 def _dense_kernel(w):
@@ -41,6 +48,8 @@ def _tensor_map(layer):
         pairs = [("weight", None), ("bias", None), ("running_mean", None), ("running_var", None)]
     elif isinstance(layer, layers.Dense):
         pairs = [("weight", _dense_kernel), ("bias", None)]
+    elif isinstance(layer, DepthwiseConv2DTranspose):
+        pairs = [("weight", _depthwise_transpose_kernel)]
     else:
         raise TypeError(f"No PyTorch mapping for layer {layer.name!r} of type {type(layer).__name__}")
     if len(pairs) != len(layer.weights):
@@ -70,27 +79,48 @@ def dead_project_keys(config):
     return tuple(prefixes)
 
 
-def ignored_keys(state_dict, model, dead_prefixes):
-    """`{key: reason}` for checkpoint keys that have no Keras weight by design."""
+def named_layers(model, prefix=""):
+    """`(checkpoint key prefix, layer)` for every layer of `model`, entering nested models.
+
+    A nested model is a PyTorch sub-module: its name joins the path, so the layer `level3.tree1.conv1` of
+    the sub-model `base` reads the key `base.level3.tree1.conv1.weight`.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from named_layers(layer, f"{prefix}{layer.name}.")
+        else:
+            yield f"{prefix}{layer.name}", layer
+
+
+def ignored_keys(state_dict, model, dead_prefixes, ignored_prefixes=None):
+    """`{key: reason}` for checkpoint keys that have no Keras weight by design.
+
+    `ignored_prefixes` adds `{key prefix: reason}` rules of the caller's own.
+    """
     has_fc = any(layer.name == "fc" for layer in model.layers)
+    extra = tuple((ignored_prefixes or {}).items())
     reasons = {}
     for key in state_dict:
+        extra_reason = next((reason for prefix, reason in extra if key.startswith(prefix)), None)
         if key.endswith(".num_batches_tracked"):
             reasons[key] = BATCHES_TRACKED_NOTE
         elif key.startswith(dead_prefixes):
             reasons[key] = DEAD_KEYS_NOTE
+        elif extra_reason is not None:
+            reasons[key] = extra_reason
         elif key.startswith("fc.") and not has_fc:
             reasons[key] = FC_NOTE
     return reasons
 
 
-def assign_state_dict(model, state_dict, *, dead_prefixes=(), source="checkpoint"):
+def assign_state_dict(model, state_dict, *, dead_prefixes=(), ignored_prefixes=None, source="checkpoint"):
     """Copies a PyTorch state dict into `model` by layer name.
 
     Args:
         model: a keras_dla model.
         state_dict: `{key: numpy array}`.
         dead_prefixes: key prefixes known to be unused (`dead_project_keys`).
+        ignored_prefixes: more `{key prefix: reason}` of tensors the model deliberately has no layer for.
         source: how to name the checkpoint in error messages.
 
     Returns:
@@ -101,11 +131,11 @@ def assign_state_dict(model, state_dict, *, dead_prefixes=(), source="checkpoint
     """
     updates = []
     used = set()
-    for layer in model.layers:
+    for path, layer in named_layers(model):
         if not layer.weights:
             continue
         for (tensor_name, transform), variable in zip(_tensor_map(layer), layer.weights, strict=True):
-            key = f"{layer.name}.{tensor_name}"
+            key = f"{path}.{tensor_name}"
             if key not in state_dict:
                 raise ValueError(
                     f"The {source} has no tensor {key!r} for layer {layer.name!r} of {model.name} "
@@ -124,8 +154,9 @@ def assign_state_dict(model, state_dict, *, dead_prefixes=(), source="checkpoint
                 )
             updates.append((variable, value))
             used.add(key)
-    ignored = ignored_keys(state_dict, model, tuple(dead_prefixes))
-    unexplained = sorted(set(state_dict) - used - set(ignored))
+    unused = {key: value for key, value in state_dict.items() if key not in used}
+    ignored = ignored_keys(unused, model, tuple(dead_prefixes), ignored_prefixes)
+    unexplained = sorted(set(unused) - set(ignored))
     if unexplained:
         shown = ", ".join(f"{k}{list(np.shape(state_dict[k]))}" for k in unexplained[:8])
         more = f" and {len(unexplained) - 8} more" if len(unexplained) > 8 else ""
@@ -138,7 +169,7 @@ def assign_state_dict(model, state_dict, *, dead_prefixes=(), source="checkpoint
     return ignored
 
 
-def load_weights(model, path, *, dead_prefixes=()):
+def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
     """Loads `path` into `model`: a Keras `.weights.h5` file, or a PyTorch checkpoint converted on the fly."""
     path = os.fspath(path)
     if path.endswith(".weights.h5"):
@@ -155,5 +186,6 @@ def load_weights(model, path, *, dead_prefixes=()):
         model,
         state_dict,
         dead_prefixes=dead_prefixes,
+        ignored_prefixes=ignored_prefixes,
         source=f"checkpoint {os.path.basename(path)!r}",
     )

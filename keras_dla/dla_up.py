@@ -1,0 +1,337 @@
+"""DLA-Up: iterative deep aggregation over the backbone's levels for dense prediction (segmentation).
+
+Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
+[Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018, section 4, and the authors'
+`dla_up.py` (`DLASeg`, `DLAUp`, `IDAUp`). Layer names are the PyTorch module paths of `DLASeg`:
+the backbone is the sub-model `base` (`base.level3.tree1.conv1`), the decoder's layers are
+`dla_up.ida_{i}.{proj,up,node}_{k}`, then `fc.0` and the frozen bilinear `up`. A state dict of the
+authors' model therefore loads by name, every key accounted for.
+"""
+
+import math
+import os
+import re
+
+import keras
+from keras import layers
+
+from keras_dla import blocks, convert, dla, readers
+from keras_dla.layers import CropLike, DepthwiseConv2DTranspose, PadToMultiple
+
+DOWN_RATIOS = (2, 4, 8, 16)
+# The deepest level (level5) has stride 32: every level is twice the next only at multiples of 32.
+SIZE_MULTIPLE = 32
+BASE_FC_NOTE = (
+    "the backbone's ImageNet classifier: the authors' DLASeg builds its base with `fc` (return_levels=True) "
+    "but never runs it"
+)
+DATAPARALLEL_PREFIX = "module."  # what torch.nn.DataParallel, which the authors train with, prepends to keys
+
+
+def _upstream_conv_init():
+    # The authors re-initialise every decoder Conv2d with normal(0, sqrt(2 / (k * k * out_channels))).
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def _conv(x, filters, kernel_size, *, name, use_bias=False):
+    """A stride-1 conv; "same" pads odd kernels symmetrically, as PyTorch's padding k // 2 does."""
+    bias_initializer = "zeros"
+    if use_bias:
+        # The authors keep PyTorch's default bias: uniform(-1 / sqrt(fan_in), 1 / sqrt(fan_in)).
+        bound = 1.0 / math.sqrt(x.shape[-1] * kernel_size * kernel_size)
+        bias_initializer = keras.initializers.RandomUniform(-bound, bound)
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        use_bias=use_bias,
+        kernel_initializer=_upstream_conv_init(),
+        bias_initializer=bias_initializer,
+        name=name,
+    )(x)
+
+
+def _conv_bn_relu(x, filters, kernel_size, *, name):
+    """An `nn.Sequential(Conv2d, BatchNorm2d, ReLU)`: layers `name.0`, `name.1`, `name.2`."""
+    x = _conv(x, filters, kernel_size, name=f"{name}.0")
+    x = blocks.batch_norm(x, name=f"{name}.1")
+    return blocks.relu(x, name=f"{name}.2")
+
+
+def ida_up(features, filters, up_factors, *, name, node_kernel=3):
+    """Iterative deep aggregation (the authors' `IDAUp`) of same-resolution-after-upsampling features.
+
+    Each input k is projected to `filters` channels (`proj_k`, a 1x1 conv-BN-ReLU, skipped when it has
+    them already) and upsampled by `up_factors[k]` (`up_k`, a trainable depthwise transposed conv starting
+    as bilinear, skipped for a factor of 1). Then `node_k` (a 3x3 conv-BN-ReLU) aggregates the running
+    result with input k, from k = 1 on.
+
+    Returns:
+        The list of the node outputs, `node_1 ... node_{n-1}`, all at the resolution of `features[0]`.
+    """
+    upsampled = []
+    for k, (x, factor) in enumerate(zip(features, up_factors, strict=True)):
+        if x.shape[-1] != filters:
+            x = _conv_bn_relu(x, filters, 1, name=f"{name}.proj_{k}")
+        if factor > 1:
+            x = DepthwiseConv2DTranspose(factor, name=f"{name}.up_{k}")(x)
+        upsampled.append(x)
+    x = upsampled[0]
+    nodes = []
+    for k in range(1, len(upsampled)):
+        x = layers.Concatenate(name=f"{name}.node_{k}.cat")([x, upsampled[k]])
+        x = _conv_bn_relu(x, filters, node_kernel, name=f"{name}.node_{k}")
+        nodes.append(x)
+    return nodes
+
+
+def dla_up(features, *, name="dla_up"):
+    """The authors' `DLAUp`: IDA stages from the deepest pair of levels toward the shallowest.
+
+    Stage i (`ida_i`) takes level j = n - 2 - i and everything already fused above it, brings all to the
+    resolution and width of level j, and its nodes replace the inputs above j, so the shallow levels are
+    refined by ever more aggregated deep features.
+
+    Args:
+        features: the backbone levels, shallowest first, each of half the resolution of the one before.
+        name: the layer-name prefix.
+
+    Returns:
+        The aggregated features at the resolution and width of `features[0]`.
+    """
+    features = list(features)
+    scales = [2**i for i in range(len(features))]
+    for i in range(len(features) - 1):
+        j = len(features) - 2 - i
+        factors = [scale // scales[j] for scale in scales[j:]]
+        features[j + 1 :] = ida_up(features[j:], features[j].shape[-1], factors, name=f"{name}.ida_{i}")
+        scales[j + 1 :] = [scales[j]] * (len(scales) - j - 1)
+    return features[-1]
+
+
+def _validate_arguments(backbone, classes, down_ratio, weights, activation):
+    if backbone not in dla.MODEL_CONFIGS:
+        raise ValueError(
+            f"Unknown DLA backbone; expected one of {sorted(dla.MODEL_CONFIGS)}. Received: backbone={backbone!r}"
+        )
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"`classes` should be a positive integer. Received: classes={classes!r}")
+    if down_ratio not in DOWN_RATIOS or isinstance(down_ratio, bool):
+        raise ValueError(f"`down_ratio` should be one of {DOWN_RATIOS}. Received: down_ratio={down_ratio!r}")
+    if not (weights in (None, "imagenet") or (isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights))):
+        raise ValueError(
+            "The `weights` argument should be either `None` (random initialization), `'imagenet'` (an "
+            "ImageNet backbone, the authors' `pretrained_base`), or the path to an existing weights file "
+            f"(a DLASeg state dict such as .safetensors, or a Keras .weights.h5). Received: weights={weights!r}"
+        )
+    if activation is not None:
+        try:
+            keras.activations.get(activation)
+        except ValueError:
+            raise ValueError(
+                f"`activation` should be None (logits) or a Keras activation. Received: activation={activation!r}"
+            ) from None
+
+
+def _checkpoint_backbone(state_dict):
+    """The `MODEL_CONFIGS` variant whose backbone the `base.*` keys of a DLASeg state dict hold, or None.
+
+    Read from key names (tree depths, block kind) and shapes (level widths, the grouped 3x3 width).
+    """
+    levels, channels = [], []
+    for i in range(6):
+        prefix = f"base.level{i}."
+        keys = [k for k in state_dict if k.startswith(prefix) and k.endswith(".weight")]
+        if i < 2:
+            convs = [k for k in keys if re.fullmatch(rf"base\.level{i}\.\d+\.weight", k) and state_dict[k].ndim == 4]
+            if not convs:
+                return None
+            levels.append(len(convs))
+            channels.append(state_dict[convs[0]].shape[0])
+        else:
+            roots = [k for k in keys if k.endswith("root.conv.weight")]
+            if not roots:
+                return None
+            levels.append(max(k.count(".tree") for k in keys if ".project." not in k))
+            channels.append(state_dict[roots[0]].shape[0])
+    names = " ".join(state_dict)
+    block = "res2net" if ".convs." in names else "bottleneck" if ".conv3." in names else "basic"
+    mid_keys = [k for k in state_dict if re.fullmatch(r"base\.level2\.(tree\d\.)+(conv2|convs\.0)\.weight", k)]
+    mid = state_dict[mid_keys[0]].shape[:2] if mid_keys else None
+    for variant, config in dla.MODEL_CONFIGS.items():
+        if (tuple(levels), tuple(channels), block) != (config["levels"], config["channels"], config["block"]):
+            continue
+        if block == "basic":
+            expected_mid = (config["channels"][2], config["channels"][2])
+        else:
+            width = blocks.bottleneck_width(config["channels"][2], config["groups"], config["base_width"])
+            expected_mid = (width, width // config["groups"])
+        if mid is not None and tuple(mid) == expected_mid:
+            return variant
+    return None
+
+
+def _read_dlaseg_state_dict(path, backbone, classes, down_ratio):
+    """Reads a DLASeg state dict and checks that it fits the model before any tensor is copied."""
+    state_dict = readers.read_state_dict(path)
+    if state_dict and all(key.startswith(DATAPARALLEL_PREFIX) for key in state_dict):
+        state_dict = {key[len(DATAPARALLEL_PREFIX) :]: value for key, value in state_dict.items()}
+    if "fc.0.weight" not in state_dict or not any(key.startswith("base.") for key in state_dict):
+        raise ValueError(
+            "Not a checkpoint of the authors' DLASeg layout (keys `base.*`, `dla_up.*`, `fc.0.*`, `up.weight`); "
+            f"for a backbone checkpoint use `weights=None` and load it into the backbone. Received: weights={path!r}"
+        )
+    checkpoint_classes = state_dict["fc.0.weight"].shape[0]
+    if checkpoint_classes != classes:
+        raise ValueError(
+            f"The checkpoint {os.path.basename(path)!r} predicts {checkpoint_classes} classes; build the model "
+            f"with classes={checkpoint_classes}. Received: classes={classes}"
+        )
+    checkpoint_backbone = _checkpoint_backbone(state_dict)
+    if checkpoint_backbone != backbone:
+        held = f"a {checkpoint_backbone} backbone" if checkpoint_backbone else "a backbone that is no DLA variant"
+        raise ValueError(
+            f"The checkpoint {os.path.basename(path)!r} holds {held}, not {backbone}. Received: backbone={backbone!r}"
+        )
+    if "up.weight" in state_dict:
+        checkpoint_ratio = state_dict["up.weight"].shape[-1] // 2
+        if checkpoint_ratio != down_ratio:
+            raise ValueError(
+                f"The checkpoint {os.path.basename(path)!r} was built with down_ratio={checkpoint_ratio}. "
+                f"Received: down_ratio={down_ratio}"
+            )
+    return state_dict
+
+
+def DLAUp(
+    backbone="dla34",
+    *,
+    classes=19,
+    down_ratio=2,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    activation="softmax",
+    name=None,
+):
+    """Builds DLA-Up segmentation on any backbone of `MODEL_CONFIGS`; see `DLA34Up` for the arguments."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "keras_dla builds channels_last models only. "
+            f"Received: keras.config.image_data_format()={keras.config.image_data_format()!r}"
+        )
+    _validate_arguments(backbone, classes, down_ratio, weights, activation)
+    if input_shape is not None:
+        dla._validate_input_shape(input_shape, weights)
+    img_input, input_shape = dla._make_input(input_tensor, input_shape, False)
+    dla._validate_input_shape(input_shape, weights)
+
+    first_level = int(math.log2(down_ratio))
+    x = PadToMultiple(SIZE_MULTIPLE, name="pad")(img_input)
+    base = dla.DLA(
+        backbone,
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        input_shape=(None, None, input_shape[-1]),
+        return_levels=True,
+        name="base",
+    )
+    levels = base(x)
+    x = dla_up([levels[f"level{i}"] for i in range(first_level, 6)], name="dla_up")
+    x = _conv(x, classes, 1, use_bias=True, name="fc.0")
+    # Fixed bilinear upsampling to the input resolution, frozen as upstream (`up.weight.requires_grad = False`).
+    x = DepthwiseConv2DTranspose(down_ratio, trainable=False, name="up")(x)
+    x = CropLike(name="crop")([x, img_input])
+    if activation is not None:
+        x = layers.Activation(activation, dtype="float32", name="predictions")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = keras.Model(inputs, x, name=name or f"{backbone}up")
+
+    if weights not in (None, "imagenet"):
+        path = os.fspath(weights)
+        dead = tuple(f"base.{prefix}" for prefix in convert.dead_project_keys(dla.MODEL_CONFIGS[backbone]))
+        if path.endswith(".weights.h5"):
+            convert.load_weights(model, path)
+        else:
+            convert.assign_state_dict(
+                model,
+                _read_dlaseg_state_dict(path, backbone, classes, down_ratio),
+                dead_prefixes=dead,
+                ignored_prefixes={"base.fc.": BASE_FC_NOTE},
+                source=f"checkpoint {os.path.basename(path)!r}",
+            )
+    return model
+
+
+BASE_DOCSTRING = """Instantiates DLA-Up segmentation on the {title} backbone (the authors' `{variant}up`).
+
+    Reference:
+    - [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484) (CVPR 2018), section 4
+
+    The model computes what the authors' PyTorch `DLASeg('{variant}', classes, down_ratio)` computes:
+    the backbone levels `log2(down_ratio)` to 5 are fused by iterative deep aggregation (`dla_up`), a
+    1x1 conv (`fc.0`) scores the classes at stride `down_ratio`, and a frozen bilinear depthwise
+    transposed conv (`up`) brings the scores to the input resolution. Layer names are the PyTorch module
+    paths, so a state dict of the authors' model loads through `weights=<path>`. Inputs are RGB images
+    normalised with `keras_dla.preprocess_input`. Any height and width >= 32 works: the model pads to a
+    multiple of 32 inside and crops the output back (the authors' model needs multiples of 32).
+
+    Args:
+        classes: number of classes (19 for Cityscapes).
+        down_ratio: stride of the aggregated features, one of 2, 4, 8, 16 (2 as upstream).
+        weights: `None` (random initialization as upstream), `"imagenet"` (ImageNet backbone, the
+            authors' `pretrained_base`), or the path to a weights file: a state dict of the authors'
+            `DLASeg` layout (`.safetensors`, ...; a `DataParallel` "module." prefix is removed) or a
+            Keras `.weights.h5` file.
+        input_tensor: optional Keras tensor (output of `layers.Input()`) to use as image input.
+        input_shape: optional shape tuple `(height, width, channels)`, `(None, None, 3)` by default.
+        activation: activation of the output, `"softmax"` (per-pixel probabilities) or `None` (logits).
+        name: the model name.
+
+    Returns:
+        A `keras.Model` from images `(batch, height, width, channels)` to per-pixel class scores
+        `(batch, height, width, classes)`.
+
+    Example:
+    ```python
+    model = keras_dla.{fn}(classes=19, weights=None)
+    scores = model.predict(keras_dla.preprocess_input(images))
+    ```
+"""
+
+
+def _variant(fn_name, variant, title):
+    def builder(
+        classes=19,
+        down_ratio=2,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        activation="softmax",
+        name=f"{variant}up",
+    ):
+        return DLAUp(
+            variant,
+            classes=classes,
+            down_ratio=down_ratio,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            activation=activation,
+            name=name,
+        )
+
+    builder.__name__ = builder.__qualname__ = fn_name
+    builder.__doc__ = BASE_DOCSTRING.format(title=title, variant=variant, fn=fn_name)
+    builder.__module__ = __name__
+    return builder
+
+
+# The variants of the authors' dla_up.py; `DLAUp(backbone=...)` builds the others.
+DLA34Up = _variant("DLA34Up", "dla34", "DLA-34")
+DLA60Up = _variant("DLA60Up", "dla60", "DLA-60")
+DLA102Up = _variant("DLA102Up", "dla102", "DLA-102")
+DLA169Up = _variant("DLA169Up", "dla169", "DLA-169")
+
+UP_BUILDERS = {"dla34": DLA34Up, "dla60": DLA60Up, "dla102": DLA102Up, "dla169": DLA169Up}

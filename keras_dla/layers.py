@@ -1,0 +1,165 @@
+"""Custom layers of DLA-Up: the depthwise transposed convolution that upsamples with a bilinear start.
+
+The authors upsample with `ConvTranspose2d(C, C, 2f, stride=f, padding=f // 2, groups=C, bias=False)`.
+Keras' `Conv2DTranspose` has no `groups` (keras-team/keras#19871), and its two obvious stand-ins waste
+work: a dense C x C block-diagonal kernel costs C times too much, and zero-stuffing the input before a
+depthwise conv costs f^2 times too much. `DepthwiseConv2DTranspose` computes the same sums at the
+transposed convolution's own cost in the polyphase (sub-pixel) form:
+
+Without padding, a stride-f transposed conv with a 2f kernel gives (H + 1) f outputs per axis, and output
+`M f + b` (b < f) receives `x[M] w[b] + x[M - 1] w[f + b]`: for each of the f x f phases (b_h, b_w), a
+2x2 correlation over the input grid padded by one. One depthwise conv with f^2 multipliers computes all
+phases, `depth_to_space` interleaves them, and cropping `f // 2` from each side applies PyTorch's padding.
+Every op (pad, depthwise conv, reshape, transpose, depth_to_space, slice) is a TFLite builtin.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class BilinearKernel(keras.initializers.Initializer):
+    """The authors' bilinear fill for a `(2f, 2f, channels, 1)` upsampling kernel, the same for every channel.
+
+    With k the kernel size, f = ceil(k / 2) and c = (2f - 1 - f % 2) / (2f), tap (i, j) weighs
+    (1 - |i / f - c|) (1 - |j / f - c|): a stride-f transposed conv with this kernel is bilinear
+    interpolation by f.
+    """
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 4 or shape[0] != shape[1] or shape[3] != 1:
+            raise ValueError(f"BilinearKernel fills (k, k, channels, 1) kernels. Received: shape={tuple(shape)}")
+        size = shape[0]
+        f = math.ceil(size / 2)
+        center = (2 * f - 1 - f % 2) / (2.0 * f)
+        taps = 1 - np.abs(np.arange(size) / f - center)
+        kernel = np.outer(taps, taps)[:, :, None, None] * np.ones((1, 1, shape[2], 1))
+        return ops.convert_to_tensor(kernel, dtype=dtype or keras.config.floatx())
+
+    def get_config(self):
+        return {}
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class DepthwiseConv2DTranspose(layers.Layer):
+    """PyTorch's `ConvTranspose2d(C, C, 2 * factor, stride=factor, padding=factor // 2, groups=C, bias=False)`.
+
+    Each channel is upsampled by `factor` with its own `2 factor x 2 factor` kernel, initialised to
+    bilinear interpolation (`BilinearKernel`); freeze it with `trainable=False` for a fixed bilinear
+    upsampling, as the authors' final `up` layer is. An input of size H gives `(H + 1) factor - 2 (factor // 2)`,
+    that is `H * factor` for even factors. Channels-last only.
+
+    The kernel has shape `(2 factor, 2 factor, channels, 1)` (the layout of Keras' `DepthwiseConv2D`):
+    PyTorch's weight `(channels, 1, 2 factor, 2 factor)` maps onto it by `transpose(2, 3, 0, 1)`.
+
+    Args:
+        factor: the integer upsampling factor (the stride), >= 1.
+        kernel_initializer: initializer of the kernel; bilinear by default.
+        **kwargs: base layer arguments (`name`, `trainable`, `dtype`).
+    """
+
+    def __init__(self, factor, kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+            raise ValueError(f"`factor` should be a positive integer. Received: factor={factor!r}")
+        self.factor = factor
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or BilinearKernel())
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"The channel dimension of the input must be known. Received: input_shape={input_shape}")
+        size = 2 * self.factor
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(size, size, channels, 1),
+            initializer=self.kernel_initializer,
+        )
+
+    def _output_size(self, size):
+        return None if size is None else (size + 1) * self.factor - 2 * (self.factor // 2)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, self._output_size(height), self._output_size(width), channels)
+
+    def _phase_kernel(self):
+        """The (2, 2, C, f^2) depthwise kernel: phase (b_h, b_w) at tap (d_h, d_w) is w[(1 - d_h) f + b_h, ...]."""
+        f = self.factor
+        channels = self.kernel.shape[2]
+        kernel = ops.reshape(self.kernel, (2, f, 2, f, channels))  # (a_h, b_h, a_w, b_w, C), index = a f + b
+        kernel = ops.flip(kernel, axis=(0, 2))  # tap d = 1 - a reads x[M - 1 + d]
+        kernel = ops.transpose(kernel, (0, 2, 4, 1, 3))  # (d_h, d_w, C, b_h, b_w)
+        return ops.reshape(kernel, (2, 2, channels, f * f))
+
+    def call(self, inputs):
+        f = self.factor
+        channels = self.kernel.shape[2]
+        x = ops.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        phases = ops.depthwise_conv(x, ops.cast(self._phase_kernel(), x.dtype), padding="valid")
+        # The depthwise output is channel-major (c f^2 + phase); depth_to_space wants phase-major (phase C + c).
+        shape = ops.shape(phases)
+        phases = ops.reshape(phases, (-1, channels, f * f))
+        phases = ops.transpose(phases, (0, 2, 1))
+        phases = ops.reshape(phases, (shape[0], shape[1], shape[2], f * f * channels))
+        y = ops.depth_to_space(phases, f) if f > 1 else phases
+        crop = f // 2
+        if crop:
+            y = y[:, crop:-crop, crop:-crop, :]
+        return y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(factor=self.factor, kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class PadToMultiple(layers.Layer):
+    """Zero-pads height and width at the bottom and right up to the next multiple of `multiple`.
+
+    DLA-Up adds each level to the 2x upsampled level below it, so every level must be exactly twice the
+    next one: the authors' model needs sizes that are multiples of 32. Padding inside the model (and
+    `CropLike` after it) lifts that restriction and changes nothing at multiples of 32.
+    """
+
+    def __init__(self, multiple, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+            raise ValueError(f"`multiple` should be a positive integer. Received: multiple={multiple!r}")
+        self.multiple = multiple
+
+    def _padded(self, size):
+        return None if size is None else -(-size // self.multiple) * self.multiple
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, self._padded(height), self._padded(width), channels)
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
+        pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
+        return ops.pad(inputs, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(multiple=self.multiple)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class CropLike(layers.Layer):
+    """Crops `inputs[0]` at the bottom and right to the height and width of `inputs[1]` (undoes `PadToMultiple`)."""
+
+    def compute_output_shape(self, input_shape):
+        shape, reference = input_shape
+        return (shape[0], reference[1], reference[2], shape[3])
+
+    def call(self, inputs):
+        x, reference = inputs
+        shape = ops.shape(reference)
+        return x[:, : shape[1], : shape[2], :]

@@ -1,0 +1,156 @@
+"""DepthwiseConv2DTranspose against PyTorch's grouped ConvTranspose2d, and the padding layers of DLA-Up."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+
+from keras_dla.layers import BilinearKernel, CropLike, DepthwiseConv2DTranspose, PadToMultiple
+
+
+def random(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def torch_transposed(x_nhwc, weight, factor):
+    """PyTorch's `ConvTranspose2d(C, C, 2f, stride f, padding f // 2, groups=C, bias=False)`, channels-last."""
+    channels = x_nhwc.shape[-1]
+    conv = torch.nn.ConvTranspose2d(
+        channels, channels, 2 * factor, stride=factor, padding=factor // 2, groups=channels, bias=False
+    ).to(torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(weight))
+        y = conv(torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2)).to(torch.float64))
+    return y.numpy().transpose(0, 2, 3, 1)
+
+
+def keras_transposed(x, weight, factor, **kwargs):
+    layer = DepthwiseConv2DTranspose(factor, **kwargs)
+    layer.build(x.shape)
+    layer.kernel.assign(weight.transpose(2, 3, 0, 1))  # PyTorch (C, 1, 2f, 2f) -> (2f, 2f, C, 1)
+    return layer, keras.ops.convert_to_numpy(layer(x))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 16, 1, 3])
+def test_equals_torch_grouped_conv_transpose(factor):
+    # Odd, non-square inputs and random per-channel kernels: any tap, phase or channel mix-up shows.
+    x = random((2, 5, 7, 6), seed=factor)
+    weight = random((6, 1, 2 * factor, 2 * factor), seed=100 + factor)
+    expected = torch_transposed(x, weight, factor)
+    layer, out = keras_transposed(x, weight, factor)
+    assert out.shape == expected.shape == (2, *layer.compute_output_shape(x.shape)[1:3], 6)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+def test_float64_is_exact(factor, float64):
+    x = random((1, 4, 3, 3), seed=factor).astype("float64")
+    weight = random((3, 1, 2 * factor, 2 * factor), seed=7).astype("float64")
+    _, out = keras_transposed(x, weight, factor, dtype="float64")
+    np.testing.assert_allclose(out, torch_transposed(x, weight, factor), rtol=1e-12, atol=1e-12)
+
+
+def test_bilinear_kernel_values():
+    # The authors' fill for kernel 4 (factor 2) and 8 (factor 4), worked out by hand from REFERENCE.md §4.
+    taps = {
+        4: [0.25, 0.75, 0.75, 0.25],
+        8: [0.125, 0.375, 0.625, 0.875, 0.875, 0.625, 0.375, 0.125],
+    }
+    for size, row in taps.items():
+        kernel = keras.ops.convert_to_numpy(BilinearKernel()((size, size, 3, 1)))
+        for c in range(3):
+            np.testing.assert_allclose(kernel[:, :, c, 0], np.outer(row, row), rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match=r"Received: shape=\(4, 4, 3\)"):
+        BilinearKernel()((4, 4, 3))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_bilinear_start_is_bilinear_interpolation(factor):
+    # Away from the border (where the transposed conv sees zeros), the initial layer interpolates exactly
+    # like half-pixel bilinear resizing.
+    x = random((1, 6, 7, 2), seed=factor)
+    out = keras.ops.convert_to_numpy(DepthwiseConv2DTranspose(factor)(x))
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)), scale_factor=factor, mode="bilinear", align_corners=False
+    )
+    resized = resized.numpy().transpose(0, 2, 3, 1)
+    inner = (slice(None), slice(factor, -factor), slice(factor, -factor))
+    np.testing.assert_allclose(out[inner], resized[inner], atol=1e-5)
+
+
+def test_weights_are_depthwise_and_trainable_switch():
+    # One (2f, 2f, C, 1) kernel, no dense C x C one; `trainable=False` freezes it through a training step.
+    inputs = keras.Input((4, 4, 8))
+    learned = DepthwiseConv2DTranspose(4, name="learned")
+    frozen = DepthwiseConv2DTranspose(2, trainable=False, name="frozen")
+    model = keras.Model(inputs, frozen(learned(inputs)))
+    assert [tuple(w.shape) for w in model.weights] == [(8, 8, 8, 1), (4, 4, 8, 1)]
+    assert [w.path for w in model.trainable_weights] == ["learned/kernel"]
+    before = [w.numpy() for w in model.weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
+    model.train_on_batch(random((2, 4, 4, 8)), random((2, 32, 32, 8), seed=1))
+    after = [w.numpy() for w in model.weights]
+    assert not np.allclose(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_keras_round_trip(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    x = PadToMultiple(8, name="pad")(inputs)
+    x = DepthwiseConv2DTranspose(4, trainable=False, name="up")(x)
+    x = CropLike(name="crop")([x, inputs])
+    model = keras.Model(inputs, x)
+    model.get_layer("up").kernel.assign(random((8, 8, 3, 1), seed=3))
+    path = os.path.join(tmp_path, "up.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("up").get_config() == model.get_layer("up").get_config()
+    assert not loaded.get_layer("up").trainable
+    assert loaded.get_layer("pad").multiple == 8
+    x = random((2, 5, 9, 3))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_pad_to_multiple_and_crop():
+    x = random((2, 5, 9, 3))
+    padded = keras.ops.convert_to_numpy(PadToMultiple(8)(x))
+    assert padded.shape == (2, 8, 16, 3)
+    np.testing.assert_array_equal(padded[:, :5, :9], x)
+    assert not padded[:, 5:].any() and not padded[:, :, 9:].any()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(CropLike()([padded, x])), x)
+    # Already a multiple: unchanged.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(PadToMultiple(8)(padded)), padded)
+
+
+def test_bad_arguments():
+    for factor in (0, -2, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="Received: factor="):
+            DepthwiseConv2DTranspose(factor)
+    with pytest.raises(ValueError, match="Received: multiple=0"):
+        PadToMultiple(0)
+
+
+def test_tflite_builtin_ops_only(tmp_path):
+    # Converted with TFLITE_BUILTINS alone, a Flex (TF) op would make the conversion fail.
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((6, 5, 4), batch_size=1)
+    outputs = DepthwiseConv2DTranspose(8, name="up")(DepthwiseConv2DTranspose(2, name="up2")(inputs))
+    model = keras.Model(inputs, outputs)
+    model.get_layer("up").kernel.assign(random((16, 16, 4, 1), seed=5))
+    path = str(tmp_path / "up.tflite")
+    model.export(path, format="litert", verbose=False, target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "DEPTHWISE_CONV_2D" in ops and "DEPTH_TO_SPACE" in ops, ops
+    assert not any("FLEX" in op.upper() or "CUSTOM" in op.upper() for op in ops), ops
+    x = random((1, 6, 5, 4), seed=9)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert out.shape == (1, 96, 80, 4)
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
