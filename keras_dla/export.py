@@ -1,0 +1,597 @@
+"""Export any Keras model to a TensorFlow SavedModel or a TFLite (LiteRT) file, and measure the result.
+
+Both formats go through Keras' own export path (`model.export`, which writes a SavedModel with an
+`ExportArchive` and, for `format="litert"`, converts that SavedModel with `TFLiteConverter.from_saved_model`);
+`TFLiteConverter.from_keras_model` mishandles Keras 3 models (keras#19108) and is not used.
+
+- `export_saved_model`: a SavedModel with a `serving_default` signature, optionally taking uint8 RGB images
+  with the preprocessing built in.
+- `export_tflite`: a `.tflite` file with a static input shape, float32 or quantized (`"float16"`, `"dynamic"`,
+  `"int8"`), TFLite builtin ops only: an op that would need the Flex (select TF ops) runtime is an error.
+- `verify_export`: runs the artefact next to the Keras model and reports the largest difference, top-1 or
+  pixel agreement, file size and single-image latency.
+
+Writes are atomic: the artefact is built next to its target under a temporary name and renamed into place
+only once complete, so a failure leaves nothing behind, and an existing target is refused unless
+`overwrite=True`.
+"""
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from keras_dla.imagenet import preprocess_input
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+SERVING_SIGNATURE = "serving_default"
+
+
+def _unit_scale(x):
+    return keras.ops.cast(x, "float32") / 255.0
+
+
+def _identity(x):
+    return keras.ops.cast(x, "float32")
+
+
+# What a uint8-input artefact computes on its pixels before the model: by name, or any callable.
+PREPROCESSING = {
+    "imagenet": preprocess_input,  # the DLA ImageNet weights: (x / 255 - mean) / std
+    "unit": _unit_scale,  # x / 255
+    "none": _identity,
+}
+
+
+def _resolve_preprocess(preprocess):
+    if callable(preprocess):
+        return preprocess
+    if preprocess in PREPROCESSING:
+        return PREPROCESSING[preprocess]
+    raise ValueError(
+        f"`preprocess` should be a callable or one of {sorted(PREPROCESSING)}. Received: preprocess={preprocess!r}"
+    )
+
+
+class _Preprocess(keras.layers.Layer):
+    """Casts uint8 pixels to float32 and applies `fn`: the preprocessing a uint8-input artefact carries."""
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+
+    def call(self, x):
+        return self.fn(keras.ops.cast(x, "float32"))
+
+
+def _single_input_shape(model):
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"Export supports models with exactly one image input. Received: a model with {len(model.inputs)} inputs"
+        )
+    return tuple(model.inputs[0].shape)
+
+
+def _static_shape(model, input_size, batch_size):
+    """The full input shape `(batch, height, width, channels)` of the exported signature."""
+    shape = _single_input_shape(model)
+    if len(shape) != 4:
+        raise ValueError(f"Export expects a model taking 4D images (batch, H, W, C). Received: input shape {shape}")
+    height, width, channels = shape[1:]
+    if input_size is not None:
+        if (
+            not isinstance(input_size, (tuple, list))
+            or len(input_size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_size)
+        ):
+            raise ValueError(
+                "`input_size` should be a pair of positive integers (height, width). "
+                f"Received: input_size={input_size!r}"
+            )
+        for built, wanted in zip((height, width), input_size, strict=True):
+            if built is not None and built != wanted:
+                raise ValueError(
+                    f"The model was built for a static input of {shape[1:3]}; build it with `input_shape=(None, None, "
+                    f"{channels})` or the wanted size to export another. Received: input_size={tuple(input_size)}"
+                )
+        height, width = input_size
+    if channels is None:
+        raise ValueError(f"Export needs a model with a known channel count. Received: input shape {shape}")
+    return (batch_size, height, width, channels)
+
+
+def _export_model(model, shape, uint8_input, preprocess):
+    """The model to hand to `model.export`: `model` itself, or `model` behind a uint8 preprocessing input."""
+    if not uint8_input:
+        return model, model.inputs[0].dtype
+    inputs = keras.Input(batch_shape=shape, dtype="uint8", name="image")
+    outputs = model(_Preprocess(_resolve_preprocess(preprocess), name="preprocess")(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_uint8"), "uint8"
+
+
+def _input_signature(shape, dtype):
+    import tensorflow as tf
+
+    return [tf.TensorSpec(shape, tf.as_dtype(dtype), name="image")]
+
+
+def _check_target(path, overwrite):
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"An output path is needed. Received: path={path!r}")
+    if os.path.lexists(path) and not overwrite:
+        raise ValueError(
+            f"The output path exists; pass `overwrite=True` (`--overwrite`) to replace it. Received: path={path!r}"
+        )
+    return os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def _atomic_target(path, overwrite, is_dir):
+    """Yields a temporary path next to `path`; renames it to `path` on success, removes it on any failure."""
+    path = _check_target(path, overwrite)
+    parent = os.path.dirname(path)
+    created = []
+    probe = parent
+    while probe and not os.path.isdir(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(parent, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    # `.tflite` suffix: Keras' LiteRT exporter insists on it.
+    tmp = os.path.join(workdir, "saved_model" if is_dir else "model.tflite")
+    try:
+        yield tmp
+        if not os.path.exists(tmp):
+            raise RuntimeError(f"The exporter wrote nothing at {tmp}")
+        if os.path.lexists(path):  # overwrite=True: move the old artefact aside first, drop it after.
+            old = os.path.join(workdir, "previous")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        for leftover in created:  # empty parents this call created, when the export failed
+            if os.path.isdir(leftover) and not os.listdir(leftover):
+                os.rmdir(leftover)
+
+
+def export_saved_model(
+    model,
+    path,
+    *,
+    input_size=None,
+    batch_size=None,
+    uint8_input=False,
+    preprocess="imagenet",
+    overwrite=False,
+):
+    """Exports `model` as a TensorFlow SavedModel with a `serving_default` signature.
+
+    Args:
+        model: a Keras model with one image input (batch, height, width, channels).
+        path: the SavedModel directory to create.
+        input_size: optional `(height, width)` to fix in the signature; by default the model's own input shape
+            (height and width may stay dynamic).
+        batch_size: optional static batch size of the signature; `None` keeps it dynamic.
+        uint8_input: if True, the signature takes uint8 RGB pixels in [0, 255] and applies `preprocess`
+            before the model, so that callers send raw images.
+        preprocess: with `uint8_input`, a name in `PREPROCESSING` (`"imagenet"`: the DLA normalisation,
+            `"unit"`: x / 255, `"none"`) or a callable on float32 tensors.
+        overwrite: replace an existing `path`; otherwise an existing path is an error.
+
+    Returns:
+        The absolute path of the SavedModel.
+
+    Example:
+    ```python
+    model = keras_dla.DLA34(weights=None, classes=10, classifier_activation=None)
+    keras_dla.export.export_saved_model(model, "dla34_savedmodel", uint8_input=True)
+    serve = tf.saved_model.load("dla34_savedmodel").signatures["serving_default"]
+    ```
+    """
+    shape = _static_shape(model, input_size, batch_size)
+    target = _check_target(path, overwrite)
+    export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
+    with _atomic_target(target, overwrite, is_dir=True) as tmp:
+        export_model.export(tmp, format="tf_saved_model", input_signature=_input_signature(shape, dtype), verbose=False)
+    return target
+
+
+def _representative_dataset(data, shape, dtype, steps):
+    """A converter `representative_dataset`: one-image batches of `data`, in the exported input's dtype."""
+    if data is None:
+        raise ValueError(
+            "int8 quantization calibrates on representative images; pass `representative_data` "
+            "(`--representative`). Received: representative_data=None"
+        )
+    if isinstance(data, np.ndarray):
+        if data.ndim == len(shape) - 1:
+            data = data[None]
+        if data.ndim != len(shape) or tuple(data.shape[1:]) != tuple(shape[1:]):
+            raise ValueError(
+                f"Representative images should have shape (N, {', '.join(map(str, shape[1:]))}). "
+                f"Received: shape={data.shape}"
+            )
+        if len(data) == 0:
+            raise ValueError("Representative data should hold at least one image. Received: 0 images")
+        samples = list(data[:steps])
+    else:
+        samples = []
+        for item in data:
+            item = np.asarray(keras.ops.convert_to_numpy(item))
+            samples.extend(item if item.ndim == len(shape) else [item])
+            if len(samples) >= steps:
+                break
+        samples = samples[:steps]
+        if not samples:
+            raise ValueError("Representative data should hold at least one image. Received: an empty iterable")
+        for s in samples:
+            if tuple(s.shape) != tuple(shape[1:]):
+                raise ValueError(
+                    f"Representative images should have shape {tuple(shape[1:])}. Received: shape={s.shape}"
+                )
+
+    def generate():
+        for s in samples:
+            yield [np.asarray(s, dtype=dtype)[None]]
+
+    return generate
+
+
+def _flex_ops(message):
+    found = re.search(r"TF Select ops: ([^\n]+)", message)
+    return found.group(1).strip() if found else None
+
+
+def export_tflite(
+    model,
+    path,
+    *,
+    input_size=None,
+    quantization=None,
+    representative_data=None,
+    calibration_steps=200,
+    integer_io=False,
+    uint8_input=False,
+    preprocess="imagenet",
+    overwrite=False,
+):
+    """Exports `model` as a TFLite (LiteRT) flatbuffer with a static input and TFLite builtin ops only.
+
+    Args:
+        model: a Keras model with one image input (batch, height, width, channels).
+        path: the `.tflite` file to create.
+        input_size: `(height, width)` of the static input; needed when the model's own input size is dynamic.
+            The batch size is 1.
+        quantization: `None` (float32), `"float16"` (float16 weights), `"dynamic"` (int8 weights, float
+            activations) or `"int8"` (int8 weights and activations, calibrated on `representative_data`).
+        representative_data: for `"int8"`: an array `(N, H, W, C)` or an iterable of images or batches, in
+            the form the exported model takes (float as the Keras model takes them, or uint8 pixels with
+            `uint8_input`). Real images calibrate best.
+        calibration_steps: at most this many representative images are used.
+        integer_io: with `"int8"`, make the input (when float) and the output int8 too, for integer-only
+            accelerators; the scales and zero points are in the interpreter's tensor details.
+        uint8_input: if True, the model takes uint8 RGB pixels and applies `preprocess` first.
+        preprocess: see `export_saved_model`.
+        overwrite: replace an existing `path`; otherwise an existing path is an error.
+
+    Returns:
+        The absolute path of the `.tflite` file.
+
+    Raises:
+        ValueError: bad arguments, or a model with ops that TFLite's builtin op set lacks (Flex ops).
+    """
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` should be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
+    if integer_io and quantization != "int8":
+        raise ValueError(f"`integer_io=True` needs `quantization='int8'`. Received: quantization={quantization!r}")
+    shape = _static_shape(model, input_size, 1)
+    if None in shape:
+        raise ValueError(
+            "TFLite export needs a static input size; pass `input_size=(height, width)` (`--input-size H W`). "
+            f"Received: input shape {tuple(model.inputs[0].shape)}"
+        )
+    target = _check_target(path, overwrite)
+    export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
+
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: a Flex op fails the conversion
+    options = {}
+    if quantization == "float16":
+        options.update(optimizations=[tf.lite.Optimize.DEFAULT], target_spec={"supported_types": [tf.float16]})
+    elif quantization == "dynamic":
+        options.update(optimizations=[tf.lite.Optimize.DEFAULT])
+    elif quantization == "int8":
+        options.update(
+            optimizations=[tf.lite.Optimize.DEFAULT],
+            representative_dataset=_representative_dataset(representative_data, shape, dtype, calibration_steps),
+        )
+        # uint8 pixels stay a (non-quantized) uint8 input feeding a Cast, which is a builtin float op.
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + ([tf.lite.OpsSet.TFLITE_BUILTINS] if uint8_input else [])
+        if integer_io:
+            if not uint8_input:
+                options["inference_input_type"] = tf.int8
+            options["inference_output_type"] = tf.int8
+    options["target_spec"] = {**options.get("target_spec", {}), "supported_ops": ops}
+
+    with _atomic_target(target, overwrite, is_dir=False) as tmp:
+        try:
+            export_model.export(
+                tmp, format="litert", input_signature=_input_signature(shape, dtype), verbose=False, **options
+            )
+        except Exception as e:  # the converter raises its own ConverterError; turn Flex into a clear ValueError
+            flex = _flex_ops(str(e))
+            if flex is None:
+                raise
+            raise ValueError(
+                "The model uses TensorFlow ops that TFLite's builtin op set lacks and would need the Flex "
+                f"(select TF ops) runtime, which keras_dla does not export. Received: a model with the ops {flex}"
+            ) from None
+    return target
+
+
+def export(model, path, *, format="saved_model", quantization=None, **kwargs):
+    """Exports `model` in `format` (`"saved_model"` or `"tflite"`); see `export_saved_model`, `export_tflite`."""
+    if format not in FORMATS:
+        raise ValueError(f"`format` should be one of {FORMATS}. Received: format={format!r}")
+    if format == "saved_model":
+        if quantization is not None:
+            raise ValueError(
+                f"Quantization applies to the TFLite format only. Received: format='saved_model', "
+                f"quantization={quantization!r}"
+            )
+        return export_saved_model(model, path, **kwargs)
+    return export_tflite(model, path, quantization=quantization, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Verification
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """How an exported artefact compares with its Keras model.
+
+    Attributes:
+        path: the artefact.
+        format: `"saved_model"` or `"tflite"`.
+        size_bytes: file size (a SavedModel: all of its files).
+        samples: images compared.
+        max_abs_diff: largest absolute difference of any output value.
+        max_rel_diff: `max_abs_diff` relative to the largest absolute Keras output value.
+        top1_agreement: classifiers (2D outputs): fraction of images whose arg-max class is the same.
+        pixel_agreement: segmentation (4D outputs): fraction of pixels whose arg-max class is the same.
+        latency_ms: median single-image latency of the artefact, in milliseconds.
+        keras_latency_ms: the same for the Keras model, measured the same way.
+        input_dtype: what the artefact takes (`float32`, `uint8` or `int8`).
+    """
+
+    path: str
+    format: str
+    size_bytes: int
+    samples: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float | None
+    pixel_agreement: float | None
+    latency_ms: float
+    keras_latency_ms: float
+    input_dtype: str
+
+    def summary(self):
+        agreement = ""
+        if self.top1_agreement is not None:
+            agreement = f", top-1 agreement {100 * self.top1_agreement:.2f}%"
+        if self.pixel_agreement is not None:
+            agreement = f", pixel agreement {100 * self.pixel_agreement:.2f}%"
+        return (
+            f"{self.format} {self.path}: {self.size_bytes / 2**20:.2f} MiB, {self.samples} images, "
+            f"max abs diff {self.max_abs_diff:.3g} (relative {self.max_rel_diff:.3g}){agreement}, "
+            f"latency {self.latency_ms:.2f} ms/image (Keras {self.keras_latency_ms:.2f} ms)"
+        )
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _tflite_interpreter(path, num_threads):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # LiteRT not installed: TensorFlow's own (deprecated) copy of the same interpreter
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=path, num_threads=num_threads)
+
+
+class _Runner:
+    """Calls an artefact on one batch: `run(x) -> float32 output`, with quantized I/O handled."""
+
+    def __init__(self, path, num_threads):
+        self.path = path
+        if os.path.isdir(path):
+            import tensorflow as tf
+
+            self.format = "saved_model"
+            loaded = tf.saved_model.load(path)
+            if SERVING_SIGNATURE not in loaded.signatures:
+                raise ValueError(
+                    f"The SavedModel has no '{SERVING_SIGNATURE}' signature. Received: signatures "
+                    f"{sorted(loaded.signatures)} in {path}"
+                )
+            self._loaded = loaded  # keeps the variables alive
+            self._fn = loaded.signatures[SERVING_SIGNATURE]
+            specs = self._fn.structured_input_signature[1]
+            if len(specs) != 1:
+                raise ValueError(f"Expected a signature with one input. Received: inputs {sorted(specs)}")
+            ((self._input_name, spec),) = specs.items()
+            self.shape = tuple(spec.shape)
+            self.dtype = np.dtype(spec.dtype.as_numpy_dtype)
+            self._in_quant = None
+            self._out_quant = None
+        elif os.path.isfile(path):
+            self.format = "tflite"
+            interpreter = _tflite_interpreter(path, num_threads)
+            self._runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
+            inputs = self._runner.get_input_details()
+            if len(inputs) != 1:
+                raise ValueError(f"Expected a TFLite model with one input. Received: inputs {sorted(inputs)}")
+            ((self._input_name, details),) = inputs.items()
+            self.shape = tuple(details["shape"])
+            self.dtype = np.dtype(details["dtype"])
+            self._in_quant = details["quantization"] if self.dtype == np.int8 else None
+            outputs = self._runner.get_output_details()
+            self._out_quant = {name: d["quantization"] for name, d in outputs.items() if d["dtype"] == np.int8}
+        else:
+            raise ValueError(f"No exported model at this path. Received: path={path!r}")
+
+    def feed_dtype(self):
+        """The dtype of the images the caller prepares: uint8 pixels, or float (quantized here for int8)."""
+        return np.dtype("uint8") if self.dtype == np.uint8 else np.dtype("float32")
+
+    def __call__(self, x):
+        if self.format == "saved_model":
+            outputs = self._fn(**{self._input_name: x})
+            return {k: np.asarray(v) for k, v in outputs.items()}
+        if self._in_quant is not None:
+            scale, zero = self._in_quant
+            x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+        outputs = self._runner(**{self._input_name: x})
+        result = {}
+        for name, value in outputs.items():
+            if name in self._out_quant:
+                scale, zero = self._out_quant[name]
+                value = (value.astype(np.float32) - zero) * scale
+            result[name] = np.asarray(value, dtype=np.float32)
+        return result
+
+
+def _median_ms(fn, x, runs):
+    fn(x)  # warm-up: first calls allocate and trace
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def _flatten_outputs(keras_out, exported):
+    """Pairs Keras outputs with the artefact's (named `output_0`, ... or by the model's dict keys)."""
+    if isinstance(keras_out, dict) and set(keras_out) == set(exported):
+        return [(np.asarray(keras_out[k]), exported[k]) for k in sorted(keras_out)]
+    flat = keras.tree.flatten(keras_out)
+    names = sorted(exported, key=lambda n: (len(n), n))
+    if len(flat) != len(names):
+        raise ValueError(f"The artefact has {len(names)} outputs and the Keras model {len(flat)}. Received: {names}")
+    return [(np.asarray(k), exported[n]) for k, n in zip(flat, names, strict=True)]
+
+
+def verify_export(
+    model,
+    path,
+    inputs=None,
+    *,
+    num_random=4,
+    seed=0,
+    preprocess="imagenet",
+    latency_runs=10,
+    num_threads=None,
+):
+    """Runs an exported artefact and its Keras model on the same images and measures how far they agree.
+
+    Args:
+        model: the Keras model that was exported.
+        path: the SavedModel directory (loaded with `tf.saved_model.load`) or `.tflite` file (run with the
+            `ai_edge_litert` interpreter, or `tf.lite.Interpreter` when LiteRT is not installed).
+        inputs: optional images `(N, H, W, C)` in the form the artefact takes: uint8 pixels for a uint8-input
+            artefact, otherwise what the Keras model takes. Real images make the agreement meaningful.
+        num_random: when `inputs` is None, compare on this many random images (standard normal floats, or
+            uniform uint8 pixels for a uint8-input artefact).
+        seed: seed of the random images.
+        preprocess: for a uint8-input artefact, the preprocessing it carries (to feed the Keras model the same).
+        latency_runs: timed single-image runs (after one warm-up) for the latency medians.
+        num_threads: TFLite interpreter threads (`None`: the interpreter's default).
+
+    Returns:
+        An `ExportReport`.
+    """
+    runner = _Runner(os.fspath(path), num_threads)
+    shape = runner.shape
+    if inputs is None:
+        if not isinstance(num_random, int) or num_random < 1:
+            raise ValueError(f"`num_random` should be a positive integer. Received: num_random={num_random!r}")
+        if None in shape[1:] or -1 in shape[1:]:
+            model_shape = tuple(model.inputs[0].shape)
+            dims = zip(shape[1:], model_shape[1:], strict=True)
+            shape = (shape[0],) + tuple(m if s in (None, -1) else s for s, m in dims)
+            if None in shape[1:]:
+                raise ValueError(
+                    "The artefact and the model take any image size; pass `inputs` to verify on. "
+                    f"Received: inputs=None, input shape {runner.shape}"
+                )
+        rng = np.random.default_rng(seed)
+        size = (num_random,) + tuple(shape[1:])
+        if runner.feed_dtype() == np.uint8:
+            inputs = rng.integers(0, 256, size=size, dtype=np.uint8)
+        else:
+            inputs = rng.standard_normal(size, dtype=np.float32)
+    else:
+        inputs = np.asarray(keras.ops.convert_to_numpy(inputs))
+        dims = zip(shape[1:], inputs.shape[1:], strict=False)
+        if inputs.ndim != len(shape) or any(s not in (None, -1, i) for s, i in dims):
+            raise ValueError(
+                f"`inputs` should be a batch of images of shape (N, {', '.join(map(str, shape[1:]))}). "
+                f"Received: shape={inputs.shape}"
+            )
+        inputs = inputs.astype(runner.feed_dtype())
+    if runner.feed_dtype() == np.uint8:
+        keras_inputs = keras.ops.convert_to_numpy(_resolve_preprocess(preprocess)(inputs))
+    else:
+        keras_inputs = inputs.astype(np.float32)
+
+    # The artefact: one image at a time when its batch is static (TFLite), all at once otherwise.
+    step = 1 if shape[0] not in (None, -1) else len(inputs)
+    exported = [runner(inputs[i : i + step]) for i in range(0, len(inputs), step)]
+    exported = {k: np.concatenate([e[k] for e in exported]) for k in exported[0]}
+    chunks = [model(keras_inputs[i : i + 32], training=False) for i in range(0, len(keras_inputs), 32)]
+    reference = keras.tree.map_structure(lambda *c: np.concatenate([keras.ops.convert_to_numpy(t) for t in c]), *chunks)
+    pairs = [(k.astype(np.float32), e) for k, e in _flatten_outputs(reference, exported)]
+
+    max_abs = max(float(np.max(np.abs(k - e))) for k, e in pairs)
+    scale = max(float(np.max(np.abs(k))) for k, _ in pairs)
+    top1 = pixels = None
+    k, e = pairs[0]
+    if k.ndim == 2 and k.shape[-1] > 1:
+        top1 = float(np.mean(np.argmax(k, -1) == np.argmax(e, -1)))
+    elif k.ndim == 4 and k.shape[-1] > 1:
+        pixels = float(np.mean(np.argmax(k, -1) == np.argmax(e, -1)))
+
+    one = inputs[:1]
+    latency = _median_ms(runner, one, latency_runs)
+    keras_one = keras_inputs[:1]
+    keras_latency = _median_ms(lambda x: keras.ops.convert_to_numpy(model(x, training=False)), keras_one, latency_runs)
+    return ExportReport(
+        path=os.path.abspath(path),
+        format=runner.format,
+        size_bytes=_size(path),
+        samples=len(inputs),
+        max_abs_diff=max_abs,
+        max_rel_diff=max_abs / scale if scale > 0 else max_abs,
+        top1_agreement=top1,
+        pixel_agreement=pixels,
+        latency_ms=latency,
+        keras_latency_ms=keras_latency,
+        input_dtype=str(runner.dtype),
+    )
