@@ -24,6 +24,10 @@ setup(
         "keras>=3.13",
         "numpy",
         "h5py",
+        # Training (keras_dla.datasets, training, demo): tfds pipelines, TensorBoard logs, curves and pictures.
+        "tensorflow-datasets",
+        "tensorboard",
+        "matplotlib",
     ],
     extras_require={
         # The numeric reference (PyTorch, timm) and the tools the tests and lint need. torch and

@@ -1,0 +1,313 @@
+"""Input pipelines: sources (embedded, folders, list files, tfds), label checks, and augmentation alignment."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_dla import datasets, fashion_mnist
+
+# ------------------------------------------------------------------------------------------------------------------
+# Helpers: data sets made in temporary folders
+
+
+def write_png(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[..., None]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_png(array))
+
+
+def make_class_folder(root, classes=("cat", "dog", "fox"), per_class=10, size=(40, 48)):
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            image = np.full(size + (3,), 60 * label, dtype=np.uint8) + rng.integers(0, 20, size + (3,), dtype=np.uint8)
+            write_png(os.path.join(root, name, f"{i:03d}.png"), image)
+    return root
+
+
+def make_list_folder(root, count=4, size=(48, 56), classes=5, bad_value=None):
+    """The authors' segmentation list-file format: info.json, {train,val}_{images,labels}.txt."""
+    rng = np.random.default_rng(1)
+    for phase in ("train", "val"):
+        images, labels = [], []
+        for i in range(count):
+            mask = rng.integers(0, classes, size).astype(np.uint8)
+            mask[:4] = 255
+            if bad_value is not None and phase == "train" and i == count - 1:
+                mask[10, 10] = bad_value
+            image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+            write_png(os.path.join(root, "images", f"{phase}{i}.png"), image)
+            write_png(os.path.join(root, "labels", f"{phase}{i}.png"), mask)
+            images.append(f"images/{phase}{i}.png")
+            labels.append(f"labels/{phase}{i}.png")
+        for kind, lines in (("images", images), ("labels", labels)):
+            with open(os.path.join(root, f"{phase}_{kind}.txt"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+    with open(os.path.join(root, "info.json"), "w") as f:
+        json.dump({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, f)
+    return root
+
+
+def write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+
+def test_read_idx_round_trip(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
+        write_idx(str(tmp_path / name), array)
+        np.testing.assert_array_equal(fashion_mnist.read_idx(str(tmp_path / name)), array)
+
+
+def test_read_idx_rejects_bad_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="bad magic number.*Received: path="):
+        fashion_mnist.read_idx(str(tmp_path / "bad"))
+    (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1]) + np.asarray([5], ">u4").tobytes() + b"abc")
+    with pytest.raises(ValueError, match="does not match its header"):
+        fashion_mnist.read_idx(str(tmp_path / "short"))
+
+
+def test_load_data_from_a_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (6, 28, 28)),
+        "train-labels-idx1-ubyte.gz": np.arange(6) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(3),
+    }
+    for name, array in arrays.items():
+        write_idx(str(tmp_path / name), array)
+    (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data(str(tmp_path))
+    assert x_train.shape == (6, 28, 28) and x_test.shape == (3, 28, 28)
+    np.testing.assert_array_equal(y_train, arrays["train-labels-idx1-ubyte.gz"])
+    with pytest.raises(FileNotFoundError, match="Received: data_dir="):
+        fashion_mnist.load_data(str(tmp_path / "missing"))
+
+
+def test_real_fashion_mnist_is_available():
+    """The demo's data: the Debian package's files (CI installs dataset-fashion-mnist)."""
+    (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    assert np.bincount(y_train).tolist() == [6000] * 10 and np.bincount(y_test).tolist() == [1000] * 10
+    assert x_train.dtype == np.uint8 and 70 < x_train.mean() < 75  # real photographs on black, not noise
+
+
+def test_scenes_are_deterministic_and_labelled_per_pixel():
+    rng = np.random.default_rng(0)
+    images = np.zeros((20, 28, 28), np.uint8)
+    images[:, 4:24, 6:22] = rng.integers(100, 256, (20, 20, 16))
+    labels = np.arange(20) % 10
+    a, ma = fashion_mnist.make_scenes(images, labels, 12, seed=3)
+    b, mb = fashion_mnist.make_scenes(images, labels, 12, seed=3)
+    c, _ = fashion_mnist.make_scenes(images, labels, 12, seed=4)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    assert not np.array_equal(a, c)
+    assert a.shape == ma.shape == (12, 64, 64)
+    assert ma.max() <= 10 and (ma > 0).mean() > 0.05 and (ma == 0).mean() > 0.2
+    # Every garment pixel shows the garment: above the threshold, where the background stays below 255.
+    assert (a[ma > 0] > fashion_mnist.GARMENT_THRESHOLD).all()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Classification sources
+
+
+def test_class_folder_pipeline(tmp_path):
+    root = make_class_folder(str(tmp_path / "pets"))
+    ds, info = datasets.classification_data(root, split="train", image_size=32, batch_size=4, seed=1)
+    assert info.num_classes == 3 and info.class_names == ("cat", "dog", "fox") and info.num_examples == 27
+    images, labels = next(iter(ds))
+    assert images.shape == (4, 32, 32, 3) and images.dtype == tf.float32 and labels.dtype == tf.int32
+    val, val_info = datasets.classification_data(root, split="validation", image_size=32, batch_size=4)
+    assert val_info.num_examples == 3  # every 10th image of each class
+    labels = np.concatenate([y.numpy() for _, y in val])
+    assert sorted(labels.tolist()) == [0, 1, 2]
+
+
+def test_class_folder_with_train_and_val(tmp_path):
+    make_class_folder(str(tmp_path / "train"), per_class=3)
+    make_class_folder(str(tmp_path / "val"), per_class=2)
+    _, info = datasets.classification_data(str(tmp_path), split="validation", image_size=32, batch_size=2)
+    assert info.num_examples == 6
+
+
+def test_classification_pipeline_is_seeded(tmp_path):
+    root = make_class_folder(str(tmp_path / "pets"), per_class=4)
+
+    def first(seed):
+        ds, _ = datasets.classification_data(root, image_size=32, batch_size=6, seed=seed)
+        return next(iter(ds))[0].numpy()
+
+    np.testing.assert_array_equal(first(5), first(5))
+    assert not np.array_equal(first(5), first(6))
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ("no_such_dataset_xyz", "Unknown dataset"),
+        ("./no/such/folder", "not an existing folder"),
+    ],
+)
+def test_unknown_datasets(dataset, message):
+    with pytest.raises(ValueError, match=f"{message}.*Received: dataset="):
+        datasets.classification_data(dataset)
+
+
+def test_folder_without_images(tmp_path):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="No images.*Received: dataset="):
+        datasets.classification_data(str(tmp_path / "empty"))
+
+
+def test_tfds_classification_through_mock_data():
+    with tfds.testing.mock_data(num_examples=12):
+        ds, info = datasets.classification_data("tf_flowers", split="train", image_size=32, batch_size=4)
+        images, labels = next(iter(ds))
+    assert info.num_classes == 5
+    assert images.shape == (4, 32, 32, 3)
+    assert labels.numpy().min() >= 0 and labels.numpy().max() < 5
+
+
+def test_imagenet_augmentation_and_eval_crop():
+    image = tf.random.uniform((60, 80, 3), 0, 255, seed=1)
+    out = datasets.augment_classification(image, tf.constant([1, 2], tf.int64), 32, recipe="imagenet")
+    assert out.shape == (32, 32, 3) and float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255
+    # Evaluation: shorter side to 32 / 0.875 = 37, centre crop 32: a left/right split image keeps its centre.
+    halves = tf.concat([tf.zeros((40, 40, 3)), 255 * tf.ones((40, 40, 3))], axis=1)
+    crop = datasets.centre_crop(halves, 32).numpy()
+    assert crop.shape == (32, 32, 3)
+    assert crop[:, :10].max() < 1 and crop[:, -10:].min() > 254
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Segmentation sources and labels
+
+
+def test_cityscapes_train_ids():
+    raw = tf.constant([0, 6, 7, 8, 11, 24, 26, 33, 34, 255], tf.uint8)
+    np.testing.assert_array_equal(datasets.cityscapes_train_ids(raw), [255, 255, 0, 1, 2, 11, 13, 18, 255, 255])
+    assert sorted(datasets.CITYSCAPES_TRAIN_IDS.values()) == list(range(19))
+
+
+def test_tfds_cityscapes_through_mock_data():
+    with tfds.testing.mock_data(num_examples=3):
+        ds, info = datasets.segmentation_data("cityscapes", split="train", crop_size=64, batch_size=2)
+        images, masks = next(iter(ds))
+    assert info.num_classes == 19
+    assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
+    values = set(np.unique(masks.numpy()).tolist())
+    assert values <= set(range(19)) | {255}
+
+
+def test_tfds_oxford_pet_through_mock_data():
+    with tfds.testing.mock_data(num_examples=3):
+        ds, info = datasets.segmentation_data("oxford_iiit_pet", split="validation", crop_size=64, batch_size=3)
+        _, masks = next(iter(ds))
+    assert info.num_classes == 2
+    assert set(np.unique(masks.numpy()).tolist()) <= {0, 1, 255}
+    np.testing.assert_array_equal(datasets.pet_labels(tf.constant([1, 2, 3])), [1, 0, 255])
+
+
+def test_list_file_folder(tmp_path):
+    root = make_list_folder(str(tmp_path / "seg"))
+    ds, info = datasets.segmentation_data(root, split="train", crop_size=32, batch_size=2, classes=5)
+    assert info.num_classes == 5 and info.mean == (0.5, 0.5, 0.5) and info.num_examples == 4
+    images, masks = next(iter(ds))
+    assert images.shape == (2, 32, 32, 3) and masks.shape == (2, 32, 32)
+    assert set(np.unique(masks.numpy()).tolist()) <= set(range(5)) | {255}
+    val, _ = datasets.segmentation_data(root, split="validation", crop_size=64, batch_size=4, classes=5)
+    _, masks = next(iter(val))
+    assert masks.shape == (4, 64, 64) and (masks.numpy()[:, :8] == 255).all()  # padded rows are ignored
+
+
+def test_list_file_folder_label_out_of_range(tmp_path):
+    root = make_list_folder(str(tmp_path / "seg"), bad_value=40)
+    with pytest.raises(ValueError, match=r"\[0, 5\) or 255.*\[40\].*Received: dataset="):
+        datasets.segmentation_data(root, classes=5)
+
+
+def test_list_file_folder_needs_classes(tmp_path):
+    root = make_list_folder(str(tmp_path / "seg"))
+    with pytest.raises(ValueError, match="number of classes.*Received: classes=None"):
+        datasets.segmentation_data(root)
+
+
+def test_segmentation_rejects_classification_sets():
+    with pytest.raises(ValueError, match="Segmentation reads.*Received: dataset='tf_flowers'"):
+        datasets.segmentation_data("tf_flowers")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Alignment of image and mask through the segmentation transform
+
+
+def _coded_pair(size=(64, 96), block=16):
+    """A mask of blocks of labels 0..9 and an image whose every channel is 20 * label + 10."""
+    rows, cols = np.indices(size)
+    mask = ((rows // block + cols // block * 3) % 10).astype(np.uint8)
+    image = np.repeat((20.0 * mask + 10.0)[..., None], 3, axis=-1).astype(np.float32)
+    return tf.constant(image), tf.constant(mask)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_augmentation_keeps_image_and_mask_aligned(seed):
+    image, mask = _coded_pair()
+    out_image, out_mask = datasets.augment_segmentation(image, mask, tf.constant([seed, 7], tf.int64), 40)
+    out_image, out_mask = out_image.numpy(), out_mask.numpy()
+    assert out_image.shape == (40, 40, 3) and out_mask.shape == (40, 40) and out_mask.dtype == np.uint8
+    labelled = out_mask != 255
+    decoded = np.round((out_image[..., 0] - 10.0) / 20.0)
+    # Bilinear image vs nearest mask differ only on block borders; everything else must carry the same label.
+    assert np.mean(decoded[labelled] == out_mask[labelled]) > 0.8
+    # The control: the mask of another random transform fails the same comparison.
+    _, other = datasets.augment_segmentation(image, mask, tf.constant([seed + 50, 7], tf.int64), 40)
+    other = other.numpy()
+    keep = labelled & (other != 255)
+    assert np.mean(decoded[keep] == other[keep]) < 0.4
+    # Where the mask is padding (255), the image is padding too (0), up to the bilinear rim.
+    if (~labelled).any():
+        assert np.mean(out_image[..., 0][~labelled] < 10.0) > 0.8
+
+
+def test_augmentation_without_resampling_is_exact():
+    image, mask = _coded_pair()
+    for seed in range(4):
+        out_image, out_mask = datasets.augment_segmentation(
+            image, mask, tf.constant([seed, 1], tf.int64), 40, scale=None, max_rotation=0
+        )
+        decoded = np.round((out_image.numpy()[..., 0] - 10.0) / 20.0)
+        np.testing.assert_array_equal(decoded, out_mask.numpy())
+
+
+def test_augmentation_pads_small_images_with_ignore_label():
+    image, mask = _coded_pair((16, 16), block=4)
+    out_image, out_mask = datasets.augment_segmentation(
+        image, mask, tf.constant([0, 1], tf.int64), 32, scale=None, max_rotation=0
+    )
+    assert (out_mask.numpy() == 255).sum() == 32 * 32 - 16 * 16
+    assert (out_image.numpy()[out_mask.numpy() == 255] == 0).all()
+
+
+def test_embedded_scenes_pipeline():
+    ds, info = datasets.segmentation_data("fashion_mnist_scenes", split="validation", batch_size=8, limit=16)
+    images, masks = next(iter(ds))
+    assert info.num_classes == 11 and images.shape == (8, 64, 64, 1) and masks.shape == (8, 64, 64)
