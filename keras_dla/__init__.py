@@ -27,6 +27,7 @@ from keras_dla.segmentation import (
     save_overlay,
 )
 from keras_dla.version import __version__
+from keras_dla.weights import register_weights
 
 __all__ = [
     "DLA",
@@ -56,5 +57,6 @@ __all__ = [
     "CITYSCAPES_PALETTE",
     "decode_predictions",
     "preprocess_input",
+    "register_weights",
     "__version__",
 ]

@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from keras_dla import blocks, convert
+from keras_dla import weights as pretrained
 
 # levels: blocks per level (level0/1 count convs, level2..5 are trees of that depth); channels per level.
 # block: "basic" | "bottleneck" | "res2net"; groups / base_width give the bottleneck's grouped 3x3 width
@@ -126,11 +127,12 @@ def _validate_arguments(variant, include_top, weights, pooling, classes, classif
     """keras.applications' argument checks, raised before any layer is built."""
     if variant not in MODEL_CONFIGS:
         raise ValueError(f"Unknown DLA variant; expected one of {sorted(MODEL_CONFIGS)}. Received: variant={variant!r}")
-    if not (weights in (None, "imagenet") or (isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights))):
+    is_file = isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights)
+    if not (weights is None or pretrained.find(variant, weights) is not None or is_file):
         raise ValueError(
             "The `weights` argument should be either `None` (random initialization), `'imagenet'` "
-            "(pre-training on ImageNet), or the path to an existing weights file "
-            f"(.safetensors, .pth or .weights.h5). Received: weights={weights!r}"
+            "(pre-training on ImageNet), a tag given to `keras_dla.register_weights`, or the path to an "
+            f"existing weights file (.safetensors, .pth or .weights.h5). Received: weights={weights!r}"
         )
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ValueError(f"`classes` should be a positive integer. Received: classes={classes!r}")
@@ -252,12 +254,10 @@ def DLA(
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, outputs, name=name or variant)
 
-    if weights == "imagenet":
-        raise ValueError(
-            f"ImageNet weights for {variant} are not available in this version of keras_dla yet; "
-            "convert a checkpoint and pass its path, or use weights=None. Received: weights='imagenet'"
-        )
-    if weights is not None:
+    if pretrained.find(variant, weights) is not None:
+        # Fetched, verified and converted once; later loads read the converted cache.
+        pretrained.load_pretrained(model, variant, weights)
+    elif weights is not None:
         convert.load_weights(model, weights, dead_prefixes=convert.dead_project_keys(config))
     return model
 

@@ -3,11 +3,26 @@
 `read_state_dict(path)` dispatches on the file name. Formats:
 - `.safetensors`: an 8-byte little-endian header length, a JSON header of
   `{key: {"dtype", "shape", "data_offsets"}}`, then the raw little-endian tensor bytes.
+- `.pth` / `.pt` / `.bin`, the two formats of `torch.save`:
+  - zip (PyTorch >= 1.6): a zip archive holding `<name>/data.pkl`, the pickled state dict whose tensors
+    refer to storages by key, and each storage's raw bytes in `<name>/data/<key>`;
+  - legacy (before 1.6, the authors' 2018 files): consecutive pickles in one stream: a magic number, the
+    protocol version, system info (byte order), the state dict, the list of storage keys; then each
+    storage as an 8-byte little-endian element count followed by its raw bytes.
+
+A pickle can run any code while it loads, so the `.pth` readers use a restricted unpickler: a state dict
+pickle references only `collections.OrderedDict`, the tensor rebuild functions of `torch._utils` and the
+storage types (`torch.FloatStorage`, ...). Those names resolve to inert stand-ins defined here; any other
+global is refused before it is looked up, so a hostile pickle can only fail. No torch import is needed.
 """
 
+import collections
+import io
 import json
 import os
+import pickle
 import struct
+import zipfile
 
 import numpy as np
 
@@ -67,8 +82,321 @@ def read_safetensors(path):
     return tensors
 
 
+# --- PyTorch .pth ----------------------------------------------------------------------------------------
+
+# Storage class name -> numpy dtype (little-endian; byte order is applied per file). "BFloat16" is widened.
+_STORAGE_DTYPES = {
+    "DoubleStorage": "f8",
+    "FloatStorage": "f4",
+    "HalfStorage": "f2",
+    "BFloat16Storage": "bf16",
+    "LongStorage": "i8",
+    "IntStorage": "i4",
+    "ShortStorage": "i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+class _Inert:
+    """Base of the unpickler's stand-ins: not callable, and a pickle cannot set their state (BUILD)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"a state dict does not set the state of {type(self).__name__}")
+
+
+class _StorageType(_Inert):
+    """Stands in for `torch.FloatStorage` & co. in a persistent id."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+
+class _StorageRef(_Inert):
+    """A storage named by a persistent id; its bytes are read after the pickle."""
+
+    __slots__ = ("key", "dtype", "numel", "view")
+
+    def __init__(self, key, dtype, numel, view=None):
+        self.key, self.dtype, self.numel, self.view = key, dtype, numel, view
+
+
+class _TensorRef(_Inert):
+    """What `_rebuild_tensor[_v2]` returned: a strided view of a storage, materialised later."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _is_int_tuple(value):
+    return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    # `_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, backward_hooks[, metadata])` and the
+    # PyTorch 0.3 `_rebuild_tensor(storage, offset, size, stride)`: only the view matters here.
+    if not (
+        isinstance(storage, _StorageRef)
+        and isinstance(storage_offset, int)
+        and _is_int_tuple(size)
+        and _is_int_tuple(stride)
+        and len(size) == len(stride)
+    ):
+        raise pickle.UnpicklingError("malformed tensor record (expected storage, offset, size, stride)")
+    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    if not isinstance(data, _TensorRef):
+        raise pickle.UnpicklingError("malformed parameter record (expected a tensor)")
+    return data
+
+
+def _size(*args):
+    # torch.Size(sequence), as PyTorch 0.3 pickled tensor sizes.
+    return tuple(*args)
+
+
+# Every global a state dict pickle may name, and what it resolves to. Nothing else is ever looked up.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch", "Size"): _size,
+}
+for _module in ("torch", "torch.cuda"):  # GPU-saved files name torch.cuda.FloatStorage
+    for _name in _STORAGE_DTYPES:
+        _SAFE_GLOBALS[(_module, _name)] = _StorageType(_name)
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """Loads a state dict pickle, refusing every global outside `_SAFE_GLOBALS`."""
+
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+        self.storages = {}
+
+    def find_class(self, module, name):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a PyTorch state dict holds only tensors, numbers and "
+                "strings, so this checkpoint is not a plain state dict or has been tampered with"
+            ) from None
+
+    def persistent_load(self, pid):
+        # ('storage', storage_type, key, location, numel) in zip files; legacy files add view_metadata,
+        # None or (view_key, offset, view_numel) for storages that were views of a larger one.
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        storage_type, key, _, numel = pid[1:5]
+        view = pid[5] if len(pid) == 6 else None
+        if not (isinstance(storage_type, _StorageType) and isinstance(key, str) and isinstance(numel, int)):
+            raise pickle.UnpicklingError(f"malformed storage record {pid!r:.80}")
+        if view is not None and not (isinstance(view, tuple) and len(view) == 3 and _is_int_tuple(view[1:])):
+            raise pickle.UnpicklingError(f"malformed storage view {view!r:.80}")
+        dtype = _STORAGE_DTYPES[storage_type.name]
+        known = self.storages.setdefault(key, _StorageRef(key, dtype, numel))
+        if known.dtype != dtype or known.numel != numel:
+            raise pickle.UnpicklingError(f"storage {key!r} is declared with two types or sizes")
+        if view is None:
+            return known
+        view_key, offset, view_numel = view
+        return _StorageRef(key, dtype, numel, view=(offset, view_numel))
+
+
+def _unpickle(data, path, storages=None):
+    unpickler = _StateDictUnpickler(io.BytesIO(data) if isinstance(data, bytes) else data, path)
+    if storages is not None:
+        unpickler.storages = storages
+    try:
+        return unpickler.load(), unpickler.storages
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RecursionError,
+    ) as e:
+        raise ValueError(f"Cannot read the PyTorch checkpoint: {e}. Received: path={path!r}") from None
+
+
+def _array_from_bytes(raw, dtype, byteorder, count):
+    if dtype == "bf16":  # the upper half of a float32, as in `_bfloat16_to_float32`
+        bits = np.frombuffer(raw, dtype=np.dtype("u2").newbyteorder(byteorder), count=count)
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(byteorder), count=count)
+
+
+def _itemsize(dtype):
+    return 2 if dtype == "bf16" else np.dtype(dtype).itemsize
+
+
+def _materialise(obj, arrays, path):
+    """Replaces every `_TensorRef` in nested dicts/lists by a contiguous numpy array."""
+    if isinstance(obj, _TensorRef):
+        storage = obj.storage
+        flat = arrays[storage.key]
+        if storage.view is not None:
+            offset, numel = storage.view
+            if not 0 <= offset <= offset + numel <= flat.size:
+                raise ValueError(
+                    f"Corrupt PyTorch checkpoint: a storage view lies outside its storage. Received: path={path!r}"
+                )
+            flat = flat[offset : offset + numel]
+        size, stride = obj.size, obj.stride
+        if any(s < 0 for s in size) or any(st < 0 for st in stride) or obj.offset < 0:
+            raise ValueError(f"Corrupt PyTorch checkpoint: negative tensor size or stride. Received: path={path!r}")
+        count = int(np.prod(size, dtype=np.int64))
+        last = obj.offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) if count else obj.offset - 1
+        if last >= flat.size:
+            raise ValueError(
+                f"Corrupt PyTorch checkpoint: a tensor of shape {size} reads past its storage of {flat.size} "
+                f"values. Received: path={path!r}"
+            )
+        base = flat[obj.offset :]
+        view = np.lib.stride_tricks.as_strided(base, shape=size, strides=[st * base.itemsize for st in stride])
+        return np.array(view, copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, _materialise(v, arrays, path)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialise(v, arrays, path) for v in obj)
+    return obj
+
+
+def _as_state_dict(obj, path):
+    """The `{key: array}` in a loaded checkpoint: the object itself, or its "state_dict" / "model" entry."""
+
+    def is_state_dict(value):
+        return isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values())
+
+    if isinstance(obj, dict) and not is_state_dict(obj):
+        for wrapper in ("state_dict", "model"):  # training checkpoints: {"epoch": ..., "state_dict": {...}}
+            if is_state_dict(obj.get(wrapper)):
+                obj = obj[wrapper]
+                break
+    if not is_state_dict(obj) or not all(isinstance(k, str) for k in obj):
+        raise ValueError(
+            "The PyTorch checkpoint does not hold a state dict (a dict of tensor names to tensors). "
+            f"Received: path={path!r} holding a {type(obj).__name__}"
+        )
+    if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _read_pth_zip(path):
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError(f"Not a PyTorch zip checkpoint (no single data.pkl). Received: path={path!r}")
+        prefix = pickles[0][: -len("data.pkl")]
+        byteorder = "<"
+        if f"{prefix}byteorder" in names:
+            byteorder = {"little": "<", "big": ">"}.get(archive.read(f"{prefix}byteorder").decode().strip())
+            if byteorder is None:
+                raise ValueError(f"Unknown byte order in the PyTorch checkpoint. Received: path={path!r}")
+        obj, storages = _unpickle(archive.read(pickles[0]), path)
+        arrays = {}
+        for key, storage in storages.items():
+            name = f"{prefix}data/{key}"
+            nbytes = storage.numel * _itemsize(storage.dtype)
+            try:
+                info = archive.getinfo(name)
+            except KeyError:
+                raise ValueError(
+                    f"Truncated PyTorch checkpoint: storage {key!r} is missing. Received: path={path!r}"
+                ) from None
+            if info.file_size < nbytes:  # checked before reading: a hostile archive cannot inflate past it
+                raise ValueError(
+                    f"Truncated PyTorch checkpoint: storage {key!r} holds {info.file_size} bytes, expected "
+                    f"{nbytes}. Received: path={path!r}"
+                )
+            with archive.open(info) as f:
+                raw = f.read(nbytes)
+            arrays[key] = _array_from_bytes(raw, storage.dtype, byteorder, storage.numel)
+    return _as_state_dict(_materialise(obj, arrays, path), path)
+
+
+def _read_pth_legacy(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    stream = io.BytesIO(data)
+
+    def plain_pickle(what):
+        # The header pickles hold only ints and dicts: any global is refused by the same unpickler.
+        value, storages = _unpickle(stream, path)
+        if storages:
+            raise ValueError(f"Corrupt PyTorch checkpoint: unexpected tensors in the {what}. Received: path={path!r}")
+        return value
+
+    try:
+        magic = plain_pickle("magic number")
+    except ValueError:
+        magic = None
+    if magic != _LEGACY_MAGIC:
+        raise ValueError(
+            "Not a PyTorch checkpoint: neither a zip archive nor the legacy pickle format "
+            f"(bad magic number). Received: path={path!r}"
+        )
+    if plain_pickle("protocol version") != _LEGACY_PROTOCOL:
+        raise ValueError(f"Unsupported legacy PyTorch protocol version. Received: path={path!r}")
+    sys_info = plain_pickle("system info")
+    byteorder = "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else ">"
+    obj, storages = _unpickle(stream, path)
+    keys = plain_pickle("storage key list")
+    if not isinstance(keys, list) or set(keys) != set(storages):
+        raise ValueError(
+            f"Corrupt PyTorch checkpoint: the storage list does not match the tensors. Received: path={path!r}"
+        )
+    arrays = {}
+    offset = stream.tell()
+    for key in keys:
+        storage = storages[key]
+        if offset + 8 > len(data):
+            raise ValueError(f"Truncated PyTorch checkpoint: storage {key!r} is missing. Received: path={path!r}")
+        (count,) = struct.unpack(f"{byteorder}q", data[offset : offset + 8])
+        nbytes = count * _itemsize(storage.dtype)
+        if count != storage.numel or offset + 8 + nbytes > len(data):
+            raise ValueError(
+                f"Truncated or corrupt PyTorch checkpoint: storage {key!r} should hold {storage.numel} values. "
+                f"Received: path={path!r}"
+            )
+        arrays[key] = _array_from_bytes(
+            memoryview(data)[offset + 8 : offset + 8 + nbytes], storage.dtype, byteorder, count
+        )
+        offset += 8 + nbytes
+    return _as_state_dict(_materialise(obj, arrays, path), path)
+
+
+def read_pth(path):
+    """Reads a PyTorch `torch.save` state dict (zip or legacy format) into numpy arrays, without torch."""
+    if zipfile.is_zipfile(path):
+        return _read_pth_zip(path)
+    return _read_pth_legacy(path)
+
+
 READERS = {
     ".safetensors": read_safetensors,
+    ".pth": read_pth,
+    ".pt": read_pth,
+    ".bin": read_pth,
 }
 
 

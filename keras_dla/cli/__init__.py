@@ -12,6 +12,9 @@ import sys
 # Sub-command modules of keras_dla.cli, in the order `--help` lists them.
 COMMANDS = [
     "info",
+    "list",
+    "convert",
+    "predict",
 ]
 
 

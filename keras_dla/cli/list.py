@@ -1,0 +1,25 @@
+"""`keras-dla list`: every DLA variant with its size, cost, upstream accuracy and whether its weights are cached."""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "list",
+        help="list the DLA variants, their parameters, GMACs, upstream top-1 and cached weights",
+        description=(
+            "List every DLA ImageNet variant: parameters, GMACs at 224x224, the ImageNet top-1 of the "
+            "authors' weights (timm's results) and whether converted weights are in $KERAS_HOME/models."
+        ),
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from keras_dla import weights
+
+    print(f"{'variant':16s} {'params':>12s} {'GMACs':>6s} {'top-1':>7s}  cached weights")
+    for variant, tags in weights.PRETRAINED.items():
+        entry = tags["imagenet"]
+        cached = ", ".join(weights.cached_tags(variant)) or "-"
+        print(f"{variant:16s} {entry.params:>12,d} {entry.gmacs:>6.2f} {entry.top1:>7.3f}  {cached}")
+    print(f"cache: {weights.cache_dir()}")
+    return 0

@@ -1,0 +1,647 @@
+"""Pretrained weights: where they come from, how they are verified, and the local cache.
+
+`PRETRAINED[variant]["imagenet"]` lists the places a variant's ImageNet weights can be fetched from, in
+the order they are tried: the authors' file, its re-hosted copies (Open Model Zoo, timm's GitHub release,
+the Hugging Face hub). Every file is checked with sha256 before it is read: against the full digest where
+the source publishes one (the Hugging Face hub sends it with the file), else against the sha256 prefix
+the file name carries (PyTorch hub convention, `dla34-ba72cf86.pth`). A file that fails is reported with
+a `WeightsWarning`, deleted, and never read.
+
+Cache, in `$KERAS_HOME/models` (default `~/.keras/models`):
+- the downloaded checkpoint under its upstream name (`dla34-ba72cf86.pth`);
+- beside it the converted Keras weights (`dla34-ba72cf86.keras_dla.h5`): the variables of every Keras
+  layer, by layer name, in one Fletcher-32 checksummed HDF5 dataset, so a later load reads it in one go
+  into any model of the variant (`include_top=False` included) without the checkpoint or a conversion,
+  and a damaged file fails to read instead of loading wrong numbers.
+Every file is written under a unique temporary name and renamed into place, so an interrupted download or
+conversion leaves nothing a later load accepts; a per-file lock keeps concurrent processes from doing the
+same work twice, and either process succeeds if the other dies.
+
+`KERAS_DLA_WEIGHTS_MIRROR`, a base URL or a local folder holding files under their upstream names, is
+tried before each upstream host. `register_weights` adds a user's own tag to the same machinery.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+
+import h5py
+import numpy as np
+
+from keras_dla import convert, readers
+
+try:  # POSIX; elsewhere the unique temporary names alone keep concurrent loads correct
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+MIRROR_ENV = "KERAS_DLA_WEIGHTS_MIRROR"
+CACHE_SUFFIX = ".keras_dla.h5"
+CACHE_FORMAT = "keras_dla-weights-by-layer-name-2"
+TIMEOUT_S = 30
+_CHUNK = 1 << 20
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class WeightsWarning(UserWarning):
+    """A weights source or cached file was unusable (unreachable, wrong hash, corrupt) and was skipped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One place a weights file can be fetched from.
+
+    Attributes:
+        url: where to download it (`https://`, `http://` or `file://`) or a local path.
+        filename: its name in the cache and on a mirror.
+        sha256: the full hex digest, or the prefix the file name carries; `None` when the host publishes
+            the digest with the download (the Hugging Face hub's `X-Linked-Etag` header).
+        host: who serves it, for messages and the README.
+        mirrored: whether `KERAS_DLA_WEIGHTS_MIRROR` is asked for `filename` first.
+    """
+
+    url: str
+    filename: str
+    sha256: str | None
+    host: str
+    mirrored: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A variant's weights for one tag, with the upstream figures `keras-dla list` prints."""
+
+    variant: str
+    tag: str
+    sources: tuple
+    top1: float | None = None
+    params: int | None = None
+    gmacs: float | None = None
+
+
+_AUTHORS = "http://dl.yf.io/dla/models/imagenet/{name}-{hash}.pth"
+_OPENVINO = "https://storage.openvinotoolkit.org/repositories/open_model_zoo/public/2022.1/dla-34/{name}-{hash}.pth"
+_TIMM_RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/{release}/{file}"
+_HF_HUB = "https://huggingface.co/timm/{name}.in1k/resolve/main/model.safetensors"
+
+# variant: (authors' hash, timm release file, params of the Keras / timm graph, GMACs @224, top-1 of the
+# authors' weights in timm's results CSV). The 8 hex digits of a file name are its sha256 prefix.
+# Sources: REFERENCE.md §1 and §3 (ucbdrive/dla `dla.py`, timm `dla.py` and results CSV).
+_IMAGENET = {
+    "dla34": ("ba72cf86", ("v0.1-weights", "dla34-2b83ff04.pth"), 15_742_104, 3.07, 74.632),
+    "dla46_c": ("2bfd52c3", ("v0.1-weights", "dla46_c-9b68d685.pth"), 1_301_400, 0.58, 64.880),
+    "dla46x_c": ("d761bae7", ("v0.1-weights", "dla46x_c-6bc5b5c8.pth"), 1_068_440, 0.54, 66.008),
+    "dla60x_c": ("b870c45c", ("v0.1-weights", "dla60x_c-a38e054a.pth"), 1_319_832, 0.59, 67.928),
+    "dla60": ("24839fc4", ("v0.1-weights", "dla60-9e91bd4d.pth"), 22_036_632, 4.26, 77.036),
+    "dla60x": ("d15cacda", ("v0.1-weights", "dla60x-6818f6bb.pth"), 17_352_344, 3.54, 78.234),
+    "dla102": ("d94d9790", ("v0.1-weights", "dla102-21f57b54.pth"), 33_268_888, 7.19, 78.016),
+    "dla102x": ("ad62be81", ("v0.1-weights", "dla102x-7ec0aa2a.pth"), 26_309_272, 5.89, 78.516),
+    "dla102x2": ("262837b6", ("v0.1-weights", "dla102x2-ac4239c4.pth"), 41_282_200, 9.34, 79.448),
+    "dla169": ("0914e092", ("v0.1-weights", "dla169-7c767967.pth"), 53_389_720, 11.60, 78.702),
+    # DLA-60 with Res2Net blocks: weights by the Res2Net authors, published through timm's release only.
+    "dla60_res2net": (None, ("v0.1-res2net", "res2net_dla60_4s-d88db7f9.pth"), 20_848_072, 4.15, 78.480),
+    "dla60_res2next": (None, ("v0.1-res2net", "res2next_dla60_4s-d327927b.pth"), 17_032_984, 3.49, 78.488),
+}
+
+
+def _hash_in_name(filename):
+    return filename.rsplit("-", 1)[1].split(".", 1)[0]
+
+
+def _imagenet_sources(variant, authors_hash, timm_file):
+    release, file = timm_file
+    sources = []
+    if authors_hash:
+        filename = f"{variant}-{authors_hash}.pth"
+        sources.append(Source(_AUTHORS.format(name=variant, hash=authors_hash), filename, authors_hash, "authors"))
+        if variant == "dla34":  # the same file, re-hosted by Open Model Zoo
+            sources.append(
+                Source(_OPENVINO.format(name=variant, hash=authors_hash), filename, authors_hash, "OpenVINO")
+            )
+    sources.append(Source(_TIMM_RELEASE.format(release=release, file=file), file, _hash_in_name(file), "timm release"))
+    # The hub publishes each file's full sha256 with it; no copy of it can be verified without the hub.
+    sources.append(Source(_HF_HUB.format(name=variant), f"{variant}.in1k.safetensors", None, "huggingface", False))
+    return tuple(sources)
+
+
+PRETRAINED = {
+    variant: {
+        "imagenet": Pretrained(
+            variant, "imagenet", _imagenet_sources(variant, authors, timm), top1=top1, params=params, gmacs=gmacs
+        )
+    }
+    for variant, (authors, timm, params, gmacs, top1) in _IMAGENET.items()
+}
+
+# Tags added by `register_weights`, {(variant, tag): Pretrained}; kept apart from the built-in table.
+_REGISTERED = {}
+
+
+def cache_dir():
+    """`$KERAS_HOME/models`, or `~/.keras/models`, where downloads and converted weights live.
+
+    As in Keras, an unwritable home falls back to `<tmp>/.keras/models`.
+    """
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    directory = os.path.join(home, "models")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        directory = os.path.join(tempfile.gettempdir(), ".keras", "models")
+        os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def _variant_of(model):
+    from keras_dla.dla import BUILDERS, MODEL_CONFIGS
+
+    if isinstance(model, str) and model in MODEL_CONFIGS:
+        return model
+    for variant, builder in BUILDERS.items():
+        if model is builder:
+            return variant
+    raise ValueError(
+        f"`model` should be a DLA variant name ({', '.join(MODEL_CONFIGS)}) or its builder (keras_dla.DLA34). "
+        f"Received: model={model!r}"
+    )
+
+
+def register_weights(model, tag, url, sha256):
+    """Makes `keras_dla.<Model>(weights=tag)` load your own weights, fetched, verified and cached like ImageNet's.
+
+    Args:
+        model: the variant, as a name (`"dla34"`) or its builder (`keras_dla.DLA34`).
+        tag: the name to pass as `weights=`; any string but `"imagenet"`.
+        url: where the file is: `https://`, `http://`, `file://` or a local path. A PyTorch checkpoint
+            (`.pth`, `.pt`, `.bin`, `.safetensors`; authors' or timm layout, any class count) or a Keras
+            `.weights.h5` file saved from the same model.
+        sha256: the file's full sha256 hex digest (64 characters).
+
+    Example:
+    ```python
+    keras_dla.register_weights("dla34", "birds", "https://example.org/dla34-birds.pth", "3f5c...")
+    model = keras_dla.DLA34(weights="birds", classes=200)
+    ```
+    """
+    variant = _variant_of(model)
+    if not isinstance(tag, str) or not tag or tag == "imagenet" or os.sep in tag:
+        raise ValueError(
+            f"`tag` should be a non-empty name other than 'imagenet', without path separators. Received: tag={tag!r}"
+        )
+    if not isinstance(url, (str, os.PathLike)) or not os.fspath(url):
+        raise ValueError(f"`url` should be a URL or a file path. Received: url={url!r}")
+    url = os.fspath(url)
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ValueError(f"`sha256` should be the file's full sha256 as 64 hex digits. Received: sha256={sha256!r}")
+    suffix = _suffix(urllib.parse.urlparse(url).path or url)
+    if suffix is None:
+        raise ValueError(f"`url` should name a {', '.join(_SUFFIXES)} file. Received: url={url!r}")
+    sha256 = sha256.lower()
+    filename = f"{variant}-{tag}-{sha256[:8]}{suffix}"
+    source = Source(url, filename, sha256, "registered", mirrored=False)
+    _REGISTERED[(variant, tag)] = Pretrained(variant, tag, (source,))
+
+
+def find(variant, tag):
+    """The `Pretrained` entry of `variant` for `tag`, or None."""
+    if not isinstance(tag, str):
+        return None
+    return _REGISTERED.get((variant, tag)) or PRETRAINED.get(variant, {}).get(tag)
+
+
+_SUFFIXES = (".weights.h5", ".safetensors", ".pth", ".pt", ".bin")
+
+
+def _suffix(name):
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+# --- verification ---------------------------------------------------------------------------------------------
+
+
+class _SourceError(Exception):
+    """A source could not give a verified file; the message says why."""
+
+
+class _DoesNotFitError(ValueError):
+    """Intact weights that do not fit the model asked for (another class count): the user's error."""
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_digest(digest, expected, what):
+    if expected is None or not _HEX.fullmatch(expected) or not digest.startswith(expected):
+        raise _SourceError(f"sha256 mismatch for {what}: expected {expected or 'a published digest'}, got {digest}")
+
+
+def _verified_digest_path(path):
+    # The digest a host published with a file (no digest in its name) is kept beside it once verified.
+    return path + ".sha256"
+
+
+def _expected_digest(source, path):
+    if source.sha256 is not None:
+        return source.sha256
+    try:
+        with open(_verified_digest_path(path), encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+# --- download -------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line download progress bar on stderr (a start and an end line when stderr is not a terminal)."""
+
+    def __init__(self, label, total):
+        self.label, self.total = label, total
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        print(f"Downloading {label}" + (f" ({total / 1e6:.1f} MB)" if total else ""), file=sys.stderr, flush=True)
+
+    def update(self, done):
+        now = time.monotonic()
+        if not self.tty or now - self.last < 0.1:
+            return
+        self.last = now
+        if self.total:
+            filled = int(30 * done / self.total)
+            bar = "=" * filled + "." * (30 - filled)
+            print(f"\r  [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"\r  {done / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+
+    def close(self, done):
+        print(("\r" if self.tty else "") + f"  {done / 1e6:.1f} MB done", file=sys.stderr, flush=True)
+
+
+class _RecordRedirects(urllib.request.HTTPRedirectHandler):
+    """Keeps the headers of redirect responses: the hub sends the file's sha256 on its 302."""
+
+    def __init__(self):
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _published_sha256(header_sets):
+    for headers in header_sets:
+        value = (headers.get("X-Linked-Etag") or "").strip().strip('"').lower()
+        if value.startswith("w/"):
+            value = value[2:].strip('"')
+        if re.fullmatch(r"[0-9a-f]{64}", value):
+            return value
+    return None
+
+
+def _temporary(path):
+    """A unique temporary path beside `path`, removed on exit unless it was renamed."""
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part", dir=os.path.dirname(path))
+    os.close(fd)
+    return tmp
+
+
+def _download(url, path, expected):
+    """Downloads `url` to `path` (atomically) and verifies it; returns the verified digest."""
+    recorder = _RecordRedirects()
+    opener = urllib.request.build_opener(recorder)
+    request = urllib.request.Request(url, headers={"User-Agent": "keras_dla"})
+    tmp = _temporary(path)
+    try:
+        try:
+            with opener.open(request, timeout=TIMEOUT_S) as response:
+                total = int(response.headers.get("Content-Length") or 0)
+                progress = _Progress(url, total)
+                digest, done = hashlib.sha256(), 0
+                with open(tmp, "wb") as out:
+                    while chunk := response.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        progress.update(done)
+                progress.close(done)
+                headers = [*recorder.headers, response.headers]
+        except urllib.error.HTTPError as e:
+            raise _SourceError(f"{url} answered HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise _SourceError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
+        if total and done != total:
+            raise _SourceError(f"download of {url} ended after {done} of {total} bytes")
+        digest = digest.hexdigest()
+        if expected is None:
+            expected = _published_sha256(headers)
+            if expected is None:
+                raise _SourceError(f"{url} came without a published sha256, so it cannot be verified")
+        _check_digest(digest, expected, url)
+        os.replace(tmp, path)
+        return digest
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _lock(path):
+    """An exclusive lock on `path + ".lock"` while one process fetches and converts that file."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_url(location):
+    return urllib.parse.urlparse(location).scheme in ("http", "https", "file")
+
+
+def _mirror_location(source, mirror):
+    if not mirror or not source.mirrored:
+        return None
+    if _is_url(mirror):
+        return mirror.rstrip("/") + "/" + urllib.parse.quote(source.filename)
+    return os.path.join(mirror, source.filename)
+
+
+def _fetch(source, directory, mirror=None, download=True):
+    """A verified local copy of `source`: from the cache, the mirror or the upstream host, in that order.
+
+    `mirror` defaults to `$KERAS_DLA_WEIGHTS_MIRROR`; `download=False` reads local files only.
+    """
+    problems = []
+    cached = os.path.join(directory, source.filename)
+    mirror = os.environ.get(MIRROR_ENV) if mirror is None else os.fspath(mirror)
+    locations = [cached, _mirror_location(source, mirror), source.url]
+    for location in filter(None, locations):
+        try:
+            if location == cached or not _is_url(location):
+                if not os.path.isfile(location):
+                    if location != cached:
+                        problems.append(f"{location}: no such file")
+                    continue
+                expected = _expected_digest(source, location) if location == cached else source.sha256
+                _check_digest(sha256_of(location), expected, location)
+                return location
+            if not download:
+                continue
+            digest = _download(location, cached, source.sha256)
+            if source.sha256 is None:
+                _write_atomically(_verified_digest_path(cached), lambda tmp, d=digest: _write_text(tmp, d))
+            return cached
+        except _SourceError as e:
+            if location == cached:  # a damaged or partial cache file: drop it, fetch again
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(cached)
+            warnings.warn(f"Skipping {location}: {e}", WeightsWarning, stacklevel=4)
+            problems.append(f"{location}: {e}")
+    raise _SourceError("; ".join(problems) or "no location")
+
+
+def fetch_checkpoint(entry, *, mirror=None, download=True):
+    """The checkpoint of the first source of `entry` (a `Pretrained`) that gives a verified file.
+
+    Args:
+        entry: e.g. `PRETRAINED["dla34"]["imagenet"]`.
+        mirror: a folder or base URL tried before each upstream host (default `$KERAS_DLA_WEIGHTS_MIRROR`).
+        download: False to use local files only (the cache and a folder mirror).
+
+    Returns:
+        `(path, source)`: the verified local file and the `Source` it came from.
+    """
+    directory = cache_dir()
+    problems = []
+    for source in entry.sources:
+        try:
+            return _fetch(source, directory, mirror=mirror, download=download), source
+        except _SourceError as e:
+            problems.append(f"{source.host}: {e}")
+    raise ValueError(
+        f"No verified checkpoint for the {entry.tag!r} weights of {entry.variant} ({' | '.join(problems)}). "
+        f"Received: mirror={mirror!r}, download={download}"
+    )
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text + "\n")
+
+
+def _write_atomically(path, write):
+    tmp = _temporary(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+# --- the converted cache --------------------------------------------------------------------------------------
+
+
+def save_by_layer_name(model, path, attrs=None):
+    """Writes the weights of `model`'s layers, by layer name, to one checksummed HDF5 file.
+
+    The float32 values of every variable are concatenated into one Fletcher-32 checksummed dataset, with a
+    JSON index of `[layer name, [variable shapes]]`: one read loads them all, and any damaged chunk fails
+    that read.
+    """
+    index, values = [], []
+    for layer in model.layers:
+        if layer.weights:
+            arrays = [np.asarray(variable.numpy(), dtype="float32") for variable in layer.weights]
+            index.append([layer.name, [list(a.shape) for a in arrays]])
+            values.extend(a.ravel() for a in arrays)
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = CACHE_FORMAT
+        f.attrs["index"] = json.dumps(index)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        f.create_dataset("values", data=np.concatenate(values), chunks=True, fletcher32=True)
+
+
+def load_by_layer_name(model, path, variant):
+    """Loads a file of `save_by_layer_name` into `model`; every weighted layer must be there, shapes equal.
+
+    Raises:
+        OSError: the file is unreadable or fails its checksums.
+        ValueError: the file is not a keras_dla weights file of `variant` or does not fit `model`.
+    """
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != CACHE_FORMAT or f.attrs.get("variant") != variant:
+            raise ValueError(f"{path} is not a keras_dla weights file of {variant}")
+        index = json.loads(f.attrs["index"])
+        flat = f["values"][()]
+    offsets, offset = {}, 0
+    for name, shapes in index:
+        offsets[name] = (offset, shapes)
+        offset += sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
+    if offset != flat.size:
+        raise ValueError(f"{path} holds {flat.size} values, its index {offset}")
+    updates = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in offsets:
+            raise ValueError(f"{path} has no weights for layer {layer.name!r}")
+        offset, shapes = offsets[layer.name]
+        if [tuple(shape) for shape in shapes] != [tuple(v.shape) for v in layer.weights]:
+            raise _DoesNotFitError(
+                f"the weights of {layer.name!r} in {os.path.basename(path)} have shapes {shapes}, the model's "
+                f"{[tuple(v.shape) for v in layer.weights]} (built with another class count?)"
+            )
+        for shape, variable in zip(shapes, layer.weights, strict=True):
+            size = int(np.prod(shape, dtype=np.int64))
+            updates.append((variable, flat[offset : offset + size].reshape(shape)))
+            offset += size
+    for variable, value in updates:
+        variable.assign(value)
+
+
+def _fits_head(model, state_dict):
+    """Whether `model` has exactly the classifier the checkpoint has (or neither has one)."""
+    fc = next((layer for layer in model.layers if layer.name == "fc"), None)
+    if "fc.weight" not in state_dict:
+        return fc is None
+    return fc is not None and getattr(fc, "units", None) == state_dict["fc.weight"].shape[0]
+
+
+def convert_checkpoint(variant, checkpoint, model=None):
+    """Loads a PyTorch checkpoint into a `variant` model; returns `(model, dropped)`.
+
+    Args:
+        variant: a key of `MODEL_CONFIGS`.
+        checkpoint: path of a `.pth` / `.safetensors` file (authors' or timm layout).
+        model: a model to load into when its classifier fits the checkpoint's; otherwise (or when None)
+            one is built with the checkpoint's class count, or without top when it has no `fc`.
+
+    Returns:
+        The loaded model and `{key: reason}` of the checkpoint keys dropped by design.
+    """
+    from keras_dla.dla import DLA, MODEL_CONFIGS
+
+    state_dict = readers.read_state_dict(checkpoint)
+    if model is None or not _fits_head(model, state_dict):
+        fc = state_dict.get("fc.weight")
+        model = DLA(
+            variant,
+            weights=None,
+            include_top=fc is not None,
+            classes=int(fc.shape[0]) if fc is not None else 1000,
+            classifier_activation=None,
+            input_shape=(None, None, 3),
+        )
+    dropped = convert.assign_state_dict(
+        model,
+        state_dict,
+        dead_prefixes=convert.dead_project_keys(MODEL_CONFIGS[variant]),
+        source=f"checkpoint {os.path.basename(checkpoint)!r}",
+    )
+    return model, dropped
+
+
+def _converted_path(source, directory):
+    stem = source.filename[: -len(_suffix(source.filename))]
+    return os.path.join(directory, stem + CACHE_SUFFIX)
+
+
+def _load_cached(model, path, variant):
+    """True when `path` loaded; a damaged file is reported and removed."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        load_by_layer_name(model, path, variant)
+        return True
+    except _DoesNotFitError as e:
+        raise ValueError(f"{e}. Received: weights file {path!r}") from None
+    except (OSError, KeyError, ValueError) as e:
+        warnings.warn(f"Cached weights {path} are damaged ({e}); converting them again", WeightsWarning, stacklevel=4)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return False
+
+
+def load_pretrained(model, variant, tag):
+    """Loads the weights `find(variant, tag)` describes into `model`, fetching and converting once.
+
+    Raises:
+        ValueError: no source gave a verified, loadable file (each one's reason is in the message).
+    """
+    entry = find(variant, tag)
+    if entry is None:
+        raise ValueError(f"No weights tagged {tag!r} for {variant}. Received: weights={tag!r}")
+    directory = cache_dir()
+    for source in entry.sources:  # warm path: a converted file, no network, no checkpoint
+        if _suffix(source.filename) != ".weights.h5" and _load_cached(
+            model, _converted_path(source, directory), variant
+        ):
+            return
+    problems = []
+    for source in entry.sources:
+        converted = _converted_path(source, directory)
+        try:
+            with _lock(os.path.join(directory, source.filename)):
+                if _suffix(source.filename) != ".weights.h5" and _load_cached(model, converted, variant):
+                    return  # another process converted it while this one waited
+                local = _fetch(source, directory)
+                if _suffix(source.filename) == ".weights.h5":
+                    convert.load_weights(model, local)
+                    return
+                try:
+                    # Into the user's model when its head fits the checkpoint's, else into a full one.
+                    reference, _ = convert_checkpoint(variant, local, model)
+                except ValueError as e:
+                    raise _SourceError(f"verified but not loadable: {e}") from None
+                attrs = {"variant": variant, "tag": tag, "source": source.url, "source_sha256": sha256_of(local)}
+                _write_atomically(converted, lambda tmp, m=reference, a=attrs: save_by_layer_name(m, tmp, a))
+                if reference is model:
+                    return
+                del reference
+            if _load_cached(model, converted, variant):
+                return
+            problems.append(f"{source.host}: the converted file did not load")
+        except _SourceError as e:
+            problems.append(f"{source.host}: {e}")
+    raise ValueError(
+        f"Could not obtain the {tag!r} weights of {variant} from any source ({' | '.join(problems)}). "
+        f"Set {MIRROR_ENV} to a folder or URL holding {', '.join(s.filename for s in entry.sources[:1])}, "
+        f"or pass a local checkpoint path. Received: weights={tag!r}"
+    )
+
+
+def cached_tags(variant):
+    """Tags of `variant` whose converted weights are in the cache (for `keras-dla list`)."""
+    directory = cache_dir()
+    tags = []
+    entries = {**PRETRAINED.get(variant, {}), **{t: e for (v, t), e in _REGISTERED.items() if v == variant}}
+    for tag, entry in entries.items():
+        if any(os.path.isfile(_converted_path(s, directory)) for s in entry.sources):
+            tags.append(tag)
+    return tags

@@ -1,0 +1,192 @@
+"""`keras-dla convert`, `predict` and `list`, run in-process through the real argument parser."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from PIL import Image
+from torchvision import transforms
+
+import keras_dla
+from keras_dla import weights
+from keras_dla.cli import main
+from keras_dla.cli import predict as predict_command
+from keras_dla.imagenet import MEAN, STD, imagenet_classes
+from tests.reference import authors_state_dict, make_timm_model, timm_outputs
+
+VARIANT = "dla46x_c"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An authors'-layout legacy .pth of a timm dla46x_c with random weights, and the timm model."""
+    model = make_timm_model(VARIANT)
+    state = authors_state_dict(model, VARIANT)
+    path = tmp_path_factory.mktemp("ckpt") / f"{VARIANT}-authors.pth"
+    torch.save(
+        collections.OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state.items()),
+        path,
+        _use_new_zipfile_serialization=False,
+    )
+    return path, model
+
+
+@pytest.fixture(autouse=True)
+def keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return tmp_path / "keras_home"
+
+
+@pytest.mark.parametrize("command", ["convert", "predict", "list"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: keras-dla {command}" in capsys.readouterr().out
+
+
+def test_convert_output_loads_back_with_identical_outputs(checkpoint, tmp_path, capsys):
+    path, timm_model = checkpoint
+    output = tmp_path / "out" / f"{VARIANT}.weights.h5"
+    assert main(["convert", str(path), "--model", VARIANT, "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert f"into {output}" in printed and "1000 classes" in printed
+    # The authors' dead `project` layer (level4 of this variant) is named with the reason.
+    assert "level4.project.0.weight" in printed and "level4.project.1.running_var" in printed
+    assert "dead in the authors' code" in printed
+    assert "BatchNorm step counter" in printed
+    assert [p for p in output.parent.iterdir()] == [output]  # no temporary file left
+
+    images = np.random.default_rng(1).standard_normal((2, SIZE, SIZE, 3)).astype("float32")
+    from_h5 = keras_dla.DLA46XC(weights=str(output), input_shape=(SIZE, SIZE, 3))
+    from_pth = keras_dla.DLA46XC(weights=str(path), input_shape=(SIZE, SIZE, 3))
+    np.testing.assert_array_equal(from_h5.predict(images, verbose=0), from_pth.predict(images, verbose=0))
+    logits, _ = timm_outputs(timm_model, images)
+    expected = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    np.testing.assert_allclose(from_h5.predict(images, verbose=0), expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "dla35", "--output", "x.weights.h5"], "Received: --model dla35"),
+        (["--model", VARIANT, "--output", "x.h5"], "Received: --output x.h5"),
+    ],
+)
+def test_convert_bad_arguments(checkpoint, argv, message, capsys):
+    assert main(["convert", str(checkpoint[0]), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_convert_a_checkpoint_of_another_variant_fails_clearly(checkpoint, tmp_path, capsys):
+    assert main(["convert", str(checkpoint[0]), "--model", "dla34", "--output", str(tmp_path / "x.weights.h5")]) == 2
+    assert "another DLA variant" in capsys.readouterr().err
+    assert not (tmp_path / "x.weights.h5").exists()
+
+
+def test_list_shows_every_variant_and_the_cache(keras_home, capsys):
+    models = keras_home / "models"
+    models.mkdir(parents=True)
+    (models / f"dla34-ba72cf86{weights.CACHE_SUFFIX}").write_bytes(b"")
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert list(rows) == list(keras_dla.MODEL_CONFIGS)
+    assert rows["dla34"].split() == ["dla34", "15,742,104", "3.07", "74.632", "imagenet"]
+    assert rows["dla169"].split() == ["dla169", "53,389,720", "11.60", "78.702", "-"]
+    assert lines[-1] == f"cache: {models}"
+
+
+def _write_image(path, height, width):
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:height, 0:width]
+    smooth = np.stack([xx / width, yy / height, (xx + yy) / (width + height)], axis=-1) * 200
+    image = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype("uint8")
+    tf.io.write_file(str(path), tf.io.encode_png(image))
+    return path
+
+
+def test_eval_preprocessing_matches_torchvision(tmp_path):
+    # The authors' evaluation: Resize(256) (PIL bilinear) + CenterCrop(224), on an odd-sized landscape image.
+    path = _write_image(tmp_path / "image.png", 301, 403)
+    ours = predict_command.load_image(str(path))
+    theirs = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.open(path).convert("RGB"))
+    theirs = np.asarray(theirs, dtype="float32")
+    assert ours.shape == theirs.shape == (224, 224, 3)
+    difference = np.abs(ours - theirs)
+    assert difference.mean() < 1.0 and difference.max() <= 8  # resampling round-off, in 8-bit levels
+
+
+def test_predict_prints_top5_names_and_probabilities(checkpoint, tmp_path, capsys):
+    path, timm_model = checkpoint
+    image = _write_image(tmp_path / "cat.png", 260, 300)
+    assert main(["predict", str(image), "--model", VARIANT, "--weights", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{image}:" and len(lines) == 6
+
+    # The same top-5 as timm on the torchvision-preprocessed image.
+    pipeline = transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    )
+    with torch.no_grad():
+        probabilities = torch.softmax(timm_model(pipeline(Image.open(image).convert("RGB"))[None]), dim=1)[0].numpy()
+    classes = imagenet_classes()
+    for rank, (line, index) in enumerate(zip(lines[1:], np.argsort(probabilities)[::-1][:5], strict=True), 1):
+        wnid, name = classes[index]
+        assert line.startswith(f"  {rank}. {name}") and line.endswith(f"({wnid})")
+        assert float(line.split()[-2]) == pytest.approx(probabilities[index], rel=0.05, abs=1e-4)
+
+
+def test_predict_unreadable_image(checkpoint, tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert main(["predict", str(tmp_path / "broken.jpg"), "--weights", str(checkpoint[0]), "--model", VARIANT]) == 2
+    assert "Cannot read the image" in capsys.readouterr().err
+
+
+def _release_script():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "convert_all.py")
+    spec = importlib.util.spec_from_file_location("convert_all", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_release_script_converts_a_folder_of_checkpoints(checkpoint, tmp_path):
+    import hashlib
+    import json
+
+    path, _ = checkpoint
+    data = path.read_bytes()
+    name = f"{VARIANT}-{hashlib.sha256(data).hexdigest()[:8]}.pth"  # an upstream-style name with its hash
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / name).write_bytes(data)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / name).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    unreachable = weights.Source(f"http://127.0.0.1:9/{name}", name, hashlib.sha256(data).hexdigest()[:8], "authors")
+    entry = weights.Pretrained(VARIANT, "imagenet", (unreachable,))
+    script = _release_script()
+
+    with pytest.warns(weights.WeightsWarning, match="sha256 mismatch"):
+        with pytest.raises(ValueError, match="No verified checkpoint"):
+            script.convert_all(tmp_path / "release-bad", [entry], checkpoints=tmp_path / "bad", log=lambda _: None)
+    assert not (tmp_path / "release-bad" / "manifest.json").exists()
+
+    manifest = script.convert_all(tmp_path / "release", [entry], checkpoints=tmp_path / "checkpoints")
+    assert json.loads((tmp_path / "release" / "manifest.json").read_text()) == manifest
+    record = manifest[VARIANT]
+    output = tmp_path / "release" / record["file"]
+    assert record["sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
+    assert record["source_sha256"] == hashlib.sha256(data).hexdigest()
+    assert "level4.project.0.weight" in record["dropped_keys"]
+    assert record["params"] == weights.PRETRAINED[VARIANT]["imagenet"].params
+
+    images = np.random.default_rng(3).standard_normal((1, SIZE, SIZE, 3)).astype("float32")
+    released = keras_dla.DLA46XC(weights=str(output), input_shape=(SIZE, SIZE, 3))
+    direct = keras_dla.DLA46XC(weights=str(path), input_shape=(SIZE, SIZE, 3))
+    np.testing.assert_array_equal(released.predict(images, verbose=0), direct.predict(images, verbose=0))

@@ -1,0 +1,199 @@
+"""Checkpoint readers without torch: `torch.save` files (zip and legacy) and safetensors, hostile files refused."""
+
+import collections
+import io
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from keras_dla import readers
+from tests.reference import save_safetensors
+
+
+def _sample_state_dict():
+    """Tensors of every dtype a checkpoint may carry, a strided view and two views of one storage."""
+    torch.manual_seed(0)
+    shared = torch.randn(10)
+    state = collections.OrderedDict(
+        conv=torch.randn(4, 3, 3, 3),
+        transposed=torch.randn(3, 5).t(),  # non-contiguous: strides (1, 5)
+        half=torch.randn(7).half(),
+        bf16=torch.randn(6).to(torch.bfloat16),
+        double=torch.randn(2, 2, dtype=torch.float64),
+        steps=torch.tensor(17),  # num_batches_tracked: an int64 scalar
+        ints=torch.arange(5, dtype=torch.int32),
+        flags=torch.tensor([True, False, True]),
+        whole=shared,
+        window=shared[3:8],  # a view at an offset into the same storage
+    )
+    state._metadata = {"": {"version": 1}}  # what nn.Module.state_dict() attaches
+    return state
+
+
+def _as_numpy(tensor):
+    return tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+
+
+def _assert_same(read, state):
+    assert list(read) == list(state)
+    for key, tensor in state.items():
+        expected = _as_numpy(tensor)
+        assert read[key].dtype == expected.dtype, key
+        assert read[key].shape == expected.shape, key
+        np.testing.assert_array_equal(read[key], expected, err_msg=key)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pth_round_trip(tmp_path, zip_format):
+    state = _sample_state_dict()
+    path = tmp_path / "state.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    assert zipfile.is_zipfile(path) == zip_format
+    _assert_same(readers.read_state_dict(path), state)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pth_training_checkpoint_and_data_parallel_prefix(tmp_path, zip_format):
+    state = collections.OrderedDict(("module." + k, v) for k, v in _sample_state_dict().items())
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 90, "arch": "dla34", "best_prec1": 74.6, "state_dict": state}, path,
+               _use_new_zipfile_serialization=zip_format)  # fmt: skip
+    read = readers.read_state_dict(path)
+    _assert_same(read, collections.OrderedDict((k[len("module.") :], v) for k, v in state.items()))
+
+
+def test_pth_parameters_are_tensors(tmp_path):
+    state = {"w": torch.nn.Parameter(torch.randn(3, 2))}
+    torch.save(state, tmp_path / "p.pth")
+    np.testing.assert_array_equal(readers.read_state_dict(tmp_path / "p.pth")["w"], state["w"].detach().numpy())
+
+
+def test_safetensors_matches_pth(tmp_path):
+    state = {k: v for k, v in _sample_state_dict().items() if k not in ("window", "whole")}  # no shared storage
+    torch.save(state, tmp_path / "a.pth")
+    save_safetensors({k: _as_numpy(v) for k, v in state.items()}, tmp_path / "a.safetensors")
+    a, b = readers.read_state_dict(tmp_path / "a.pth"), readers.read_state_dict(tmp_path / "a.safetensors")
+    for key in state:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+# --- hostile and broken files -------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this object calls `open(marker, "w")`: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _legacy_file(path, payload_pickle):
+    # The legacy layout: magic, protocol, sys info, the object pickle, the (empty) storage key list.
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(payload_pickle)
+        pickle.dump([], f, protocol=2)
+
+
+def _zip_file(path, payload_pickle):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", payload_pickle)
+        archive.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+@pytest.mark.parametrize("where", ["top", "inside-state-dict"])
+def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path, layout, where):
+    marker = tmp_path / "code-ran"
+    evil = _RunsCode(marker)
+    payload = pickle.dumps(evil if where == "top" else {"conv.weight": evil}, protocol=2)
+    # The pickle really would run code: a plain unpickler creates the marker.
+    loaded = pickle.loads(payload)
+    (loaded if where == "top" else loaded["conv.weight"]).close()
+    assert marker.exists()
+    marker.unlink()
+
+    path = tmp_path / "evil.pth"
+    (_zip_file if layout == "zip" else _legacy_file)(path, payload)
+    with pytest.raises(ValueError, match=r"refusing to load (io|builtins)\.open.*Received: path="):
+        readers.read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_numpy_pickles_are_refused(tmp_path):
+    # torch.save of numpy arrays pickles numpy's reconstructor: not a PyTorch state dict, and not trusted.
+    torch.save({"w": np.ones(3, "float32")}, tmp_path / "numpy.pth")
+    with pytest.raises(ValueError, match="refusing to load numpy"):
+        readers.read_state_dict(tmp_path / "numpy.pth")
+
+
+def test_build_on_a_stand_in_is_refused(tmp_path):
+    # GLOBAL torch FloatStorage, then BUILD with a state: a pickle must not set attributes of the stand-ins.
+    payload = b"\x80\x02ctorch\nFloatStorage\n}X\x04\x00\x00\x00nameX\x03\x00\x00\x00bads\x86b."
+    _zip_file(tmp_path / "build.pth", payload)
+    with pytest.raises(ValueError, match="Received: path="):
+        readers.read_state_dict(tmp_path / "build.pth")
+
+
+def test_tensor_reading_past_its_storage_is_refused(tmp_path):
+    state = {"w": torch.zeros(4)}
+    torch.save(state, tmp_path / "ok.pth")
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src:
+        entries = {name: src.read(name) for name in src.namelist()}
+    pkl_name = next(n for n in entries if n.endswith("/data.pkl"))
+    # Claim a shape of (400,) over a storage of 4 values: as_strided would read foreign memory.
+    original = entries[pkl_name]
+    entries[pkl_name] = original.replace(b"K\x04\x85", b"M\x90\x01\x85")  # size (4,) -> (400,)
+    assert entries[pkl_name] != original
+    with zipfile.ZipFile(tmp_path / "bad.pth", "w") as dst:
+        for name, data in entries.items():
+            dst.writestr(name, data)
+    with pytest.raises(ValueError, match="reads past its storage"):
+        readers.read_state_dict(tmp_path / "bad.pth")
+
+
+def test_truncated_legacy_file(tmp_path):
+    torch.save({"w": torch.randn(100)}, tmp_path / "full.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) - 50])
+    with pytest.raises(ValueError, match="Truncated"):
+        readers.read_state_dict(tmp_path / "cut.pth")
+
+
+def test_legacy_storage_count_mismatch(tmp_path):
+    torch.save({"w": torch.randn(10)}, tmp_path / "full.pth", _use_new_zipfile_serialization=False)
+    data = bytearray((tmp_path / "full.pth").read_bytes())
+    count_at = len(data) - 10 * 4 - 8
+    assert struct.unpack("<q", data[count_at : count_at + 8]) == (10,)
+    data[count_at : count_at + 8] = struct.pack("<q", 11)
+    (tmp_path / "bad.pth").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="should hold 10 values"):
+        readers.read_state_dict(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", pickle.dumps([1, 2, 3])])
+def test_not_a_checkpoint(tmp_path, content):
+    (tmp_path / "junk.pth").write_bytes(content)
+    with pytest.raises(ValueError, match="Received: path="):
+        readers.read_state_dict(tmp_path / "junk.pth")
+
+
+def test_pickle_of_something_else_than_a_state_dict(tmp_path):
+    buffer = io.BytesIO()
+    torch.save([torch.zeros(2)], buffer)
+    (tmp_path / "list.pth").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        readers.read_state_dict(tmp_path / "list.pth")
+
+
+def test_unknown_suffix(tmp_path):
+    with pytest.raises(ValueError, match=r"Unsupported checkpoint format.*Received: path="):
+        readers.read_state_dict(tmp_path / "weights.onnx")
