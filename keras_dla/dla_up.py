@@ -116,7 +116,7 @@ def _validate_arguments(backbone, classes, down_ratio, weights, activation):
         )
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ValueError(f"`classes` should be a positive integer. Received: classes={classes!r}")
-    if down_ratio not in DOWN_RATIOS or isinstance(down_ratio, bool):
+    if not isinstance(down_ratio, int) or isinstance(down_ratio, bool) or down_ratio not in DOWN_RATIOS:
         raise ValueError(f"`down_ratio` should be one of {DOWN_RATIOS}. Received: down_ratio={down_ratio!r}")
     if not (weights in (None, "imagenet") or (isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights))):
         raise ValueError(
@@ -226,6 +226,11 @@ def DLAUp(
     img_input, input_shape = dla._make_input(input_tensor, input_shape, False)
     dla._validate_input_shape(input_shape, weights)
 
+    state_dict = None
+    if weights not in (None, "imagenet") and not os.fspath(weights).endswith(".weights.h5"):
+        # Read and checked before building, so that a checkpoint of another model fails fast.
+        state_dict = _read_dlaseg_state_dict(os.fspath(weights), backbone, classes, down_ratio)
+
     first_level = int(math.log2(down_ratio))
     x = PadToMultiple(SIZE_MULTIPLE, name="pad")(img_input)
     base = dla.DLA(
@@ -248,19 +253,17 @@ def DLAUp(
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=name or f"{backbone}up")
 
-    if weights not in (None, "imagenet"):
-        path = os.fspath(weights)
+    if state_dict is not None:
         dead = tuple(f"base.{prefix}" for prefix in convert.dead_project_keys(dla.MODEL_CONFIGS[backbone]))
-        if path.endswith(".weights.h5"):
-            convert.load_weights(model, path)
-        else:
-            convert.assign_state_dict(
-                model,
-                _read_dlaseg_state_dict(path, backbone, classes, down_ratio),
-                dead_prefixes=dead,
-                ignored_prefixes={"base.fc.": BASE_FC_NOTE},
-                source=f"checkpoint {os.path.basename(path)!r}",
-            )
+        convert.assign_state_dict(
+            model,
+            state_dict,
+            dead_prefixes=dead,
+            ignored_prefixes={"base.fc.": BASE_FC_NOTE},
+            source=f"checkpoint {os.path.basename(os.fspath(weights))!r}",
+        )
+    elif weights not in (None, "imagenet"):
+        convert.load_weights(model, weights)  # a Keras .weights.h5 file
     return model
 
 

@@ -115,9 +115,12 @@ class DLASeg(nn.Module):
         return self.up(self.fc(x))
 
 
-def make_dlaseg(variant="dla34", classes=5, down_ratio=2, seed=0):
-    """A DLASeg in eval mode on a trained-looking timm backbone, with trained-looking decoder weights."""
-    base = reference.make_timm_model(variant, seed=seed)
+def make_dlaseg(variant="dla34", classes=5, down_ratio=2, seed=0, base=None):
+    """A DLASeg in eval mode on a trained-looking timm backbone, with trained-looking decoder weights.
+
+    `base`, a model of `reference.make_timm_model(variant)`, saves making one (the backbone is not changed).
+    """
+    base = reference.make_timm_model(variant, seed=seed) if base is None else base
     torch.manual_seed(seed + 1)
     model = DLASeg(base, variant, classes, down_ratio)
     decoder_bns = [m for m in model.dla_up.modules() if isinstance(m, nn.BatchNorm2d)]
