@@ -197,3 +197,50 @@ def test_pickle_of_something_else_than_a_state_dict(tmp_path):
 def test_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match=r"Unsupported checkpoint format.*Received: path="):
         readers.read_state_dict(tmp_path / "weights.onnx")
+
+
+class _OldStorage:
+    """A storage as a PyTorch 0.3/0.4 file names it: by persistent id, saved from the GPU."""
+
+    def __init__(self, key, values, view=None):
+        self.key, self.values, self.view = key, values, view
+
+
+class _OldTensor:
+    """Pickles as PyTorch 0.3 did: `torch._utils._rebuild_tensor(storage, offset, torch.Size, stride)`."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, torch.Size(size), stride)
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor, self.args)
+
+
+class _OldPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _OldStorage):
+            # ('storage', type, root key, location, root numel, view metadata) of the legacy format.
+            return ("storage", torch.cuda.FloatStorage, obj.key, "cuda:0", obj.values.size, obj.view)
+        return None
+
+
+def test_legacy_file_from_pytorch_0_3_saved_on_gpu(tmp_path):
+    # Written by hand, byte for byte in the layout of torch/serialization.py's legacy save: the authors'
+    # 2018 checkpoints predate `_rebuild_tensor_v2` and were saved from CUDA storages.
+    root = np.arange(12, dtype="<f4")
+    whole = _OldStorage("140", root)
+    view = _OldStorage("140", root, view=("141", 4, 6))  # a storage view: values 4..9 of the root
+    state = collections.OrderedDict(
+        [("conv.weight", _OldTensor(whole, 0, (3, 4), (4, 1))), ("bn.bias", _OldTensor(view, 1, (2,), (2,)))]
+    )
+    buffer = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(header, buffer, protocol=2)
+    _OldPickler(buffer, protocol=2).dump(state)
+    pickle.dump(["140"], buffer, protocol=2)
+    buffer.write(struct.pack("<q", root.size) + root.tobytes())
+    (tmp_path / "old.pth").write_bytes(buffer.getvalue())
+
+    read = readers.read_state_dict(tmp_path / "old.pth")
+    np.testing.assert_array_equal(read["conv.weight"], root.reshape(3, 4))
+    np.testing.assert_array_equal(read["bn.bias"], [5.0, 7.0])  # view offset 4, tensor offset 1, stride 2
