@@ -27,6 +27,7 @@ import hashlib
 import http.client
 import json
 import os
+import posixpath
 import re
 import sys
 import tempfile
@@ -64,11 +65,11 @@ class Source:
 
     Attributes:
         url: where to download it (`https://`, `http://` or `file://`) or a local path.
-        filename: its name in the cache and on a mirror.
+        filename: its name in the cache (a mirror holds it under the last part of `url`).
         sha256: the full hex digest, or the prefix the file name carries; `None` when the host publishes
             the digest with the download (the Hugging Face hub's `X-Linked-Etag` header).
         host: who serves it, for messages and the README.
-        mirrored: whether `KERAS_DLA_WEIGHTS_MIRROR` is asked for `filename` first.
+        mirrored: whether `KERAS_DLA_WEIGHTS_MIRROR` is asked for the file before `url`.
     """
 
     url: str
@@ -163,6 +164,16 @@ def cache_dir():
     return directory
 
 
+_SUFFIXES = (".weights.h5", ".safetensors", ".pth", ".pt", ".bin")
+
+
+def _suffix(name):
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
 def _variant_of(model):
     from keras_dla.dla import BUILDERS, MODEL_CONFIGS
 
@@ -195,9 +206,10 @@ def register_weights(model, tag, url, sha256):
     ```
     """
     variant = _variant_of(model)
-    if not isinstance(tag, str) or not tag or tag == "imagenet" or os.sep in tag:
+    if not isinstance(tag, str) or not re.fullmatch(r"[\w.-]+", tag) or tag == "imagenet":
+        # The tag becomes part of the cache file name.
         raise ValueError(
-            f"`tag` should be a non-empty name other than 'imagenet', without path separators. Received: tag={tag!r}"
+            f"`tag` should be a name of letters, digits, '_', '.' or '-', other than 'imagenet'. Received: tag={tag!r}"
         )
     if not isinstance(url, (str, os.PathLike)) or not os.fspath(url):
         raise ValueError(f"`url` should be a URL or a file path. Received: url={url!r}")
@@ -209,7 +221,7 @@ def register_weights(model, tag, url, sha256):
         raise ValueError(f"`url` should name a {', '.join(_SUFFIXES)} file. Received: url={url!r}")
     sha256 = sha256.lower()
     filename = f"{variant}-{tag}-{sha256[:8]}{suffix}"
-    source = Source(url, filename, sha256, "registered", mirrored=False)
+    source = Source(url, filename, sha256, "registered")
     _REGISTERED[(variant, tag)] = Pretrained(variant, tag, (source,))
 
 
@@ -218,16 +230,6 @@ def find(variant, tag):
     if not isinstance(tag, str):
         return None
     return _REGISTERED.get((variant, tag)) or PRETRAINED.get(variant, {}).get(tag)
-
-
-_SUFFIXES = (".weights.h5", ".safetensors", ".pth", ".pt", ".bin")
-
-
-def _suffix(name):
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return None
 
 
 # --- verification ---------------------------------------------------------------------------------------------
@@ -383,11 +385,16 @@ def _is_url(location):
 
 
 def _mirror_location(source, mirror):
+    """Where `mirror` (a base URL or a folder) holds `source`: under its upstream file name."""
     if not mirror or not source.mirrored:
         return None
+    if _is_url(source.url):
+        name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlparse(source.url).path))
+    else:
+        name = os.path.basename(source.url)
     if _is_url(mirror):
-        return mirror.rstrip("/") + "/" + urllib.parse.quote(source.filename)
-    return os.path.join(mirror, source.filename)
+        return mirror.rstrip("/") + "/" + urllib.parse.quote(name)
+    return os.path.join(mirror, name)
 
 
 def _fetch(source, directory, mirror=None, download=True):

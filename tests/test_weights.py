@@ -242,6 +242,16 @@ def test_mirror_is_tried_first(server, reference, monkeypatch, tmp_path, mirror_
     assert server.requests[f"/down/{name}"] == 0
 
 
+def test_registered_weights_through_a_mirror_folder(server, reference, monkeypatch, tmp_path, blank):
+    data, _ = reference["files"][("safetensors", "timm")]
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "my-dla.safetensors").write_bytes(data)  # under the URL's file name
+    monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))
+    keras_dla.register_weights(VARIANT, "mine", server.url("/gone/my-dla.safetensors"), _sha(data))
+    np.testing.assert_allclose(_logits(_load(blank, "mine"), reference), reference["logits"], rtol=1e-3, atol=ATOL)
+    assert server.requests["/gone/my-dla.safetensors"] == 0
+
+
 def test_hub_source_is_verified_with_the_digest_it_publishes(server, reference, monkeypatch, isolated, blank):
     data, _ = reference["files"][("safetensors", "timm")]
     server.files["/cdn/blob"] = data
@@ -361,6 +371,7 @@ def test_registered_weights_of_another_class_count(server, reference):
         (dict(model="dla35"), "Received: model='dla35'"),
         (dict(tag="imagenet"), "Received: tag='imagenet'"),
         (dict(tag=""), "Received: tag=''"),
+        (dict(tag="../x"), "Received: tag='../x'"),
         (dict(sha256="abc"), "Received: sha256='abc'"),
         (dict(url="https://example.org/weights.onnx"), "Received: url="),
     ],
