@@ -15,6 +15,7 @@ COMMANDS = [
     "list",
     "convert",
     "predict",
+    "export",
 ]
 
 

@@ -1,0 +1,204 @@
+"""`keras-dla export`: a DLA classifier, DLA-Up model or saved `.keras` model as a SavedModel or TFLite file.
+
+The exported artefact is then run next to the Keras model (`keras_dla.export.verify_export`) and its size,
+parity and single-image latency are printed. Parity is measured on real images when `--representative`
+gives them (images the int8 calibration did not use), and always on random ones.
+"""
+
+import os
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("float16", "dynamic", "int8")
+UP_SUFFIX = "up"
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model as a SavedModel or TFLite file and measure its parity and latency",
+        description=(
+            "Export a keras_dla model (a classifier such as dla34, a DLA-Up segmentation model such as dla34up, "
+            "or the path of a saved .keras model) as a TensorFlow SavedModel or a TFLite file, then compare it "
+            "with the Keras model and print its size, parity and latency."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="dla34 ... dla60_res2next, dla34up ..., or a .keras file")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="none, imagenet, or a weights file (.safetensors, .pth, .weights.h5); must be none for a .keras model",
+    )
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--quantize", default=None, help=f"TFLite only: one of {', '.join(QUANTIZATIONS)}")
+    parser.add_argument(
+        "--representative",
+        default=None,
+        metavar="DATASET_OR_FOLDER",
+        help="real images for int8 calibration and for parity: fashion_mnist or a folder of images",
+    )
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="static input size")
+    parser.add_argument("--output", required=True, help="the SavedModel directory or .tflite file to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--classes", type=int, default=None, help="classes of a model built here (default 1000 / 19)")
+    parser.add_argument("--down-ratio", type=int, default=2, help="DLA-Up output stride (2, 4, 8 or 16)")
+    parser.add_argument("--logits", action="store_true", help="export scores before the softmax")
+    parser.add_argument(
+        "--uint8-input", action="store_true", help="the artefact takes uint8 pixels and applies --preprocess itself"
+    )
+    parser.add_argument(
+        "--preprocess",
+        default="imagenet",
+        help="what turns pixels into model inputs: imagenet (default), fashion_mnist, unit (x/255) or none",
+    )
+    parser.add_argument("--integer-io", action="store_true", help="with --quantize int8: int8 input and output too")
+    parser.add_argument("--calibration-steps", type=int, default=200, help="representative images used (int8)")
+    parser.add_argument("--samples", type=int, default=16, help="images compared with the Keras model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random parity images")
+    parser.set_defaults(func=run)
+
+
+def _validate(args):
+    if args.format not in FORMATS:
+        raise ValueError(f"--format should be one of {', '.join(FORMATS)}. Received: --format {args.format}")
+    if args.quantize is not None and args.quantize not in QUANTIZATIONS:
+        raise ValueError(
+            f"--quantize should be one of {', '.join(QUANTIZATIONS)}. Received: --quantize {args.quantize}"
+        )
+    if args.quantize is not None and args.format != "tflite":
+        raise ValueError(f"--quantize applies to --format tflite only. Received: --format {args.format}")
+    if args.quantize == "int8" and not args.representative:
+        raise ValueError(
+            "--quantize int8 calibrates on real images; pass --representative fashion_mnist or a folder of images. "
+            "Received: no --representative"
+        )
+    if args.integer_io and args.quantize != "int8":
+        raise ValueError(f"--integer-io needs --quantize int8. Received: --quantize {args.quantize}")
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise ValueError(f"--input-size should be two positive integers. Received: --input-size {args.input_size}")
+    for flag, value in (("--samples", args.samples), ("--calibration-steps", args.calibration_steps)):
+        if value < 1:
+            raise ValueError(f"{flag} should be a positive integer. Received: {flag} {value}")
+    if os.path.lexists(args.output) and not args.overwrite:
+        raise ValueError(f"--output exists; pass --overwrite to replace it. Received: --output {args.output}")
+
+
+def _weights(value):
+    if value == "none":
+        return None
+    if value == "imagenet":
+        return value
+    if not os.path.isfile(value):
+        raise FileNotFoundError(f"--weights should be none, imagenet or an existing file. Received: --weights {value}")
+    return value
+
+
+def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logits=False):
+    """The Keras model `keras-dla export --model name` exports, with a static input when `input_size` is given."""
+    import keras
+
+    from keras_dla import dla, dla_up
+
+    if name.endswith(".keras") or os.path.sep in name:
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"No saved model at this path. Received: --model {name}")
+        if weights is not None:
+            raise ValueError(f"A .keras file holds its weights; use --weights none. Received: --weights {weights}")
+        return keras.saving.load_model(name)
+    shape = (*input_size, 3) if input_size else None
+    if name in dla.MODEL_CONFIGS:
+        return dla.DLA(
+            name,
+            weights=weights,
+            input_shape=shape,
+            classes=1000 if classes is None else classes,
+            classifier_activation=None if logits else "softmax",
+        )
+    backbone = name[: -len(UP_SUFFIX)]
+    if name.endswith(UP_SUFFIX) and backbone in dla.MODEL_CONFIGS:
+        return dla_up.DLAUp(
+            backbone,
+            weights=weights,
+            input_shape=shape,
+            classes=19 if classes is None else classes,
+            down_ratio=down_ratio,
+            activation=None if logits else "softmax",
+        )
+    names = list(dla.MODEL_CONFIGS) + [f"{v}{UP_SUFFIX}" for v in dla.MODEL_CONFIGS]
+    raise ValueError(f"Unknown model; expected one of {names} or a .keras file. Received: --model {name}")
+
+
+def run(args):
+    _validate(args)
+    weights = _weights(args.weights)
+
+    import numpy as np
+
+    from keras_dla import export
+
+    preprocess = export._resolve_preprocess(args.preprocess)
+    model = build_model(
+        args.model,
+        weights,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        classes=args.classes,
+        down_ratio=args.down_ratio,
+        logits=args.logits,
+    )
+    shape = tuple(model.inputs[0].shape)
+    height, width = args.input_size or shape[1:3]
+    if height is None or width is None:
+        if args.format == "tflite":
+            raise ValueError(f"TFLite needs a static input; pass --input-size H W. Received: --model {args.model}")
+        height, width = 224, 224  # a dynamic SavedModel is compared at this size
+    channels = shape[-1]
+
+    real = None
+    if args.representative:
+        count = args.calibration_steps + args.samples
+        real = export.load_images(args.representative, (height, width), channels, count=count)
+    kwargs = dict(uint8_input=args.uint8_input, preprocess=preprocess, overwrite=args.overwrite)
+
+    def as_input(pixels):  # the form the artefact takes: uint8 pixels, or what the Keras model takes
+        return pixels if args.uint8_input else np.asarray(preprocess(pixels.astype("float32")))
+
+    if args.format == "saved_model":
+        path = export.export_saved_model(model, args.output, input_size=args.input_size, **kwargs)
+    else:
+        calibration = None
+        if args.quantize == "int8":
+            calibration = as_input(real[: max(1, len(real) - args.samples)])
+        path = export.export_tflite(
+            model,
+            args.output,
+            input_size=(height, width),
+            quantization=args.quantize,
+            representative_data=calibration,
+            calibration_steps=args.calibration_steps,
+            integer_io=args.integer_io,
+            **kwargs,
+        )
+    print(f"exported {args.model} ({model.count_params():,} parameters) to {path}")
+
+    checks = []
+    if real is not None:
+        held_out = real[-args.samples :] if len(real) > args.samples else real
+        checks.append((f"{len(held_out)} real images from {args.representative}", as_input(held_out)))
+    rng = np.random.default_rng(args.seed)
+    pixels = rng.integers(0, 256, size=(args.samples, height, width, channels), dtype=np.uint8)
+    checks.append((f"{args.samples} random images", as_input(pixels)))
+    for label, inputs in checks:
+        report = export.verify_export(model, path, inputs, preprocess=preprocess)
+        agreement = ""
+        if report.top1_agreement is not None:
+            agreement = f"  top-1 agreement {100 * report.top1_agreement:.2f}%"
+        elif report.pixel_agreement is not None:
+            agreement = f"  pixel agreement {100 * report.pixel_agreement:.2f}%"
+        print(
+            f"parity on {label}: max abs diff {report.max_abs_diff:.3g} (relative {report.max_rel_diff:.3g}){agreement}"
+        )
+    print(f"size: {report.size_bytes / 2**20:.2f} MiB ({report.size_bytes:,} bytes)")
+    print(
+        f"latency (one {height}x{width} image, median of {10} runs): {report.latency_ms:.2f} ms exported, "
+        f"{report.keras_latency_ms:.2f} ms Keras"
+    )
+    return 0
