@@ -19,6 +19,7 @@ global is refused before it is looked up, so a hostile pickle can only fail. No 
 import collections
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -262,9 +263,11 @@ def _materialise(obj, arrays, path):
         size, stride = obj.size, obj.stride
         if any(s < 0 for s in size) or any(st < 0 for st in stride) or obj.offset < 0:
             raise ValueError(f"Corrupt PyTorch checkpoint: negative tensor size or stride. Received: path={path!r}")
-        count = int(np.prod(size, dtype=np.int64))
+        count = math.prod(size)  # Python ints: a hostile size cannot overflow into a small count
         last = obj.offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) if count else obj.offset - 1
-        if last >= flat.size:
+        # A parameter or buffer never holds more values than its storage (no broadcast views in a state
+        # dict): this bounds what is materialised by the file's own size.
+        if last >= flat.size or count > flat.size:
             raise ValueError(
                 f"Corrupt PyTorch checkpoint: a tensor of shape {size} reads past its storage of {flat.size} "
                 f"values. Received: path={path!r}"
@@ -301,6 +304,7 @@ def _as_state_dict(obj, path):
 
 
 def _read_pth_zip(path):
+    file_size = os.path.getsize(path)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl") and n.count("/") == 1]
@@ -323,13 +327,19 @@ def _read_pth_zip(path):
                 raise ValueError(
                     f"Truncated PyTorch checkpoint: storage {key!r} is missing. Received: path={path!r}"
                 ) from None
-            if info.file_size < nbytes:  # checked before reading: a hostile archive cannot inflate past it
+            # torch.save stores storages uncompressed; refusing anything else bounds every read by the
+            # file's own size, so a hostile archive cannot inflate into memory.
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"Not a PyTorch checkpoint: storage {key!r} is compressed. Received: path={path!r}")
+            if info.file_size < nbytes or nbytes > file_size:
                 raise ValueError(
                     f"Truncated PyTorch checkpoint: storage {key!r} holds {info.file_size} bytes, expected "
                     f"{nbytes}. Received: path={path!r}"
                 )
             with archive.open(info) as f:
                 raw = f.read(nbytes)
+            if len(raw) != nbytes:
+                raise ValueError(f"Truncated PyTorch checkpoint: storage {key!r} is cut short. Received: path={path!r}")
             arrays[key] = _array_from_bytes(raw, storage.dtype, byteorder, storage.numel)
     return _as_state_dict(_materialise(obj, arrays, path), path)
 

@@ -244,3 +244,30 @@ def test_legacy_file_from_pytorch_0_3_saved_on_gpu(tmp_path):
     read = readers.read_state_dict(tmp_path / "old.pth")
     np.testing.assert_array_equal(read["conv.weight"], root.reshape(3, 4))
     np.testing.assert_array_equal(read["bn.bias"], [5.0, 7.0])  # view offset 4, tensor offset 1, stride 2
+
+
+def test_compressed_storage_is_refused(tmp_path):
+    # torch.save never compresses; a deflated storage could inflate far past the file's size.
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "ok.pth")
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src, zipfile.ZipFile(tmp_path / "bomb.pth", "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError, match="is compressed"):
+        readers.read_state_dict(tmp_path / "bomb.pth")
+
+
+def test_tensor_size_that_overflows_int64_is_refused(tmp_path):
+    torch.save({"w": torch.zeros(4)}, tmp_path / "ok.pth")
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src:
+        entries = {name: src.read(name) for name in src.namelist()}
+    pkl_name = next(n for n in entries if n.endswith("/data.pkl"))
+    original = entries[pkl_name]
+    # size (4,) stride (1,) -> size (2**32, 2**32) stride (0, 0): 2**64 values, which int64 wraps to 0.
+    huge = b"\x8a\x05\x00\x00\x00\x00\x01"  # LONG1: 2**32
+    entries[pkl_name] = original.replace(b"K\x04\x85", huge + huge + b"\x86").replace(b"K\x01\x85", b"K\x00K\x00\x86")
+    assert entries[pkl_name] != original
+    with zipfile.ZipFile(tmp_path / "bad.pth", "w") as dst:
+        for name, data in entries.items():
+            dst.writestr(name, data)
+    with pytest.raises(ValueError, match="reads past its storage"):
+        readers.read_state_dict(tmp_path / "bad.pth")
