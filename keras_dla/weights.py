@@ -51,6 +51,7 @@ MIRROR_ENV = "KERAS_DLA_WEIGHTS_MIRROR"
 CACHE_SUFFIX = ".keras_dla.h5"
 CACHE_FORMAT = "keras_dla-weights-by-layer-name-2"
 TIMEOUT_S = 30
+MAX_DOWNLOAD_BYTES = 2 << 30  # the largest DLA checkpoint is 0.2 GB; a host streaming more is broken
 _CHUNK = 1 << 20
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -336,7 +337,8 @@ def _download(url, path, expected):
     try:
         try:
             with opener.open(request, timeout=TIMEOUT_S) as response:
-                total = int(response.headers.get("Content-Length") or 0)
+                length = response.headers.get("Content-Length") or "0"
+                total = int(length) if length.isdigit() else 0
                 progress = _Progress(url, total)
                 digest, done = hashlib.sha256(), 0
                 with open(tmp, "wb") as out:
@@ -345,6 +347,8 @@ def _download(url, path, expected):
                         digest.update(chunk)
                         done += len(chunk)
                         progress.update(done)
+                        if done > MAX_DOWNLOAD_BYTES:
+                            raise _SourceError(f"{url} sent more than {MAX_DOWNLOAD_BYTES} bytes")
                 progress.close(done)
                 headers = [*recorder.headers, response.headers]
         except urllib.error.HTTPError as e:
