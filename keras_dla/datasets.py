@@ -239,7 +239,8 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
 
     Recipes: `"imagenet"` (random-resized crop, flip, colour jitter, PCA lighting for RGB) and `"small"` for
     low-resolution images such as Fashion-MNIST (pad or resize to `size`, shift by up to size/8 pixels with
-    zero padding, flip): a random-resized crop of 8% of a 28-pixel garment keeps nothing recognisable.
+    zero padding, flip): a random-resized crop of 8% of a 28-pixel garment keeps nothing recognisable; `"flip"`
+    only pads or resizes and flips (short runs).
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = tf.cast(image, tf.float32)
@@ -352,7 +353,8 @@ def classification_data(
         batch_size: the global batch size.
         training: augment, shuffle and repeat (defaults to `split == "train"`).
         seed: seed of the shuffle and of every augmentation.
-        recipe: augmentation, `"imagenet"` or `"small"`; defaults to `"small"` for Fashion-MNIST.
+        recipe: augmentation, `"imagenet"`, `"small"` or `"flip"` (see `augment_classification`); defaults to
+            `"small"` for Fashion-MNIST, else `"imagenet"`.
         data_dir: tfds data folder, or the folder of the Fashion-MNIST IDX files.
         limit: use only the first `limit` examples (for quick runs and tests).
         drop_remainder: drop a last partial batch (defaults to `training`).

@@ -15,6 +15,8 @@ COMMANDS = [
     "list",
     "convert",
     "predict",
+    "train",
+    "demo",
     "export",
 ]
 

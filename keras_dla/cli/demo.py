@@ -1,0 +1,58 @@
+"""`keras-dla demo`: train a DLA on real Fashion-MNIST, evaluate on the 10,000 test images, export and check.
+
+With `--task segmentation`, DLA-Up on "Fashion-MNIST scenes" (composed 64x64 canvases of real garments).
+The output folder receives report.md / report.json (accuracy, timings, export parity) and pictures.
+"""
+
+import argparse
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "demo",
+        help="a real run on real data in minutes: train, evaluate, export, check",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--task", choices=("classification", "segmentation"), default="classification")
+    parser.add_argument("--output", default="dla_demo", help="output folder (a killed demo resumes there)")
+    parser.add_argument("--model", default=None, help="default: dla46_c (classification), dla46_cup (segmentation)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 5 (classification), 8 (segmentation)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 128 / 32)")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--image-size", type=int, default=None, help="input size (default 32) or scene crop (64)")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N examples only")
+    parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test examples only")
+    parser.add_argument("--devices", type=int, default=None, help="split the CPU into N logical devices")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"), help="progress output")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from keras_dla.demo import run_demo
+
+    report = run_demo(
+        args.output,
+        task=args.task,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        image_size=args.image_size,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        devices=args.devices,
+        seed=args.seed,
+        verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+    )
+    if args.task == "classification":
+        figure = f"test accuracy {100 * report['test_accuracy']:.2f}%"
+    else:
+        figure = f"mean IoU {100 * report['mean_iou']:.2f}%"
+    parity = ", ".join(f"{name} max abs diff {p['max_abs_diff']:.2g}" for name, p in report["export"].items())
+    print(
+        f"{report['model']} on {report['dataset']}: {figure} on {report['test_examples']} test examples "
+        f"in {report['timings']['total_s']} s; {parity}. Report: {args.output}/report.md"
+    )
+    return 0

@@ -1,0 +1,575 @@
+"""Training DLA classifiers and DLA-Up segmenters with `model.fit` under a `tf.distribute` strategy.
+
+`train(TrainConfig(...))` is what `keras-dla train` runs: it picks the strategy (one device, MirroredStrategy over
+the local GPUs or logical CPUs, or MultiWorkerMirroredStrategy from `TF_CONFIG`), checks every argument and the
+data before anything trains, builds and compiles the model inside the strategy's scope (SGD with momentum 0.9 and
+weight decay 1e-4, the authors' learning-rate schedules), and fits it with callbacks that make the run resumable:
+
+    DIR/backup/            BackupAndRestore state: the same command started again resumes where it stopped
+    DIR/best.weights.h5    the weights of the best epoch (validation accuracy, or mean IoU)
+    DIR/history.csv        one row per epoch (appended across restarts)
+    DIR/logs/              TensorBoard
+    DIR/curves.png         loss and metric curves
+    DIR/run.json           the configuration and the final figures
+
+Under multi-worker training only the chief writes DIR; every other worker keeps its backup in
+DIR/workers/worker-<index>/ (so that it resumes at the same epoch as the chief) and its other files in a temporary
+folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own).
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_dla import datasets
+from keras_dla.dla import DLA, MODEL_CONFIGS
+
+STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
+SCHEDULES = ("step", "poly", "cosine")
+TASKS = ("classification", "segmentation")
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+POLY_POWER = 0.9
+STEP_FACTOR = 0.1
+STEPS_PER_DECAY = 4  # the step schedule divides the run in 4: x0.1 every 30 of the authors' 120 ImageNet epochs
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; `keras-dla train` fills it from its flags."""
+
+    task: str = "classification"
+    model: str = "dla34"
+    dataset: str = "fashion_mnist"
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 64  # global: split over the replicas
+    lr: float | None = None  # default: 0.1 * batch / 256 (classification), 0.01 * batch / 16 (segmentation)
+    schedule: str | None = None  # default: "step" (classification), "poly" (segmentation)
+    weights: str = "none"  # "none" | "imagenet" | a weights file
+    output: str = "runs/dla"
+    strategy: str = "auto"
+    devices: int | None = None
+    mixed_precision: bool = False
+    jit: bool = False
+    image_size: int | None = None  # classification input / segmentation crop; default per data set
+    classes: int | None = None  # only needed by a list-file folder without `classes` in info.json
+    down_ratio: int = 2
+    seed: int = 0
+    momentum: float = MOMENTUM
+    weight_decay: float = WEIGHT_DECAY
+    data_dir: str | None = None
+    limit: int | None = None  # use only the first examples of each split
+    augment: str | None = None  # classification recipe ("imagenet", "small", "flip"); default per data set
+    validation_steps: int | None = None
+    backup_every: int | None = None  # also back up every N steps (default: every epoch)
+    verbose: int | str = "auto"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Devices and strategies
+
+
+def configure_devices(devices):
+    """`--devices N`: the first N GPUs, or the CPU split into N logical devices where there is no GPU.
+
+    Must run before TensorFlow initialises its devices (before any tensor is made).
+    """
+    if devices is None:
+        return
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"`devices` should be a positive integer. Received: devices={devices!r}")
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        if gpus:
+            if devices > len(gpus):
+                raise ValueError(f"Only {len(gpus)} GPUs are visible. Received: devices={devices}")
+            tf.config.set_visible_devices(gpus[:devices], "GPU")
+        else:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError as e:
+        if len(_local_devices()) != devices:
+            raise ValueError(
+                f"TensorFlow had started before the devices could be set up ({e}). Received: devices={devices}"
+            ) from e
+
+
+def _local_devices():
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+
+
+def parse_tf_config(text=None):
+    """The parsed `TF_CONFIG` (cluster and task), or a ValueError that says what is wrong with it."""
+    text = os.environ.get("TF_CONFIG") if text is None else text
+    if not text:
+        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable. Received: TF_CONFIG=None")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG does not parse as JSON ({e}). Received: TF_CONFIG={text!r}") from e
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG should hold a 'cluster' and a 'task' object. Received: TF_CONFIG={text!r}")
+    workers = cluster.get("worker", []) + cluster.get("chief", [])
+    if not workers or not all(isinstance(w, str) and ":" in w for w in workers):
+        raise ValueError(
+            f"TF_CONFIG's cluster should list workers as 'host:port' strings. Received: TF_CONFIG={text!r}"
+        )
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise ValueError(
+            f"TF_CONFIG's task should name a type of the cluster and an index into it. Received: TF_CONFIG={text!r}"
+        )
+    return config
+
+
+def is_chief(tf_config):
+    """Chief: the 'chief' task, or worker 0 of a cluster without one."""
+    if tf_config is None:
+        return True
+    task, cluster = tf_config["task"], tf_config["cluster"]
+    return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0 and "chief" not in cluster)
+
+
+def make_strategy(name="auto", devices=None):
+    """The `tf.distribute` strategy and the parsed TF_CONFIG (None unless multi-worker).
+
+    `"auto"` is multi-worker when TF_CONFIG is set, else MirroredStrategy over every local GPU (or every
+    logical CPU device when there is no GPU).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy; expected one of {STRATEGIES}. Received: strategy={name!r}")
+    if name == "auto":
+        name = "multiworker" if os.environ.get("TF_CONFIG") else "mirrored"
+    tf_config = parse_tf_config() if name == "multiworker" else None
+    configure_devices(devices)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy(), tf_config
+    local = _local_devices()
+    if name == "one-device":
+        return tf.distribute.OneDeviceStrategy(local[0]), None
+    if len(local) > 1 and "GPU" not in local[0]:
+        # Logical CPU devices: all-reduce by copying to one device (NCCL is for GPUs).
+        return tf.distribute.MirroredStrategy(local, cross_device_ops=tf.distribute.ReductionToOneDevice()), None
+    return tf.distribute.MirroredStrategy(local), None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class AuthorsSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The authors' per-step learning rates: step (x0.1 every quarter), poly (power 0.9) or cosine."""
+
+    def __init__(self, kind, lr, total_steps, step_every=None):
+        self.kind, self.lr, self.total_steps = kind, float(lr), int(total_steps)
+        self.step_every = int(step_every or max(self.total_steps // STEPS_PER_DECAY, 1))
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        progress = ops.minimum(step / float(self.total_steps), 1.0)
+        if self.kind == "step":
+            return self.lr * ops.power(STEP_FACTOR, ops.floor(step / float(self.step_every)))
+        if self.kind == "poly":
+            return self.lr * ops.power(1.0 - progress, POLY_POWER)
+        return self.lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
+
+    def get_config(self):
+        return dict(kind=self.kind, lr=self.lr, total_steps=self.total_steps, step_every=self.step_every)
+
+
+def learning_rate_schedule(kind, lr, total_steps, step_every=None):
+    """A `LearningRateSchedule` of the authors: `"step"`, `"poly"` or `"cosine"` over `total_steps`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"Unknown schedule; expected one of {SCHEDULES}. Received: schedule={kind!r}")
+    return AuthorsSchedule(kind, lr, total_steps, step_every)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models, losses, metrics
+
+
+def classification_models():
+    return sorted(MODEL_CONFIGS)
+
+
+def segmentation_models():
+    """DLA-Up names: `<backbone>up` for each DLA backbone (e.g. `dla34up`)."""
+    return [f"{name}up" for name in classification_models()]
+
+
+def _backbone_of(model):
+    return model[: -len("up")] if model.endswith("up") else model
+
+
+def validate(config):
+    """Argument checks that need no data and no TensorFlow devices; raise before anything is built."""
+    if config.task not in TASKS:
+        raise ValueError(f"Unknown task; expected one of {TASKS}. Received: task={config.task!r}")
+    names = classification_models() if config.task == "classification" else segmentation_models()
+    if config.model not in names and not (config.task == "segmentation" and config.model in classification_models()):
+        raise ValueError(f"Unknown model for {config.task}; expected one of {names}. Received: model={config.model!r}")
+    for field in ("epochs", "batch_size"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{field}` should be a positive integer. Received: {field}={value!r}")
+    for field in ("steps_per_epoch", "validation_steps", "limit", "backup_every", "image_size"):
+        value = getattr(config, field)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"`{field}` should be a positive integer. Received: {field}={value!r}")
+    if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
+        raise ValueError(f"`lr` should be a positive number. Received: lr={config.lr!r}")
+    if config.schedule is not None and config.schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule; expected one of {SCHEDULES}. Received: schedule={config.schedule!r}")
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy; expected one of {STRATEGIES}. Received: strategy={config.strategy!r}")
+    if config.weights not in ("none", "imagenet") and not os.path.isfile(str(config.weights)):
+        raise ValueError(
+            f"`weights` should be 'none', 'imagenet' or an existing weights file. Received: weights={config.weights!r}"
+        )
+    if config.down_ratio not in (2, 4, 8, 16):
+        raise ValueError(f"`down_ratio` should be 2, 4, 8 or 16. Received: down_ratio={config.down_ratio!r}")
+
+
+def build_classifier(model, classes, input_shape, weights):
+    """A DLA classifier with a `classes`-way softmax; `weights` is "none", "imagenet" or a file."""
+    backbone_weights = None if weights == "none" or str(weights).endswith(".weights.h5") else weights
+    if backbone_weights is not None and input_shape[-1] != 3:
+        raise ValueError(
+            f"Pretrained backbones expect RGB images; the data set has {input_shape[-1]} channel(s). "
+            f"Received: weights={weights!r}"
+        )
+    if backbone_weights == "imagenet" and classes == 1000:
+        net = DLA(model, weights="imagenet", input_shape=input_shape)
+    elif backbone_weights is not None:
+        # The ImageNet (or converted) backbone with a new `fc` for this data set's classes.
+        base = DLA(model, include_top=False, pooling="avg", weights=backbone_weights, input_shape=input_shape)
+        x = keras.layers.Dense(classes, name="fc")(base.output)
+        x = keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)
+        net = keras.Model(base.input, x, name=model)
+    else:
+        net = DLA(model, weights=None, input_shape=input_shape, classes=classes)
+    if str(weights).endswith(".weights.h5"):
+        net.load_weights(weights)
+    return net
+
+
+def build_segmenter(model, classes, input_shape, weights, down_ratio):
+    """A DLA-Up model (`keras_dla.dla_up.DLAUp`) on the DLA backbone named by `model` (`dla34up` or `dla34`)."""
+    try:
+        from keras_dla.dla_up import DLAUp
+    except ImportError as e:
+        raise ValueError(
+            f"Segmentation needs keras_dla.dla_up, which this installation lacks. Received: model={model!r}"
+        ) from e
+    backbone_weights = None if weights == "none" or str(weights).endswith(".weights.h5") else weights
+    net = DLAUp(
+        backbone=_backbone_of(model),
+        classes=classes,
+        down_ratio=down_ratio,
+        weights=backbone_weights,
+        input_shape=input_shape,
+    )
+    if str(weights).endswith(".weights.h5"):
+        net.load_weights(weights)
+    return net
+
+
+def _outputs_probabilities(model):
+    """Whether a model ends in a softmax (else it returns logits or log-probabilities)."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def segmentation_loss_and_metrics(classes, from_logits):
+    """`keras_dla.segmentation`'s 255-ignoring cross-entropy and mean IoU, and the labelled-pixel accuracy."""
+    from keras_dla import segmentation
+
+    loss = segmentation.SegmentationCrossEntropy(from_logits=from_logits)
+    return loss, [segmentation.SegmentationMeanIoU(classes, name="mean_iou"), _pixel_accuracy()]
+
+
+def _pixel_accuracy():
+    def pixel_accuracy(y_true, y_pred):
+        y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        valid = ops.cast(ops.not_equal(y_true, 255), "float32")
+        hit = ops.cast(ops.equal(y_true, ops.cast(ops.argmax(y_pred, axis=-1), "int32")), "float32")
+        return ops.sum(hit * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+    return keras.metrics.MeanMetricWrapper(pixel_accuracy, name="pixel_accuracy")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Callbacks and the run directory
+
+
+def _nan_callback():
+    class StopOnNaN(keras.callbacks.Callback):
+        """Stops training at the first NaN or infinite loss and remembers where it happened."""
+
+        def __init__(self):
+            super().__init__()
+            self.epoch, self.message = 0, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(float(loss)):
+                self.message = (
+                    f"The loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}: training stopped. "
+                    "Lower --lr, check the labels, or drop --mixed-precision."
+                )
+                self.model.stop_training = True
+
+    return StopOnNaN()
+
+
+def _curves_callback(csv_path, png_path):
+    class Curves(keras.callbacks.Callback):
+        """Redraws DIR/curves.png from DIR/history.csv after every epoch (so it covers restarted runs)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            plot_history(read_history(csv_path), png_path)
+
+    return Curves()
+
+
+def read_history(csv_path):
+    """Rows of history.csv as dicts of floats, one per epoch (the last row wins for a repeated epoch)."""
+    if not os.path.isfile(csv_path):
+        return []
+    rows = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+            except ValueError:
+                continue
+            if "epoch" in values:
+                rows[int(values["epoch"])] = values
+    return [rows[e] for e in sorted(rows)]
+
+
+def plot_history(rows, png_path, title=None):
+    """Loss and metric curves (train and validation) of `rows` into a PNG; a no-op without rows."""
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [k for k in rows[0] if k not in ("epoch", "learning_rate") and not k.startswith("val_")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    for ax, name in zip(axes[0], metrics, strict=True):
+        ax.plot(epochs, [r.get(name, math.nan) for r in rows], "o-", label="train")
+        if any(f"val_{name}" in r for r in rows):
+            ax.plot(epochs, [r.get(f"val_{name}", math.nan) for r in rows], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+class RunDirectory:
+    """Where a worker writes: the chief's files in `output`, a non-chief's in a temporary folder."""
+
+    def __init__(self, output, tf_config=None):
+        self.output = os.path.abspath(output)
+        self.chief = is_chief(tf_config)
+        if self.chief:
+            self.files = self.output
+            self.backup = os.path.join(self.output, "backup")
+        else:
+            index = tf_config["task"]["index"]
+            kind = tf_config["task"]["type"]
+            self.files = tempfile.mkdtemp(prefix=f"keras_dla_{kind}{index}_")
+            self.backup = os.path.join(self.output, "workers", f"{kind}-{index}", "backup")
+        os.makedirs(self.files, exist_ok=True)
+        os.makedirs(self.backup, exist_ok=True)
+
+    def path(self, name):
+        return os.path.join(self.files, name)
+
+    def cleanup(self):
+        if not self.chief:
+            shutil.rmtree(self.files, ignore_errors=True)
+
+
+def make_callbacks(run_dir, monitor, mode, backup_every=None):
+    csv_path = run_dir.path("history.csv")
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        run_dir.path("best.weights.h5"), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
+    )
+    # A restarted run must not overwrite the best weights with a worse epoch: start from the best logged so far.
+    best = [r[monitor] for r in read_history(csv_path) if monitor in r]
+    if best and os.path.isfile(run_dir.path("best.weights.h5")):
+        checkpoint.best = max(best) if mode == "max" else min(best)
+    nan = _nan_callback()
+    callbacks = [
+        nan,
+        # CSV and curves before the backup: a kill between them repeats an epoch row, which read_history dedups.
+        keras.callbacks.CSVLogger(csv_path, append=True),
+        checkpoint,
+        _curves_callback(csv_path, run_dir.path("curves.png")),
+        keras.callbacks.TensorBoard(run_dir.path("logs"), update_freq="epoch"),
+        keras.callbacks.BackupAndRestore(run_dir.backup, save_freq=backup_every or "epoch", delete_checkpoint=False),
+    ]
+    return callbacks, nan
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+# Settings that may change between a run and its restart (they do not change what is trained).
+RESTART_FREE = ("verbose", "output", "backup_every", "validation_steps", "data_dir")
+
+
+def check_resumable(config):
+    """A run folder resumes only the run that made it: other settings there are an error, before training."""
+    path = os.path.join(config.output, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        previous = json.load(f)
+    current = dataclasses.asdict(config)
+    changed = {k: v for k, v in current.items() if k not in RESTART_FREE and previous.get(k, v) != v}
+    if changed:
+        raise ValueError(
+            f"The output folder holds a run with other settings ({', '.join(sorted(changed))}); restart it with "
+            f"the same command or choose another --output. Received: {changed}"
+        )
+
+
+def default_lr(config):
+    if config.task == "classification":
+        return 0.1 * config.batch_size / 256
+    return 0.01 * config.batch_size / 16
+
+
+def train(config):
+    """Trains as `config` says; returns a dict of the final figures (also written to DIR/run.json).
+
+    Every check (names, numbers, data, labels, TF_CONFIG, batch size vs. replicas) happens before the first
+    step. A run whose DIR holds a backup resumes from it; a run that had finished trains no further epoch.
+    """
+    validate(config)
+    strategy, tf_config = make_strategy(config.strategy, config.devices)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"The global batch size should be divisible by the {replicas} replicas. "
+            f"Received: batch_size={config.batch_size}"
+        )
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+
+    multiworker = tf_config is not None
+    if config.task == "classification":
+        size = config.image_size or (32 if config.dataset == "fashion_mnist" else 224)
+        load = datasets.classification_data
+        data_args = dict(image_size=size, recipe=config.augment)
+        monitor = "val_accuracy"
+    else:
+        size = config.image_size or (64 if config.dataset == "fashion_mnist_scenes" else 512)
+        load = datasets.segmentation_data
+        data_args = dict(crop_size=size, classes=config.classes)
+        monitor = "val_mean_iou"
+    common = dict(batch_size=config.batch_size, seed=config.seed, data_dir=config.data_dir, limit=config.limit)
+    train_ds, info = load(config.dataset, split="train", **data_args, **common)
+    # Replicas must see equal shares of every batch: a partial last validation batch is dropped when distributed.
+    distributed = multiworker or replicas > 1
+    val_ds, val_info = load(config.dataset, split="validation", drop_remainder=distributed, **data_args, **common)
+    if distributed and 0 < val_info.num_examples < config.batch_size:
+        raise ValueError(
+            f"The validation split has {val_info.num_examples} examples, fewer than one global batch. "
+            f"Received: batch_size={config.batch_size}"
+        )
+    if config.task == "classification" and config.classes is not None and config.classes != info.num_classes:
+        raise ValueError(f"The data set has {info.num_classes} classes. Received: classes={config.classes}")
+    if not config.steps_per_epoch and not info.num_examples:
+        raise ValueError(
+            "The size of the data set is unknown (tensorflow-datasets has not prepared it): give --steps-per-epoch. "
+            "Received: steps_per_epoch=None"
+        )
+    steps = config.steps_per_epoch or max(info.num_examples // config.batch_size, 1)
+    schedule_name = config.schedule or ("step" if config.task == "classification" else "poly")
+    lr = config.lr or default_lr(config)
+    check_resumable(config)
+    run_dir = RunDirectory(config.output, tf_config)
+
+    with strategy.scope():
+        input_shape = (size, size, info.channels)
+        if config.task == "classification":
+            model = build_classifier(config.model, info.num_classes, input_shape, config.weights)
+            loss = keras.losses.SparseCategoricalCrossentropy()
+            metrics = ["accuracy"]
+        else:
+            model = build_segmenter(config.model, info.num_classes, input_shape, config.weights, config.down_ratio)
+            loss, metrics = segmentation_loss_and_metrics(info.num_classes, not _outputs_probabilities(model))
+        optimizer = keras.optimizers.SGD(
+            learning_rate_schedule(schedule_name, lr, steps * config.epochs),
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=bool(config.jit))
+
+    callbacks, nan = make_callbacks(run_dir, monitor, "max", config.backup_every)
+    if run_dir.chief:
+        with open(run_dir.path("config.json"), "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(config), f, indent=2)
+    history = model.fit(
+        train_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        validation_steps=config.validation_steps,
+        callbacks=callbacks,
+        verbose=config.verbose,
+    )
+    rows = read_history(run_dir.path("history.csv"))
+    result = {
+        "task": config.task,
+        "model": config.model,
+        "dataset": config.dataset,
+        "replicas": replicas,
+        "strategy": type(strategy).__name__,
+        "epochs_completed": len(rows),
+        "epochs_this_run": len(history.epoch),
+        "final": rows[-1] if rows else {},
+        "best": {monitor: max((r[monitor] for r in rows if monitor in r), default=None)},
+        "stopped": nan.message,
+    }
+    if run_dir.chief:
+        with open(run_dir.path("run.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    run_dir.cleanup()
+    if nan.message:
+        raise FloatingPointError(nan.message)
+    result["model_object"] = model
+    return result

@@ -1,0 +1,57 @@
+"""The demo's whole pipeline (train, evaluate, export, check, report, pictures) on small subsets of the real data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_dla import demo
+
+
+def test_confusion_matrix_and_iou():
+    labels = np.array([0, 0, 1, 1, 2, 255])
+    predictions = np.array([0, 1, 1, 1, 0, 2])
+    matrix = demo.confusion_matrix(labels, predictions, 3, ignore=255)
+    np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    np.testing.assert_allclose(demo.iou_per_class(matrix), [1 / 3, 2 / 3, 0.0])
+    assert np.isnan(demo.iou_per_class(np.zeros((2, 2), int))).all()
+
+
+def run_demo_cli(args, timeout=420):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.run(
+        [sys.executable, "-m", "keras_dla.cli", "demo", "--verbose", "2", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_demo_pipeline_on_a_small_subset(tmp_path, task):
+    output = str(tmp_path / "demo")
+    args = ["--task", task, "--output", output, "--epochs", "1", "--train-limit", "256", "--test-limit", "100"]
+    args += ["--batch-size", "32"]
+    result = run_demo_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(os.path.join(output, "report.json")))
+    assert report["task"] == task and report["epochs"] == 1 and report["test_examples"] == 100
+    assert report["strategy"] == "MirroredStrategy"
+    figure = report["test_accuracy"] if task == "classification" else report["mean_iou"]
+    assert 0.0 <= figure <= 1.0
+    for name in ("report.md", "curves.png", "confusion_matrix.png", "samples.png", "model.tflite", "model.weights.h5"):
+        assert os.path.getsize(os.path.join(output, name)) > 0, name
+    assert os.path.isfile(os.path.join(output, "saved_model", "saved_model.pb"))
+    # Both exports agree with the Keras model on real test images.
+    for name in ("saved_model", "tflite"):
+        parity = report["export"][name]
+        assert parity["images"] == 100 and parity["max_abs_diff"] < 1e-3, parity
+        agreement = parity["top1_agreement"] if task == "classification" else parity["pixel_agreement"]
+        assert agreement >= 0.99, parity
+    assert set(report["timings"]) >= {"train_s", "evaluate_s", "export_s", "export_check_s", "total_s"}
+    assert "test accuracy" in result.stdout or "mean IoU" in result.stdout

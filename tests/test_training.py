@@ -1,0 +1,269 @@
+"""Training: argument checks, schedules, TF_CONFIG, and real fits in subprocesses (2 replicas, 2 workers, resume).
+
+The fits run `keras-dla train` in child processes: logical CPU devices must be set up before TensorFlow starts,
+a multi-worker cluster needs one process per worker, and kill-and-resume needs a process to kill.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_dla import training
+from keras_dla.cli import build_parser
+from keras_dla.cli import train as cli_train
+from tests.test_data import make_class_folder
+
+# A tiny real run: dla46_c at 32x32 on a 3-class folder, a few steps.
+TINY = ["--model", "dla46_c", "--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--verbose", "2"]
+
+
+def keras_dla(args, env=None, timeout=240, **kwargs):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "keras_dla.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_class_folder(str(tmp_path_factory.mktemp("data") / "animals"), per_class=30, size=(36, 36))
+
+
+def history_epochs(output):
+    with open(os.path.join(output, "history.csv")) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# In-process checks (no devices are touched)
+
+
+def test_cli_choices_match_the_library():
+    assert cli_train.TASKS == training.TASKS
+    assert cli_train.SCHEDULES == training.SCHEDULES
+    assert cli_train.STRATEGIES == training.STRATEGIES
+    args = build_parser().parse_args(["train", "--epochs", "3", "--batch-size", "16"])
+    config = cli_train.config_from_args(args)
+    assert (config.dataset, config.epochs, config.batch_size, config.weights) == ("fashion_mnist", 3, 16, "none")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(model="resnet50"), "Unknown model for classification.*Received: model='resnet50'"),
+        (dict(task="segmentation", model="dla34x"), "Unknown model for segmentation"),
+        (dict(task="detection"), "Unknown task"),
+        (dict(epochs=0), "`epochs` should be a positive integer. Received: epochs=0"),
+        (dict(batch_size=-4), "Received: batch_size=-4"),
+        (dict(schedule="linear"), "Unknown schedule.*Received: schedule='linear'"),
+        (dict(strategy="tpu"), "Unknown strategy.*Received: strategy='tpu'"),
+        (dict(weights="/no/such/file.pth"), "Received: weights='/no/such/file.pth'"),
+        (dict(lr=-1.0), "Received: lr=-1.0"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_runs(changes, message):
+    with pytest.raises(ValueError, match=message):
+        training.validate(training.TrainConfig(**changes))
+
+
+def test_schedules_follow_the_authors():
+    step = training.learning_rate_schedule("step", 0.1, 400)
+    assert [round(float(step(s)), 6) for s in (0, 99, 100, 200, 399)] == [0.1, 0.1, 0.01, 0.001, 0.0001]
+    poly = training.learning_rate_schedule("poly", 0.01, 100)
+    assert float(poly(0)) == pytest.approx(0.01) and float(poly(100)) == pytest.approx(0.0)
+    assert float(poly(50)) == pytest.approx(0.01 * 0.5**0.9, rel=1e-5)
+    cosine = training.learning_rate_schedule("cosine", 0.2, 100)
+    assert float(cosine(50)) == pytest.approx(0.1, rel=1e-5) and float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="Received: schedule='exp'"):
+        training.learning_rate_schedule("exp", 0.1, 10)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "does not parse as JSON"),
+        ('{"cluster": {"worker": ["localhost:1"]}}', "'cluster' and a 'task'"),
+        ('{"cluster": {"worker": [1]}, "task": {"type": "worker", "index": 0}}', "'host:port'"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "index into it"),
+    ],
+)
+def test_bad_tf_config(text, message):
+    with pytest.raises(ValueError, match=f"{message}.*Received: TF_CONFIG="):
+        training.parse_tf_config(text)
+
+
+def test_chief_of_a_cluster():
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    assert training.is_chief({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert not training.is_chief({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    with_chief = {**cluster, "chief": ["127.0.0.1:3"]}
+    assert not training.is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+    assert training.is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
+
+
+def test_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n1,0.65,0.8\n2,0.7,0.7\n")
+    rows = training.read_history(str(path))
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[1]["accuracy"] == 0.65
+    training.plot_history(rows, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad input through the command line: a clear message, exit code 2, and no training
+
+
+def test_bad_input_on_the_command_line(tmp_path, folder):
+    empty = tmp_path / "empty" / "cls"
+    empty.mkdir(parents=True)
+    cases = [
+        (["--dataset", "no_such_dataset_xyz"], "Unknown dataset"),
+        (["--dataset", str(tmp_path / "empty")], "No images"),
+        (["--model", "dla35"], "Unknown model"),
+        (["--dataset", folder, "--devices", "2", "--batch-size", "7"], "divisible by the 2 replicas"),
+    ]
+    for extra, message in cases:
+        result = keras_dla(["train", *TINY, "--output", str(tmp_path / "run"), *extra])
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Received:" in result.stderr
+        assert "Epoch 1/" not in result.stdout
+    result = keras_dla(
+        ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--output", str(tmp_path / "run")],
+        env={"TF_CONFIG": "{'cluster': []}"},
+    )
+    assert result.returncode == 2 and "TF_CONFIG does not parse" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Real fits
+
+
+def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder):
+    output = str(tmp_path / "run")
+    result = keras_dla(
+        ["train", *TINY, "--dataset", folder, "--devices", "2", "--epochs", "2", "--steps-per-epoch", "3"]
+        + ["--output", output]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.load(open(os.path.join(output, "run.json")))
+    assert run["replicas"] == 2 and run["strategy"] == "MirroredStrategy" and run["epochs_completed"] == 2
+    for name in ("best.weights.h5", "history.csv", "curves.png", "backup/latest.weights.h5"):
+        assert os.path.isfile(os.path.join(output, name)), name
+    assert os.listdir(os.path.join(output, "logs"))
+    assert np.isfinite(run["final"]["loss"])
+    # The same command again: the run is complete, nothing more is trained.
+    again = keras_dla(
+        ["train", *TINY, "--dataset", folder, "--devices", "2", "--epochs", "2", "--steps-per-epoch", "3"]
+        + ["--output", output]
+    )
+    assert again.returncode == 0 and "2/2 epochs done (0 in this run)" in again.stdout
+    # Other settings in the same folder are refused.
+    other = keras_dla(["train", *TINY, "--dataset", folder, "--epochs", "5", "--output", output])
+    assert other.returncode == 2 and "other settings (epochs)" in other.stderr
+
+
+def test_nan_loss_stops_with_a_message(tmp_path, folder):
+    result = keras_dla(
+        ["train", *TINY[:-4], "--lr", "1e30", "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4"]
+        + ["--output", str(tmp_path / "run")]
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "The loss became" in result.stdout and "training stopped" in result.stdout
+
+
+def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--dataset", folder, "--epochs", "4", "--steps-per-epoch", "12", "--output", output]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_dla.cli", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )
+    metadata = os.path.join(output, "backup", "training_metadata.json")
+    deadline = time.time() + 200
+    try:
+        # Kill it as soon as the backup of its first epoch is on disk (mid-run: 3 epochs left).
+        while time.time() < deadline and process.poll() is None:
+            if os.path.isfile(metadata):
+                try:
+                    if json.load(open(metadata))["epoch"] >= 1:
+                        break
+                except (ValueError, KeyError):
+                    pass
+            time.sleep(0.05)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(30)
+    done = json.load(open(metadata))["epoch"]
+    assert 1 <= done < 4
+    result = keras_dla(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.load(open(os.path.join(output, "run.json")))
+    assert run["epochs_completed"] == 4 and run["epochs_this_run"] == 4 - done
+    epochs = history_epochs(output)
+    assert sorted(set(epochs)) == [0, 1, 2, 3] and len(epochs) <= 5  # at most the killed epoch logged twice
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_worker_multiworker_fit(tmp_path, folder):
+    output = str(tmp_path / "run")
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    command = ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--epochs", "2"]
+    command += ["--steps-per-epoch", "3", "--output", output]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "keras_dla.cli", *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=environment,
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=240))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    run = json.load(open(os.path.join(output, "run.json")))
+    assert run["strategy"] == "MultiWorkerMirroredStrategy" and run["replicas"] == 2
+    assert run["epochs_completed"] == 2
+    # Only the chief wrote the run folder; worker 1 kept just its own backup there.
+    assert os.listdir(os.path.join(output, "workers")) == ["worker-1"]
+    assert os.path.isfile(os.path.join(output, "workers", "worker-1", "backup", "latest.weights.h5"))
+    assert history_epochs(output) == [0, 1]
