@@ -1,14 +1,14 @@
 """Times DepthwiseConv2DTranspose against the naive ways to get PyTorch's ConvTranspose2d(groups=C) in Keras.
 
 All three compute the same numbers (checked before timing):
-- `polyphase`: keras_dla's layer, one depthwise conv with f^2 multipliers over the input grid,
+- `polyphase`: keras_dla's layer, a 2x2 depthwise conv with f^2 outputs per channel over the input grid,
   then depth_to_space: 4 f^2 multiply-adds per input pixel and channel, what the transposed conv needs.
 - `zero-stuff`: insert f - 1 zeros between input pixels, then a depthwise conv with the flipped 2f x 2f
   kernel over the upsampled grid: f^2 times the work.
 - `dense`: Keras' Conv2DTranspose with a C x C kernel that is zero off the block diagonal: C times the
   work and C times the kernel memory.
 
-Usage: `python benchmarks/upsample.py [--repeats 10] [--quick]`. Cases are the upsamplings of DLA34Up on
+Usage: `python benchmarks/upsample.py [--repeats 10] [--threads 1] [--quick]`. Cases are the upsamplings of DLA34Up on
 a 512 x 1024 image: the final `up` (19 classes) at each down ratio and IDA-Up's 2x ups at both ends.
 """
 
@@ -111,9 +111,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="three cases, for a smoke run")
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: TF's default)")
     args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     rng = np.random.default_rng(0)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, batch 1, float32")
+    threads = args.threads or "default"
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, {threads} threads, batch 1")
     print(f"{'case':<22}{'input':>14}{'f':>4}  " + "".join(f"{m + ' ms':>14}{'MMAC':>9}" for m in METHODS))
     for name, channels, height, width, factor in QUICK_CASES if args.quick else CASES:
         x = rng.standard_normal((1, height, width, channels)).astype("float32")

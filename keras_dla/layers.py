@@ -8,9 +8,11 @@ transposed convolution's own cost in the polyphase (sub-pixel) form:
 
 Without padding, a stride-f transposed conv with a 2f kernel gives (H + 1) f outputs per axis, and output
 `M f + b` (b < f) receives `x[M] w[b] + x[M - 1] w[f + b]`: for each of the f x f phases (b_h, b_w), a
-2x2 correlation over the input grid padded by one. One depthwise conv with f^2 multipliers computes all
-phases, `depth_to_space` interleaves them, and cropping `f // 2` from each side applies PyTorch's padding.
-Every op (pad, depthwise conv, reshape, transpose, depth_to_space, slice) is a TFLite builtin.
+2x2 correlation over the input grid padded by one. One depthwise conv with f^2 outputs per channel
+computes all phases (run as a multiplier-1 depthwise conv over f^2 side-by-side copies of the input,
+the kernel's channels ordered as `depth_to_space` reads them), `depth_to_space` interleaves them, and
+cropping `f // 2` from each side applies PyTorch's padding. Every op (pad, tile, depthwise conv, depth_to_space,
+slice) is a TFLite builtin.
 """
 
 import math
@@ -87,24 +89,26 @@ class DepthwiseConv2DTranspose(layers.Layer):
         return (batch, self._output_size(height), self._output_size(width), channels)
 
     def _phase_kernel(self):
-        """The (2, 2, C, f^2) depthwise kernel: phase (b_h, b_w) at tap (d_h, d_w) is w[(1 - d_h) f + b_h, ...]."""
+        """The (2, 2, f^2 C, 1) depthwise kernel of the phases, channel `(b_h f + b_w) C + c`.
+
+        Phase (b_h, b_w) of channel c weighs tap (d_h, d_w) by w[(1 - d_h) f + b_h, (1 - d_w) f + b_w, c].
+        """
         f = self.factor
         channels = self.kernel.shape[2]
         kernel = ops.reshape(self.kernel, (2, f, 2, f, channels))  # (a_h, b_h, a_w, b_w, C), index = a f + b
         kernel = ops.flip(kernel, axis=(0, 2))  # tap d = 1 - a reads x[M - 1 + d]
-        kernel = ops.transpose(kernel, (0, 2, 4, 1, 3))  # (d_h, d_w, C, b_h, b_w)
-        return ops.reshape(kernel, (2, 2, channels, f * f))
+        kernel = ops.transpose(kernel, (0, 2, 1, 3, 4))  # (d_h, d_w, b_h, b_w, C)
+        return ops.reshape(kernel, (2, 2, f * f * channels, 1))
 
     def call(self, inputs):
         f = self.factor
-        channels = self.kernel.shape[2]
         x = ops.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        # depth_to_space reads its channels phase-major (phase C + c): with f^2 copies of the input side by
+        # side, a depthwise conv of multiplier 1 (the fast one; multipliers > 1 run slowly on CPU) writes its
+        # outputs in that order, so no transpose of the (large) output is needed.
+        if f > 1:
+            x = ops.tile(x, (1, 1, 1, f * f))
         phases = ops.depthwise_conv(x, ops.cast(self._phase_kernel(), x.dtype), padding="valid")
-        # The depthwise output is channel-major (c f^2 + phase); depth_to_space wants phase-major (phase C + c).
-        shape = ops.shape(phases)
-        phases = ops.reshape(phases, (-1, channels, f * f))
-        phases = ops.transpose(phases, (0, 2, 1))
-        phases = ops.reshape(phases, (shape[0], shape[1], shape[2], f * f * channels))
         y = ops.depth_to_space(phases, f) if f > 1 else phases
         crop = f // 2
         if crop:
