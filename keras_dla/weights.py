@@ -5,7 +5,7 @@ the order they are tried: the authors' file, its re-hosted copies (Open Model Zo
 the Hugging Face hub). Every file is checked with sha256 before it is read: against the full digest where
 the source publishes one (the Hugging Face hub sends it with the file), else against the sha256 prefix
 the file name carries (PyTorch hub convention, `dla34-ba72cf86.pth`). A file that fails is reported with
-a `WeightsWarning`, deleted, and never read.
+a `WeightsWarning`, never read, and deleted when it is in the cache.
 
 Cache, in `$KERAS_HOME/models` (default `~/.keras/models`):
 - the downloaded checkpoint under its upstream name (`dla34-ba72cf86.pth`);
