@@ -171,13 +171,13 @@ def _validate_input_shape(input_shape, weights):
         )
 
 
-def _make_input(input_tensor, input_shape, include_top):
+def _make_input(input_tensor, input_shape, fixed_size):
     """The model input and its (height, width, channels), as keras.applications derives them."""
     if input_shape is None:
         if input_tensor is not None and len(input_tensor.shape) == 4:
             input_shape = tuple(input_tensor.shape[1:])
         else:
-            input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3) if include_top else (None, None, 3)
+            input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3) if fixed_size else (None, None, 3)
     if input_tensor is None:
         return layers.Input(shape=input_shape, name="input"), input_shape
     if not keras.backend.is_keras_tensor(input_tensor):
@@ -207,7 +207,7 @@ def DLA(
     _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation)
     if input_shape is not None:
         _validate_input_shape(input_shape, weights)
-    img_input, input_shape = _make_input(input_tensor, input_shape, include_top)
+    img_input, input_shape = _make_input(input_tensor, input_shape, include_top and not return_levels)
     _validate_input_shape(input_shape, weights)  # the shape may have come from input_tensor
     config = MODEL_CONFIGS[variant]
 
@@ -275,12 +275,13 @@ BASE_DOCSTRING = """Instantiates the {title} architecture (Deep Layer Aggregatio
 
     Args:
         include_top: whether to include the global average pool and the `fc` classifier.
-        weights: `None` (random initialization), `"imagenet"`, or the path to a weights file:
+        weights: `None` (random initialization), `"imagenet"`, a tag given to `keras_dla.register_weights`,
+            or the path to a weights file:
             a PyTorch checkpoint (`.safetensors`, `.pth`; authors' or timm layout, converted on the fly)
             or a Keras `.weights.h5` file.
         input_tensor: optional Keras tensor (output of `layers.Input()`) to use as image input.
         input_shape: optional shape tuple `(height, width, channels)`; height and width may be `None`.
-            Defaults to `(224, 224, 3)` with `include_top=True` and to `(None, None, 3)` otherwise.
+            Defaults to `(224, 224, 3)` for a classifier (`include_top=True`), else to `(None, None, 3)`.
         pooling: feature pooling when `include_top=False`: `None` (the 4D output of `level5`),
             `"avg"` or `"max"` (a 2D output).
         classes: number of classes, only with `include_top=True` and no pretrained weights.

@@ -1,0 +1,278 @@
+"""The DLA classifiers against the keras.applications contract and the PyTorch reference (timm)."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+
+import keras_dla
+from keras_dla.dla import BUILDERS
+from tests import reference
+
+VARIANTS = list(BUILDERS)
+
+# Trainable parameters with 1000 classes; timm 1.0.31's `sum(p.numel())` (REFERENCE.md §1).
+PARAMETER_COUNTS = {
+    "dla34": 15_742_104,
+    "dla46_c": 1_301_400,
+    "dla46x_c": 1_068_440,
+    "dla60x_c": 1_319_832,
+    "dla60": 22_036_632,
+    "dla60x": 17_352_344,
+    "dla102": 33_268_888,
+    "dla102x": 26_309_272,
+    "dla102x2": 41_282_200,
+    "dla169": 53_389_720,
+    "dla60_res2net": 20_848_072,
+    "dla60_res2next": 17_032_984,
+}
+CHANNELS = {v: keras_dla.MODEL_CONFIGS[v]["channels"] for v in VARIANTS}
+
+
+def images(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(keras.config.floatx())
+
+
+def count(weights):
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameter_count_and_top(variant):
+    model = BUILDERS[variant](weights=None)
+    assert model.name == variant
+    assert count(model.trainable_weights) == PARAMETER_COUNTS[variant]
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.output_shape == (None, 1000)
+    assert model.get_layer("predictions").get_config()["activation"] == "softmax"
+    # Same module paths as the PyTorch model (spot checks of each kind of layer).
+    for layer in ("base_layer.0", "level1.0", "level5.tree1.conv1", "level5.project.0", "level5.root.conv", "fc"):
+        model.get_layer(layer)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_features_and_pooling(variant):
+    width = CHANNELS[variant][-1]
+    features = BUILDERS[variant](weights=None, include_top=False)
+    assert features.input_shape == (None, None, None, 3)
+    assert features.output_shape == (None, None, None, width)
+    out = features.predict(images((2, 64, 96, 3)), verbose=0)
+    assert out.shape == (2, 2, 3, width)
+    for pooling, reduce in (("avg", np.mean), ("max", np.max)):
+        pooled = BUILDERS[variant](weights=None, include_top=False, pooling=pooling, input_shape=(64, 96, 3))
+        assert pooled.output_shape == (None, width)
+        pooled.set_weights(features.get_weights())
+        np.testing.assert_allclose(
+            pooled.predict(images((2, 64, 96, 3)), verbose=0), reduce(out, axis=(1, 2)), rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_levels_any_size(variant):
+    model = BUILDERS[variant](weights=None, return_levels=True, input_shape=(None, None, 3))
+    assert sorted(model.output) == [f"level{i}" for i in range(6)]
+    # Even, odd, 32k - 1 and non-square sizes: level k has stride 2**k, rounding up like the strided convs.
+    for height, width in ((32, 32), (33, 47), (63, 95), (70, 41)):
+        levels = model.predict(images((1, height, width, 3)), verbose=0)
+        for k in range(6):
+            stride = 2**k
+            assert levels[f"level{k}"].shape == (1, -(-height // stride), -(-width // stride), CHANNELS[variant][k])
+            assert np.isfinite(levels[f"level{k}"]).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("layout", ["timm", "authors"])
+def test_equals_timm_float32(variant, layout, tmp_path):
+    torch_model = reference.make_timm_model(variant)
+    state = (
+        reference.timm_state_dict(torch_model)
+        if layout == "timm"
+        else reference.authors_state_dict(torch_model, variant)
+    )
+    path = reference.save_safetensors(state, tmp_path / f"{variant}.safetensors")
+    classifier = BUILDERS[variant](weights=path, input_shape=(None, None, 3), classifier_activation=None)
+    levels_model = BUILDERS[variant](weights=path, return_levels=True)
+    for shape in ((2, 64, 64, 3), (1, 96, 64, 3), (1, 63, 95, 3)):
+        x = images(shape, seed=shape[1])
+        logits, levels = reference.timm_outputs(torch_model, x)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(classifier(x, training=False)), logits, rtol=1e-4, atol=1e-4
+        )
+        ours = levels_model(x, training=False)
+        for name, expected in levels.items():
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(ours[name]), expected, rtol=1e-4, atol=1e-4, err_msg=name
+            )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_equals_timm_float64(variant, tmp_path, float64):
+    """With plain (untempered) random weights in float64 the graphs agree to round-off: same arithmetic."""
+    torch.manual_seed(1)
+    import timm
+
+    torch_model = timm.create_model(variant).eval().double()
+    path = reference.save_safetensors(reference.timm_state_dict(torch_model), tmp_path / "w.safetensors")
+    model = BUILDERS[variant](weights=path, input_shape=(None, None, 3), classifier_activation=None)
+    x = images((1, 64, 96, 3))
+    logits, _ = reference.timm_outputs(torch_model, x)
+    ours = keras.ops.convert_to_numpy(model(x, training=False))
+    assert ours.dtype == np.float64
+    scale = np.abs(logits).max()
+    assert np.abs(ours - logits).max() <= 1e-9 * scale
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_load_and_config_round_trip(variant, tmp_path):
+    model = BUILDERS[variant](weights=None, input_shape=(None, None, 3), classes=7)
+    x = images((1, 64, 64, 3))
+    expected = model.predict(x, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.testing.assert_array_equal(keras.saving.load_model(path).predict(x, verbose=0), expected)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone.predict(x, verbose=0), expected)
+    weights_path = tmp_path / "model.weights.h5"
+    model.save_weights(weights_path)
+    reloaded = BUILDERS[variant](weights=weights_path, input_shape=(None, None, 3), classes=7)
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_step_gradients(variant):
+    model = BUILDERS[variant](weights=None, input_shape=(64, 64, 3), classes=5, classifier_activation=None)
+    x = images((4, 64, 64, 3))
+    y = np.array([0, 1, 2, 3])
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_weights)
+    for weight, grad in zip(model.trainable_weights, grads, strict=True):
+        assert grad is not None, weight.path
+        grad = grad.numpy()
+        assert np.isfinite(grad).all(), weight.path
+        assert np.abs(grad).max() > 0, weight.path
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_other_channel_counts_without_weights(channels):
+    model = keras_dla.DLA46XC(weights=None, include_top=False, pooling="avg", input_shape=(40, 40, channels))
+    assert model.predict(images((2, 40, 40, channels)), verbose=0).shape == (2, 256)
+
+
+def test_input_tensor():
+    inputs = keras.Input((48, 80, 3), name="pixels")
+    model = keras_dla.DLA34(weights=None, input_tensor=inputs, include_top=False)
+    assert model.inputs[0] is inputs
+    assert model.output_shape == (None, 2, 3, 512)
+    head = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(model.output))
+    assert keras.Model(inputs, head).predict(images((1, 48, 80, 3)), verbose=0).shape == (1, 2)
+
+
+def test_checkpoint_without_fc_needs_include_top_false(tmp_path):
+    state = reference.timm_state_dict(reference.make_timm_model("dla46x_c"))
+    headless = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    path = reference.save_safetensors(headless, tmp_path / "headless.safetensors")
+    model = keras_dla.DLA46XC(weights=path, include_top=False)
+    assert model.get_layer("level5.root.bn").get_weights()[0].shape == (256,)
+    with pytest.raises(ValueError, match=r"no tensor 'fc.weight'"):
+        keras_dla.DLA46XC(weights=path)
+    # ... and a full checkpoint loads into a headless model: only fc.* is ignored.
+    full = reference.save_safetensors(state, tmp_path / "full.safetensors")
+    keras_dla.DLA46XC(weights=full, include_top=False, pooling="avg")
+
+
+def test_unexplained_and_mismatched_keys(tmp_path):
+    state = reference.timm_state_dict(reference.make_timm_model("dla46x_c"))
+    extra = dict(state, **{"level2.extra.weight": np.zeros((3, 3), "float32")})
+    with pytest.raises(ValueError, match=r"level2\.extra\.weight\[3, 3\]"):
+        keras_dla.DLA46XC(weights=reference.save_safetensors(extra, tmp_path / "extra.safetensors"))
+    wrong = dict(state, **{"level3.root.bn.running_var": np.ones(65, "float32")})
+    with pytest.raises(ValueError, match=r"level3\.root\.bn\.running_var.*\(65,\).*\(64,\)"):
+        keras_dla.DLA46XC(weights=reference.save_safetensors(wrong, tmp_path / "wrong.safetensors"))
+    with pytest.raises(ValueError, match="another DLA variant"):
+        keras_dla.DLA46C(weights=reference.save_safetensors(state, tmp_path / "x.safetensors"))
+
+
+def test_weights_file_of_another_variant(tmp_path):
+    path = tmp_path / "dla46x_c.weights.h5"
+    keras_dla.DLA46XC(weights=None).save_weights(path)
+    with pytest.raises(ValueError, match="another DLA variant.*Received: weights="):
+        keras_dla.DLA46C(weights=path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(weights="no/such/file.safetensors"), r"`weights` argument.*Received: weights='no/such/file"),
+        (dict(weights="imagenet", classes=10), r"classes.*1000. Received: classes=10"),
+        (dict(weights=None, input_shape=(224, 224)), r"3 values.*Received: input_shape=\(224, 224\)"),
+        (dict(weights=None, input_shape=(31, 64, 3)), r">= 32. Received: input_shape=\(31, 64, 3\)"),
+        (dict(weights=None, include_top=False, input_shape=(64, 16, 3)), r">= 32. Received"),
+        (dict(weights="imagenet", include_top=False, input_shape=(64, 64, 1)), r"3 input channels.*Received"),
+        (dict(weights=None, include_top=False, pooling="mean"), r"pooling.*Received: pooling='mean'"),
+        (dict(weights="imagenet", classifier_activation="sigmoid"), r"Received: classifier_activation='sigmoid'"),
+        (dict(weights=None, classes=0), r"positive integer. Received: classes=0"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_dla.DLA34(**kwargs)
+
+
+def test_preprocess_input():
+    pixels = np.array([[[[0, 128, 255]]]], dtype="uint8")
+    expected = (np.array([0, 128, 255]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(keras_dla.preprocess_input(pixels)[0, 0, 0], expected, rtol=1e-6)
+    as_tensor = keras.ops.convert_to_numpy(keras_dla.preprocess_input(tf.constant(pixels)))
+    np.testing.assert_allclose(as_tensor[0, 0, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="3 channels"):
+        keras_dla.preprocess_input(np.zeros((1, 4, 4, 1)))
+
+
+def test_decode_predictions():
+    preds = np.zeros((2, 1000), "float32")
+    preds[0, [1, 2, 3]] = [0.1, 0.7, 0.2]
+    preds[1, 999] = 1.0
+    decoded = keras_dla.decode_predictions(preds, top=3)
+    assert [d[:2] for d in decoded[0]] == [
+        ("n01484850", "great white shark"),
+        ("n01491361", "tiger shark"),
+        ("n01443537", "goldfish"),
+    ]
+    assert decoded[0][0][2] == pytest.approx(0.7)
+    assert decoded[1][0][:2] == ("n15075141", "toilet tissue")
+    with pytest.raises(ValueError, match=r"\(samples, 1000\). Received: shape=\(1, 10\)"):
+        keras_dla.decode_predictions(np.zeros((1, 10)))
+
+
+def test_import_has_no_side_effects(tmp_path):
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras_home"))
+    result = subprocess.run(
+        [sys.executable, "-c", "import keras_dla, keras; print(keras.backend.backend())"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert result.stdout == "tensorflow\n"
+    assert not (tmp_path / "keras_home" / "models").exists()
+
+
+def test_model_code_is_backend_agnostic():
+    """Model code uses Keras layers and keras.ops only, so the builders can run on JAX and PyTorch too."""
+    import re
+
+    package = os.path.dirname(keras_dla.__file__)
+    backend_import = re.compile(r"^\s*(import|from)\s+(tensorflow|torch)\b", re.MULTILINE)
+    for module in ("blocks.py", "dla.py", "convert.py", "readers.py", "imagenet.py"):
+        with open(os.path.join(package, module), encoding="utf-8") as f:
+            source = f.read()
+        assert not backend_import.search(source), module
+        assert "tf." not in source, module
