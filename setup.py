@@ -28,6 +28,9 @@ setup(
         "tensorflow-datasets",
         "tensorboard",
         "matplotlib",
+        # Export (keras_dla.export): the LiteRT interpreter that runs .tflite files for the parity checks;
+        # tf.lite.Interpreter, the fallback, is deprecated. No wheels for Windows.
+        "ai-edge-litert; platform_system != 'Windows'",
     ],
     extras_require={
         # The numeric reference (PyTorch, timm) and the tools the tests and lint need. torch and
