@@ -464,6 +464,57 @@ def check_resumable(config):
         )
 
 
+def _build_on_local_batch(model, strategy):
+    """Works around Keras 3's TF trainer under MultiWorkerMirroredStrategy.
+
+    Before the first step, `fit` and `evaluate` build the metrics symbolically from one data batch that they first
+    all-reduce eagerly (`strategy.reduce("MEAN", batch)`), which the collective ops of MultiWorkerMirroredStrategy
+    refuse ("Attempt to convert a value (PerReplica...) to a Tensor"). The build needs only shapes and dtypes, so
+    this instance builds from one replica's local batch instead.
+    """
+    original = getattr(model, "_maybe_symbolic_build", None)
+    if original is None:  # a Keras without the step this works around
+        return
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(local, next(batches))
+                break
+        return original(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
+
+
+def _mean_scalars_across_workers():
+    """Works around Keras 3's TF trainer under MultiWorkerMirroredStrategy, second part.
+
+    The train and test steps average each replica's logs with `strategy.reduce("MEAN", value, axis=0)` in
+    multi-worker mode, and the logs are scalars, which have no axis 0 ("Invalid reduction dimension 0 for input
+    with 0 dimensions"). This replaces that one case with a reduction over replicas only (`axis=None`); every
+    other reduction, and every other strategy, goes to Keras' own function.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = getattr(tf_trainer, "reduce_per_replica", None)
+    is_multi_worker = getattr(tf_trainer, "_collective_all_reduce_multi_worker", None)
+    if original is None or is_multi_worker is None or getattr(original, "keras_dla_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.keras_dla_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 def default_lr(config):
     if config.task == "classification":
         return 0.1 * config.batch_size / 256
@@ -538,6 +589,9 @@ def train(config):
             weight_decay=config.weight_decay,
         )
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=bool(config.jit))
+    if multiworker:
+        _build_on_local_batch(model, strategy)
+        _mean_scalars_across_workers()
 
     callbacks, nan = make_callbacks(run_dir, monitor, "max", config.backup_every)
     if run_dir.chief:
@@ -558,7 +612,7 @@ def train(config):
         "model": config.model,
         "dataset": config.dataset,
         "replicas": replicas,
-        "strategy": type(strategy).__name__,
+        "strategy": "MultiWorkerMirroredStrategy" if multiworker else type(strategy).__name__,
         "epochs_completed": len(rows),
         "epochs_this_run": len(history.epoch),
         "final": rows[-1] if rows else {},

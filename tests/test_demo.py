@@ -20,7 +20,7 @@ def test_confusion_matrix_and_iou():
     assert np.isnan(demo.iou_per_class(np.zeros((2, 2), int))).all()
 
 
-def run_demo_cli(args, timeout=420):
+def run_demo_cli(args, timeout=900):
     environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return subprocess.run(

@@ -25,7 +25,7 @@ from tests.test_data import make_class_folder
 TINY = ["--model", "dla46_c", "--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--verbose", "2"]
 
 
-def keras_dla(args, env=None, timeout=240, **kwargs):
+def keras_dla(args, env=None, timeout=600, **kwargs):
     environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     return subprocess.run(
@@ -197,7 +197,7 @@ def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
         env=environment,
     )
     metadata = os.path.join(output, "backup", "training_metadata.json")
-    deadline = time.time() + 200
+    deadline = time.time() + 500
     try:
         # Kill it as soon as the backup of its first epoch is on disk (mid-run: 3 epochs left).
         while time.time() < deadline and process.poll() is None:
@@ -253,7 +253,7 @@ def test_two_worker_multiworker_fit(tmp_path, folder):
     outputs = []
     try:
         for process in processes:
-            outputs.append(process.communicate(timeout=240))
+            outputs.append(process.communicate(timeout=600))
     finally:
         for process in processes:
             if process.poll() is None:
