@@ -1,0 +1,139 @@
+"""`keras-dla export`: DLA classifiers with weights files, DLA-Up, saved .keras models, int8 from a folder of
+real images, and the refusals (exit code 2, one sentence, no file)."""
+
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from keras_dla import cli, dla, export, fashion_mnist
+from tests.test_export import TOLERANCE, images, tiny_model, trained_looking
+
+
+def run_cli(capsys, *args):
+    code = cli.main(["export", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def parities(out):
+    """The max abs differences and agreements the command printed, one per parity line."""
+    diffs = [float(v) for v in re.findall(r"max abs diff ([0-9.e+-]+)", out)]
+    agreements = [float(v) / 100 for v in re.findall(r"agreement ([0-9.]+)%", out)]
+    return diffs, agreements
+
+
+def test_classifier_with_a_weights_file(capsys, tmp_path):
+    model = dla.DLA("dla46x_c", weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
+    trained_looking(model, 32)
+    weights = tmp_path / "trained.weights.h5"
+    model.save_weights(weights)
+    output = tmp_path / "dla.tflite"
+
+    code, out, err = run_cli(
+        capsys, "--model", "dla46x_c", "--weights", weights, "--format", "tflite", "--input-size", 32, 32,
+        "--classes", 10, "--logits", "--samples", 4, "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    diffs, agreements = parities(out)
+    assert len(diffs) == 1 and diffs[0] <= TOLERANCE and agreements == [1.0]
+    assert "MiB" in out and "ms exported" in out
+    # The file computes what the model with those weights computes (not a freshly initialised one).
+    report = export.verify_export(model, output, images(3), latency_runs=1)
+    assert report.max_abs_diff <= TOLERANCE
+
+
+def test_dla_up_saved_model(capsys, tmp_path):
+    output = tmp_path / "dla34up"
+    code, out, err = run_cli(
+        capsys, "--model", "dla34up", "--weights", "none", "--format", "saved_model", "--input-size", 64, 64,
+        "--classes", 5, "--logits", "--samples", 2, "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    diffs, agreements = parities(out)
+    assert "pixel agreement" in out
+    assert diffs[0] <= TOLERANCE and agreements[0] >= 0.999
+    assert os.path.isfile(output / "saved_model.pb")
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keras_model")
+    model = tiny_model()
+    model.save(folder / "tiny.keras")
+    return model, folder / "tiny.keras"
+
+
+def test_int8_from_a_folder_of_real_images_with_uint8_input(capsys, tmp_path, keras_file):
+    model, path = keras_file
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _, (garments, _) = fashion_mnist.load_data()
+    for i, garment in enumerate(garments[:24]):
+        keras.utils.save_img(folder / f"{i:02d}.png", np.repeat(garment[:, :, None], 3, axis=-1), scale=False)
+    output = tmp_path / "tiny_int8.tflite"
+
+    code, out, err = run_cli(
+        capsys, "--model", path, "--weights", "none", "--format", "tflite", "--quantize", "int8",
+        "--representative", folder, "--calibration-steps", 16, "--samples", 8, "--uint8-input",
+        "--preprocess", "unit", "--input-size", 28, 28, "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "parity on 8 real images" in out and "parity on 8 random images" in out
+    interpreter = export._tflite_interpreter(str(output), None)
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
+    # On the garments the command held out of calibration, the int8 model follows the float one.
+    pixels = export.load_images(folder, (28, 28), count=24)[-8:]
+    report = export.verify_export(model, output, pixels, preprocess="unit", latency_runs=1)
+    assert report.max_rel_diff <= 0.1, report.summary()
+    assert report.top1_agreement >= 7 / 8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "onnx"], "--format should be one of saved_model, tflite. Received: --format onnx"),
+        (["--format", "tflite", "--quantize", "int4"], "Received: --quantize int4"),
+        (["--format", "saved_model", "--quantize", "float16"], "tflite only. Received: --format saved_model"),
+        (["--format", "tflite", "--quantize", "int8"], "pass --representative"),
+        (["--format", "tflite", "--integer-io"], "--integer-io needs --quantize int8"),
+        (["--format", "tflite", "--representative", "no_such_set", "--quantize", "int8"], "'no_such_set'"),
+    ],
+)
+def test_bad_arguments(capsys, tmp_path, keras_file, args, message):
+    output = tmp_path / "out.tflite"
+    code, out, err = run_cli(
+        capsys, "--model", keras_file[1], "--weights", "none", "--input-size", 8, 8, "--output", output, *args
+    )
+    assert code == 2
+    assert message in err and err.startswith("keras-dla export: error: ")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_model_and_weights(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "--model", "dla35", "--weights", "none", "--format", "tflite", "--output", "x")
+    assert code == 2 and "Received: --model dla35" in err
+    code, _, err = run_cli(
+        capsys, "--model", "dla34", "--weights", tmp_path / "missing.h5", "--format", "tflite", "--output", "x"
+    )
+    assert code == 2 and "Received: --weights" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_output_needs_overwrite(capsys, tmp_path, keras_file):
+    model, path = keras_file
+    output = tmp_path / "tiny.tflite"
+    output.write_bytes(b"keep me")
+    common = ["--model", path, "--weights", "none", "--format", "tflite", "--input-size", 8, 8, "--output", output]
+    code, _, err = run_cli(capsys, *common)
+    assert code == 2 and "pass --overwrite" in err
+    assert output.read_bytes() == b"keep me"
+
+    code, out, err = run_cli(capsys, *common, "--overwrite", "--samples", 2)
+    assert code == 0, err
+    assert parities(out)[0][0] <= TOLERANCE
+    assert export.verify_export(model, output, num_random=2, latency_runs=1).max_abs_diff <= TOLERANCE
+    assert os.listdir(tmp_path) == ["tiny.tflite"]
