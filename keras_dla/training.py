@@ -444,8 +444,9 @@ def make_callbacks(run_dir, monitor, mode, backup_every=None):
 # The run
 
 
-# Settings that may change between a run and its restart (they do not change what is trained).
-RESTART_FREE = ("verbose", "output", "backup_every", "validation_steps", "data_dir")
+# Settings that may change between a run and its restart: they do not change what is trained (the batch size is
+# global, so a run may resume on another number of devices).
+RESTART_FREE = ("verbose", "output", "backup_every", "validation_steps", "data_dir", "devices", "strategy", "jit")
 
 
 def check_resumable(config):

@@ -173,7 +173,9 @@ def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder):
     )
     assert again.returncode == 0 and "2/2 epochs done (0 in this run)" in again.stdout
     # Other settings in the same folder are refused.
-    other = keras_dla(["train", *TINY, "--dataset", folder, "--epochs", "5", "--output", output])
+    other = keras_dla(
+        ["train", *TINY, "--dataset", folder, "--epochs", "5", "--steps-per-epoch", "3", "--output", output]
+    )
     assert other.returncode == 2 and "other settings (epochs)" in other.stderr
 
 
