@@ -159,10 +159,16 @@ def _atomic_target(path, overwrite, is_dir):
         yield tmp
         if not os.path.exists(tmp):
             raise RuntimeError(f"The exporter wrote nothing at {tmp}")
+        old = None
         if os.path.lexists(path):  # overwrite=True: move the old artefact aside first, drop it after.
             old = os.path.join(workdir, "previous")
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         for leftover in created:  # empty parents this call created, when the export failed
@@ -617,7 +623,11 @@ def verify_export(
         keras_inputs = inputs.astype(np.float32)
 
     # The artefact: one image at a time when its batch is static (TFLite), all at once otherwise.
-    step = 1 if shape[0] not in (None, -1) else len(inputs)
+    step = len(inputs) if shape[0] in (None, -1) else shape[0]
+    if len(inputs) % step:
+        raise ValueError(
+            f"The artefact takes batches of {step} images; pass a multiple of {step}. Received: {len(inputs)} images"
+        )
     exported = [runner(inputs[i : i + step]) for i in range(0, len(inputs), step)]
     exported = {k: np.concatenate([e[k] for e in exported]) for k in exported[0]}
     # predict_on_batch traces the model once; eager calls of a deep functional model cost far more per image.

@@ -198,7 +198,7 @@ def run(args):
         )
     print(f"size: {report.size_bytes / 2**20:.2f} MiB ({report.size_bytes:,} bytes)")
     print(
-        f"latency (one {height}x{width} image, median of {10} runs): {report.latency_ms:.2f} ms exported, "
+        f"latency (one {height}x{width} image, median of 10 runs): {report.latency_ms:.2f} ms exported, "
         f"{report.keras_latency_ms:.2f} ms Keras"
     )
     return 0
