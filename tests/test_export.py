@@ -92,7 +92,7 @@ def test_classifier_exports_match_keras(variant, tmp_path):
     assert report.format == "tflite" and report.samples == 3
     assert report.max_abs_diff <= TOLERANCE, report.summary()
     assert report.top1_agreement == 1.0
-    assert report.size_bytes == os.path.getsize(lite) > 4 * model.count_params()  # float32 weights
+    assert report.size_bytes == os.path.getsize(lite) > 3.5 * model.count_params()  # float32, BatchNorm folded
 
     saved = export.export_saved_model(model, tmp_path / "saved_model")
     # The SavedModel keeps the dynamic input size: compare at the exported size and at an odd one.
