@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import timm
 import torch
 
 import keras_dla
@@ -42,6 +43,27 @@ def count(weights):
     return sum(int(np.prod(w.shape)) for w in weights)
 
 
+def level_output_names(variant):
+    """The layer ending each level, by PyTorch module path: a conv level's last ReLU, a tree's last root."""
+    levels = keras_dla.MODEL_CONFIGS[variant]["levels"]
+    names = [f"level{i}.{3 * levels[i] - 1}" for i in range(2)]
+    names += [f"level{i}." + "tree2." * (levels[i] - 1) + "root.relu" for i in range(2, 6)]
+    return names
+
+
+def logits_and_levels(classifier, variant):
+    """One model computing the classifier's logits and its six level features (one build, one pass)."""
+    outputs = {"logits": classifier.get_layer("fc").output}
+    for i, name in enumerate(level_output_names(variant)):
+        outputs[f"level{i}"] = classifier.get_layer(name).output
+    return keras.Model(classifier.input, outputs)
+
+
+def run(model, x):
+    """An eager forward pass in inference mode (no tracing: each test calls a model on few inputs)."""
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, model(x, training=False))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parameter_count_and_top(variant):
     model = BUILDERS[variant](weights=None)
@@ -50,104 +72,100 @@ def test_parameter_count_and_top(variant):
     assert model.input_shape == (None, 224, 224, 3)
     assert model.output_shape == (None, 1000)
     assert model.get_layer("predictions").get_config()["activation"] == "softmax"
-    # Same module paths as the PyTorch model (spot checks of each kind of layer).
-    for layer in ("base_layer.0", "level1.0", "level5.tree1.conv1", "level5.project.0", "level5.root.conv", "fc"):
+    # Same module paths as the PyTorch model: each level's last layer, and each kind of weighted layer.
+    for layer in level_output_names(variant) + ["base_layer.0", "level5.tree1.conv1", "level5.project.0", "fc"]:
         model.get_layer(layer)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_features_and_pooling(variant):
-    width = CHANNELS[variant][-1]
+def test_levels_pooling_and_any_size(variant):
+    channels = CHANNELS[variant]
+    levels = BUILDERS[variant](weights=None, return_levels=True)
+    assert levels.input_shape == (None, None, None, 3)
+    assert sorted(levels.output) == [f"level{i}" for i in range(6)]
+    # Odd, 32k - 1 and non-square sizes: level k has stride 2**k, rounding up like the strided convs.
+    for height, width in ((33, 47), (63, 95)):
+        out = run(levels, images((2, height, width, 3)))
+        for k in range(6):
+            assert out[f"level{k}"].shape == (2, -(-height // 2**k), -(-width // 2**k), channels[k])
+            assert np.isfinite(out[f"level{k}"]).all()
     features = BUILDERS[variant](weights=None, include_top=False)
-    assert features.input_shape == (None, None, None, 3)
-    assert features.output_shape == (None, None, None, width)
-    out = features.predict(images((2, 64, 96, 3)), verbose=0)
-    assert out.shape == (2, 2, 3, width)
+    assert features.output_shape == (None, None, None, channels[-1])
     for pooling, reduce in (("avg", np.mean), ("max", np.max)):
-        pooled = BUILDERS[variant](weights=None, include_top=False, pooling=pooling, input_shape=(64, 96, 3))
-        assert pooled.output_shape == (None, width)
-        pooled.set_weights(features.get_weights())
+        pooled = BUILDERS[variant](weights=None, include_top=False, pooling=pooling, input_shape=(63, 95, 3))
+        assert pooled.output_shape == (None, channels[-1])
+        pooled.set_weights(levels.get_weights())
         np.testing.assert_allclose(
-            pooled.predict(images((2, 64, 96, 3)), verbose=0), reduce(out, axis=(1, 2)), rtol=1e-5, atol=1e-5
+            run(pooled, images((2, 63, 95, 3))), reduce(out["level5"], axis=(1, 2)), rtol=1e-5, atol=1e-5
         )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_levels_any_size(variant):
-    model = BUILDERS[variant](weights=None, return_levels=True, input_shape=(None, None, 3))
-    assert sorted(model.output) == [f"level{i}" for i in range(6)]
-    # Even, odd, 32k - 1 and non-square sizes: level k has stride 2**k, rounding up like the strided convs.
-    for height, width in ((32, 32), (33, 47), (63, 95), (70, 41)):
-        levels = model.predict(images((1, height, width, 3)), verbose=0)
-        for k in range(6):
-            stride = 2**k
-            assert levels[f"level{k}"].shape == (1, -(-height // stride), -(-width // stride), CHANNELS[variant][k])
-            assert np.isfinite(levels[f"level{k}"]).all()
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("layout", ["timm", "authors"])
-def test_equals_timm_float32(variant, layout, tmp_path):
+def test_equals_timm_float32(variant, tmp_path):
+    """Logits and every level equal timm's at two sizes, one odd and non-square; both checkpoint layouts load."""
     torch_model = reference.make_timm_model(variant)
-    state = (
-        reference.timm_state_dict(torch_model)
-        if layout == "timm"
-        else reference.authors_state_dict(torch_model, variant)
+    authors = reference.save_safetensors(
+        reference.authors_state_dict(torch_model, variant), tmp_path / "authors.safetensors"
     )
-    path = reference.save_safetensors(state, tmp_path / f"{variant}.safetensors")
-    classifier = BUILDERS[variant](weights=path, input_shape=(None, None, 3), classifier_activation=None)
-    levels_model = BUILDERS[variant](weights=path, return_levels=True)
-    for shape in ((2, 64, 64, 3), (1, 96, 64, 3), (1, 63, 95, 3)):
+    timm_layout = reference.save_safetensors(reference.timm_state_dict(torch_model), tmp_path / "timm.safetensors")
+    classifier = BUILDERS[variant](weights=authors, input_shape=(None, None, 3), classifier_activation=None)
+    model = logits_and_levels(classifier, variant)
+    for shape in ((2, 64, 64, 3), (1, 63, 95, 3)):
         x = images(shape, seed=shape[1])
         logits, levels = reference.timm_outputs(torch_model, x)
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(classifier(x, training=False)), logits, rtol=1e-4, atol=1e-4
-        )
-        ours = levels_model(x, training=False)
+        ours = run(model, x)
+        np.testing.assert_allclose(ours["logits"], logits, rtol=1e-4, atol=1e-4)
         for name, expected in levels.items():
-            np.testing.assert_allclose(
-                keras.ops.convert_to_numpy(ours[name]), expected, rtol=1e-4, atol=1e-4, err_msg=name
-            )
+            np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
+    # The timm layout holds the same tensors without the dead projections: it loads to the same weights.
+    before = classifier.get_weights()
+    for w in classifier.weights:
+        w.assign(keras.ops.zeros_like(w))
+    keras_dla.convert.load_weights(classifier, timm_layout)
+    for a, b in zip(before, classifier.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_equals_timm_float64(variant, tmp_path, float64):
     """With plain (untempered) random weights in float64 the graphs agree to round-off: same arithmetic."""
     torch.manual_seed(1)
-    import timm
-
     torch_model = timm.create_model(variant).eval().double()
     path = reference.save_safetensors(reference.timm_state_dict(torch_model), tmp_path / "w.safetensors")
     model = BUILDERS[variant](weights=path, input_shape=(None, None, 3), classifier_activation=None)
     x = images((1, 64, 96, 3))
     logits, _ = reference.timm_outputs(torch_model, x)
-    ours = keras.ops.convert_to_numpy(model(x, training=False))
+    ours = run(model, x)
     assert ours.dtype == np.float64
-    scale = np.abs(logits).max()
-    assert np.abs(ours - logits).max() <= 1e-9 * scale
+    assert np.abs(ours - logits).max() <= 1e-9 * np.abs(logits).max()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_save_load_and_config_round_trip(variant, tmp_path):
     model = BUILDERS[variant](weights=None, input_shape=(None, None, 3), classes=7)
     x = images((1, 64, 64, 3))
-    expected = model.predict(x, verbose=0)
+    expected = run(model, x)
     path = tmp_path / "model.keras"
     model.save(path)
-    np.testing.assert_array_equal(keras.saving.load_model(path).predict(x, verbose=0), expected)
+    np.testing.assert_array_equal(run(keras.saving.load_model(path), x), expected)
     clone = keras.Model.from_config(model.get_config())
     clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(clone.predict(x, verbose=0), expected)
-    weights_path = tmp_path / "model.weights.h5"
-    model.save_weights(weights_path)
-    reloaded = BUILDERS[variant](weights=weights_path, input_shape=(None, None, 3), classes=7)
-    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
+    np.testing.assert_array_equal(run(clone, x), expected)
+
+
+def test_keras_weights_file_round_trip(tmp_path):
+    model = keras_dla.DLA60Res2NeXt(weights=None, input_shape=(None, None, 3), classes=7)
+    x = images((1, 64, 64, 3))
+    path = tmp_path / "model.weights.h5"
+    model.save_weights(path)
+    reloaded = keras_dla.DLA60Res2NeXt(weights=path, input_shape=(None, None, 3), classes=7)
+    np.testing.assert_array_equal(run(reloaded, x), run(model, x))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_step_gradients(variant):
-    model = BUILDERS[variant](weights=None, input_shape=(64, 64, 3), classes=5, classifier_activation=None)
-    x = images((4, 64, 64, 3))
+    model = BUILDERS[variant](weights=None, input_shape=(32, 32, 3), classes=5, classifier_activation=None)
+    x = images((4, 32, 32, 3))
     y = np.array([0, 1, 2, 3])
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with tf.GradientTape() as tape:
@@ -193,8 +211,8 @@ def test_unexplained_and_mismatched_keys(tmp_path):
     extra = dict(state, **{"level2.extra.weight": np.zeros((3, 3), "float32")})
     with pytest.raises(ValueError, match=r"level2\.extra\.weight\[3, 3\]"):
         keras_dla.DLA46XC(weights=reference.save_safetensors(extra, tmp_path / "extra.safetensors"))
-    wrong = dict(state, **{"level3.root.bn.running_var": np.ones(65, "float32")})
-    with pytest.raises(ValueError, match=r"level3\.root\.bn\.running_var.*\(65,\).*\(64,\)"):
+    wrong = dict(state, **{"level2.root.bn.running_var": np.ones(65, "float32")})
+    with pytest.raises(ValueError, match=r"level2\.root\.bn\.running_var.*\(65,\).*\(64,\)"):
         keras_dla.DLA46XC(weights=reference.save_safetensors(wrong, tmp_path / "wrong.safetensors"))
     with pytest.raises(ValueError, match="another DLA variant"):
         keras_dla.DLA46C(weights=reference.save_safetensors(state, tmp_path / "x.safetensors"))
@@ -203,7 +221,7 @@ def test_unexplained_and_mismatched_keys(tmp_path):
 def test_weights_file_of_another_variant(tmp_path):
     path = tmp_path / "dla46x_c.weights.h5"
     keras_dla.DLA46XC(weights=None).save_weights(path)
-    with pytest.raises(ValueError, match="another DLA variant.*Received: weights="):
+    with pytest.raises(ValueError, match="(?s)another DLA variant.*Received: weights="):
         keras_dla.DLA46C(weights=path)
 
 
