@@ -178,7 +178,8 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
         except ValueError as e:
             raise ValueError(
                 f"Could not load {path!r} into {model.name}; is it a weights file of another DLA variant "
-                f"or of a model built with other arguments? Keras said: {str(e).strip().splitlines()[0]} Received: weights={path!r}"
+                f"or of a model built with other arguments? Keras said: {str(e).strip().splitlines()[0]} "
+                f"Received: weights={path!r}"
             ) from None
         return {}
     state_dict = readers.read_state_dict(path)
