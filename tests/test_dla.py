@@ -16,6 +16,11 @@ from keras_dla.dla import BUILDERS
 from tests import reference
 
 VARIANTS = list(BUILDERS)
+# The wide and deep variants take most of the suite's time: the parameter counts and the float32 parity run
+# for every variant in the default run; the other per-variant checks of these run with `-m slow` (or with
+# no marker filter: `python -m pytest`).
+HEAVY = {"dla60", "dla60x", "dla102", "dla102x", "dla102x2", "dla169", "dla60_res2net", "dla60_res2next"}
+VARIANTS_HEAVY_SLOW = [pytest.param(v, marks=pytest.mark.slow) if v in HEAVY else v for v in VARIANTS]
 
 # Trainable parameters with 1000 classes; timm 1.0.31's `sum(p.numel())` (REFERENCE.md §1).
 PARAMETER_COUNTS = {
@@ -77,7 +82,7 @@ def test_parameter_count_and_top(variant):
         model.get_layer(layer)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
 def test_levels_pooling_and_any_size(variant):
     channels = CHANNELS[variant]
     levels = BUILDERS[variant](weights=None, return_levels=True)
@@ -126,7 +131,7 @@ def test_equals_timm_float32(variant, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
 def test_equals_timm_float64(variant, tmp_path, float64):
     """With plain (untempered) random weights in float64 the graphs agree to round-off: same arithmetic."""
     torch.manual_seed(1)
@@ -140,7 +145,7 @@ def test_equals_timm_float64(variant, tmp_path, float64):
     assert np.abs(ours - logits).max() <= 1e-9 * np.abs(logits).max()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
 def test_save_load_and_config_round_trip(variant, tmp_path):
     model = BUILDERS[variant](weights=None, input_shape=(None, None, 3), classes=7)
     x = images((1, 64, 64, 3))
@@ -162,7 +167,7 @@ def test_keras_weights_file_round_trip(tmp_path):
     np.testing.assert_array_equal(run(reloaded, x), run(model, x))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
 def test_training_step_gradients(variant):
     model = BUILDERS[variant](weights=None, input_shape=(32, 32, 3), classes=5, classifier_activation=None)
     x = images((4, 32, 32, 3))
