@@ -18,6 +18,7 @@ from keras_dla.dla import (
 )
 from keras_dla.dla_up import DLA34Up, DLA60Up, DLA102Up, DLA169Up, DLAUp
 from keras_dla.imagenet import decode_predictions, preprocess_input
+from keras_dla.inference import fold_batch_norms, inference_model
 from keras_dla.layers import DepthwiseConv2DTranspose
 from keras_dla.segmentation import (
     CITYSCAPES_PALETTE,
@@ -50,6 +51,8 @@ __all__ = [
     "DLA102Up",
     "DLA169Up",
     "DepthwiseConv2DTranspose",
+    "inference_model",
+    "fold_batch_norms",
     "SegmentationCrossEntropy",
     "SegmentationMeanIoU",
     "predict_multiscale",

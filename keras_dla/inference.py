@@ -1,0 +1,130 @@
+"""The fastest documented inference path: batch norm folded into the convolutions.
+
+A trained DLA spends a large share of its CPU inference time in batch norm: Keras 3 computes it as separate
+multiply and add passes over every feature map. In inference a batch norm is an affine map per channel, so it
+folds exactly into the convolution before it (scaled kernel, new bias), and TensorFlow's graph optimiser then fuses
+each convolution with its bias, residual add and ReLU into a single oneDNN call.
+
+    model = keras_dla.DLA34(weights="imagenet")
+    fast = keras_dla.inference_model(model)   # same outputs within float32 rounding, no BatchNormalization left
+    probabilities = fast.predict(images)      # or fast(images), or fast.serve(images) at a fixed signature
+
+`benchmarks/performance.py` measures this path against `model.predict`, TFLite, timm and ONNX Runtime.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.models.functional import Functional
+
+
+def _producer(layer):
+    """The layer whose output is the (single) input of `layer`'s only call, or None."""
+    if len(layer._inbound_nodes) != 1:
+        return None
+    inputs = layer._inbound_nodes[0].input_tensors
+    if len(inputs) != 1:
+        return None
+    return inputs[0]._keras_history.operation
+
+
+def foldable_pairs(model):
+    """{batch-norm layer name: conv layer} for every Conv2D whose only consumer is a channel-axis batch norm."""
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        conv = _producer(layer)
+        if not isinstance(conv, keras.layers.Conv2D) or len(conv._outbound_nodes) != 1 or len(conv._inbound_nodes) != 1:
+            continue
+        channel_axis = -1 if conv.data_format == "channels_last" else 1
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        if axis is None or axis % 4 != channel_axis % 4:
+            continue
+        pairs[layer.name] = conv
+    return pairs
+
+
+def _folded_weights(conv, bn):
+    """Kernel and bias of `conv` followed by `bn` in inference mode, computed in float64."""
+    kernel = keras.ops.convert_to_numpy(conv.kernel).astype(np.float64)
+    bias = keras.ops.convert_to_numpy(conv.bias).astype(np.float64) if conv.use_bias else 0.0
+    mean = keras.ops.convert_to_numpy(bn.moving_mean).astype(np.float64)
+    variance = keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64)
+    gamma = keras.ops.convert_to_numpy(bn.gamma).astype(np.float64) if bn.scale else 1.0
+    beta = keras.ops.convert_to_numpy(bn.beta).astype(np.float64) if bn.center else 0.0
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    dtype = conv.kernel.dtype
+    return (kernel * scale).astype(dtype), ((bias - mean) * scale + beta).astype(dtype)
+
+
+def _is_functional(model):
+    return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
+
+
+def fold_batch_norms(model):
+    """A copy of the functional `model` with every foldable batch norm merged into the Conv2D before it.
+
+    The copy has the same layer names (less the folded batch norms), inputs and outputs; the folded convolutions
+    gain a bias. It computes what `model(x, training=False)` computes, up to float rounding. Nested functional
+    models (a DLA-Up's backbone) are folded too. Other layers keep their weights.
+    """
+    if not _is_functional(model):
+        raise ValueError(
+            "`fold_batch_norms` needs a functional keras Model (as the keras_dla builders return). "
+            f"Received: model={type(model).__name__}"
+        )
+    pairs = foldable_pairs(model)
+    folded_convs = {conv.name: bn_name for bn_name, conv in pairs.items()}
+
+    def clone(layer):
+        if _is_functional(layer):
+            return fold_batch_norms(layer)
+        config = layer.get_config()
+        if layer.name in folded_convs:
+            config["use_bias"] = True
+            config["bias_initializer"] = "zeros"
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in pairs:  # a folded batch norm: its convolution already applies it
+            return args[0]
+        return layer(*args, **kwargs)
+
+    folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    originals = {layer.name: layer for layer in model.layers}
+    for layer in folded.layers:
+        if not layer.weights:  # input layers (renamed by the clone when auto-named), activations, adds
+            continue
+        source = originals[layer.name]
+        if layer.name in folded_convs:
+            layer.set_weights(list(_folded_weights(source, originals[folded_convs[layer.name]])))
+        elif not isinstance(layer, keras.Model):
+            layer.set_weights(source.get_weights())
+    return folded
+
+
+def inference_model(model, *, jit_compile=False):
+    """The fastest documented inference path for a keras_dla model: `model` with its batch norms folded.
+
+    Args:
+        model: a functional keras_dla model (classifier, backbone or DLA-Up), trained or with pretrained weights.
+        jit_compile: compile `predict` with XLA. On CPU the oneDNN graph path measured faster (see README,
+            "Performance"), so the default is False; on a GPU XLA usually wins.
+
+    Returns:
+        A new `keras.Model` with the same inputs, outputs and layer names less the folded batch norms, compiled
+        for `predict`. Its `serve` attribute is a `tf.function` over a batch of any size, as SavedModel export
+        would trace it; `fast.serve(images)` is the lowest-overhead call.
+    """
+    folded = fold_batch_norms(model)
+    folded.compile(jit_compile=jit_compile)
+    folded.trainable = False
+    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in folded.inputs]
+    folded.serve = tf.function(
+        lambda *inputs: folded(inputs[0] if len(inputs) == 1 else list(inputs), training=False),
+        input_signature=specs,
+        jit_compile=jit_compile,
+        autograph=False,
+    )
+    return folded
