@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         # The numeric reference (PyTorch, timm) and the tools the tests and lint need. torch and
-        # torchvision are pinned to the pair that installs together offline here (see DEVELOPERS.md).
+        # torchvision are pinned to the pair that installs together offline here (PyTorch 2.13.0 breaks torchvision).
         "test": [
             "pytest",
             "ruff",
@@ -43,6 +43,8 @@ setup(
             "torchvision==0.29.1",
             "timm",
         ],
+        # benchmarks/performance.py: timm's model exported to ONNX and run by ONNX Runtime, peak memory.
+        "bench": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["keras-dla = keras_dla.cli:main"]},
     classifiers=[

@@ -1,0 +1,70 @@
+"""benchmarks/performance.py: the FLOP count the ceilings rest on, and the ratios and outputs of the report."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+import keras_dla
+
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "performance.py")
+_spec = importlib.util.spec_from_file_location("performance", _PATH)
+performance = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(performance)
+
+
+def test_flops_match_the_published_multiply_adds():
+    # timm's model card gives DLA-34 3.07 GMACs and DLA-169 11.6 GMACs at 224x224.
+    assert performance.model_flops(keras_dla.DLA34(weights=None)) / 2e9 == pytest.approx(3.07, rel=0.01)
+    assert performance.model_flops(keras_dla.DLA169(weights=None)) / 2e9 == pytest.approx(11.6, rel=0.01)
+
+
+def test_time_call_takes_the_median_after_warmup():
+    calls = []
+    performance.time_call(lambda: calls.append(1), min_calls=5, min_seconds=0, warmup=2)
+    assert len(calls) == 7
+
+
+def _results():
+    rates = lambda a, b: {"1": a, "8": b}  # noqa: E731  (JSON keys are strings)
+    return {
+        "matmul_gflops": 100.0,
+        "threads": 2,
+        "size": 224,
+        "batches": [1, 8],
+        "date": "2026-11-27",
+        "machine": {"cpu": "test CPU"},
+        "models": {
+            "dla34": {
+                "keras_inference": {"flops": 5e9, "build_s": 1.0, "rates": {"keras_dla fast": rates(10.0, 20.0)}},
+                "keras_train": {"train_step_s": 2.0, "peak_rss_mib": 100},
+                "timm_inference": {"build_s": 0.5, "rates": {"timm eager": rates(5.0, 10.0)}},
+                "timm_train": {"train_step_s": 4.0, "peak_rss_mib": 90},
+                "onnxruntime": {"rates": {"onnxruntime": rates(20.0, 40.0)}},
+                "tflite": None,  # a job that failed
+            }
+        },
+    }
+
+
+def test_ratios_ceiling_and_outputs(tmp_path, capsys):
+    results = _results()
+    results["inference"] = performance.rows_of(results, [1, 8])
+    results["training"] = performance.train_rows(results)
+    fast8 = next(r for r in results["inference"] if r["path"] == "keras_dla fast" and r["batch"] == 8)
+    assert fast8["vs_timm"] == pytest.approx(2.0) and fast8["vs_onnxruntime"] == pytest.approx(0.5)
+    assert fast8["of_matmul_ceiling"] == pytest.approx(20.0 / (100e9 / 5e9))  # ceiling: 20 images/s
+    assert results["training"][0]["vs_timm"] == pytest.approx(2.0)
+    assert results["training"][0]["keras_dla_images_per_s"] == pytest.approx(8.0)
+    performance.print_tables(results)
+    assert "keras_dla fast" in capsys.readouterr().out
+    performance.plot(results, str(tmp_path / "chart.png"))
+    assert os.path.getsize(tmp_path / "chart.png") > 1000
+    json.dumps(results)  # what main() writes
+
+
+def test_bad_arguments_are_refused():
+    for argv in (["--models", "resnet50"], ["--threads", "0"], ["--batches", "0"]):
+        with pytest.raises(SystemExit):
+            performance.parse_args(argv)
