@@ -35,6 +35,7 @@ from keras_dla.dla import DLA, MODEL_CONFIGS
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 SCHEDULES = ("step", "poly", "cosine")
+OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (momentum, coupled-free Keras weight decay); adamw: short runs
 TASKS = ("classification", "segmentation")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -61,12 +62,15 @@ class TrainConfig:
     devices: int | None = None
     mixed_precision: bool = False
     jit: bool = False
+    steps_per_execution: int = 1  # train steps per tf.function call: fewer calls, less per-step overhead
     image_size: int | None = None  # classification input / segmentation crop; default per data set
     classes: int | None = None  # only needed by a list-file folder without `classes` in info.json
     down_ratio: int = 2
     seed: int = 0
+    optimizer: str = "sgd"  # "sgd" (the authors', with `momentum`) or "adamw"
     momentum: float = MOMENTUM
     weight_decay: float = WEIGHT_DECAY
+    label_smoothing: float = 0.0  # classification only
     data_dir: str | None = None
     limit: int | None = None  # use only the first examples of each split
     augment: str | None = None  # classification recipe ("imagenet", "small", "flip"); default per data set
@@ -97,6 +101,11 @@ def configure_devices(devices):
         else:
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+            if devices > 1:
+                # Each replica runs its ops on its own share of the cores, all replicas at once: on 2 cores,
+                # 2 single-threaded replicas train DLA-46-C 1.5x faster than one replica on both cores.
+                tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // devices))
+                tf.config.threading.set_inter_op_parallelism_threads(devices)
     except RuntimeError as e:
         if len(_local_devices()) != devices:
             raise ValueError(
@@ -226,6 +235,11 @@ def validate(config):
         value = getattr(config, field)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{field}` should be a positive integer. Received: {field}={value!r}")
+    if not isinstance(config.steps_per_execution, int) or config.steps_per_execution < 1:
+        raise ValueError(
+            "`steps_per_execution` should be a positive integer. "
+            f"Received: steps_per_execution={config.steps_per_execution!r}"
+        )
     for field in ("steps_per_epoch", "validation_steps", "limit", "backup_every", "image_size"):
         value = getattr(config, field)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -234,6 +248,14 @@ def validate(config):
         raise ValueError(f"`lr` should be a positive number. Received: lr={config.lr!r}")
     if config.schedule is not None and config.schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule; expected one of {SCHEDULES}. Received: schedule={config.schedule!r}")
+    if not (isinstance(config.label_smoothing, (int, float)) and 0 <= config.label_smoothing < 1):
+        raise ValueError(f"`label_smoothing` should be in [0, 1). Received: label_smoothing={config.label_smoothing!r}")
+    if config.label_smoothing and config.task != "classification":
+        raise ValueError(
+            f"`label_smoothing` applies to classification only. Received: label_smoothing={config.label_smoothing!r}"
+        )
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer; expected one of {OPTIMIZERS}. Received: optimizer={config.optimizer!r}")
     if config.strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy; expected one of {STRATEGIES}. Received: strategy={config.strategy!r}")
     if config.weights not in ("none", "imagenet") and not os.path.isfile(str(config.weights)):
@@ -242,6 +264,33 @@ def validate(config):
         )
     if config.down_ratio not in (2, 4, 8, 16):
         raise ValueError(f"`down_ratio` should be 2, 4, 8 or 16. Received: down_ratio={config.down_ratio!r}")
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels smoothed towards the uniform distribution by `label_smoothing`.
+
+    Keras' `SparseCategoricalCrossentropy` has no label smoothing; this is `categorical_crossentropy` of the
+    smoothed one-hot labels, and with `label_smoothing=0` the sparse cross-entropy itself.
+    """
+
+    def __init__(self, label_smoothing=0.0, from_logits=False, name="sparse_smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        classes = ops.shape(y_pred)[-1]
+        labels = ops.reshape(ops.cast(y_true, "int32"), ops.shape(y_pred)[:-1])
+        return keras.losses.categorical_crossentropy(
+            ops.one_hot(labels, classes, dtype=y_pred.dtype),
+            y_pred,
+            from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing, "from_logits": self.from_logits}
 
 
 def build_classifier(model, classes, input_shape, weights):
@@ -446,7 +495,17 @@ def make_callbacks(run_dir, monitor, mode, backup_every=None):
 
 # Settings that may change between a run and its restart: they do not change what is trained (the batch size is
 # global, so a run may resume on another number of devices).
-RESTART_FREE = ("verbose", "output", "backup_every", "validation_steps", "data_dir", "devices", "strategy", "jit")
+RESTART_FREE = (
+    "verbose",
+    "output",
+    "backup_every",
+    "validation_steps",
+    "data_dir",
+    "devices",
+    "strategy",
+    "jit",
+    "steps_per_execution",
+)
 
 
 def check_resumable(config):
@@ -516,7 +575,16 @@ def _mean_scalars_across_workers():
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+def make_optimizer(name, learning_rate, config):
+    """SGD with momentum (the authors') or AdamW; both with Keras' decoupled weight decay of `config`."""
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.SGD(learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
 def default_lr(config):
+    if config.optimizer == "adamw":
+        return 1e-3 * config.batch_size / 128
     if config.task == "classification":
         return 0.1 * config.batch_size / 256
     return 0.01 * config.batch_size / 16
@@ -579,17 +647,20 @@ def train(config):
         input_shape = (size, size, info.channels)
         if config.task == "classification":
             model = build_classifier(config.model, info.num_classes, input_shape, config.weights)
-            loss = keras.losses.SparseCategoricalCrossentropy()
+            loss = SparseSmoothedCrossentropy(config.label_smoothing)
             metrics = ["accuracy"]
         else:
             model = build_segmenter(config.model, info.num_classes, input_shape, config.weights, config.down_ratio)
             loss, metrics = segmentation_loss_and_metrics(info.num_classes, not _outputs_probabilities(model))
-        optimizer = keras.optimizers.SGD(
-            learning_rate_schedule(schedule_name, lr, steps * config.epochs),
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
+        schedule = learning_rate_schedule(schedule_name, lr, steps * config.epochs)
+        optimizer = make_optimizer(config.optimizer, schedule, config)
+        model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            jit_compile=bool(config.jit),
+            steps_per_execution=config.steps_per_execution,
         )
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=bool(config.jit))
     if multiworker:
         _build_on_local_batch(model, strategy)
         _mean_scalars_across_workers()

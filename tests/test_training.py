@@ -56,6 +56,7 @@ def test_cli_choices_match_the_library():
     assert cli_train.TASKS == training.TASKS
     assert cli_train.SCHEDULES == training.SCHEDULES
     assert cli_train.STRATEGIES == training.STRATEGIES
+    assert cli_train.OPTIMIZERS == training.OPTIMIZERS
     args = build_parser().parse_args(["train", "--epochs", "3", "--batch-size", "16"])
     config = cli_train.config_from_args(args)
     assert (config.dataset, config.epochs, config.batch_size, config.weights) == ("fashion_mnist", 3, 16, "none")
@@ -73,11 +74,43 @@ def test_cli_choices_match_the_library():
         (dict(strategy="tpu"), "Unknown strategy.*Received: strategy='tpu'"),
         (dict(weights="/no/such/file.pth"), "Received: weights='/no/such/file.pth'"),
         (dict(lr=-1.0), "Received: lr=-1.0"),
+        (dict(optimizer="lamb"), "Unknown optimizer.*Received: optimizer='lamb'"),
+        (dict(label_smoothing=1.0), "in \\[0, 1\\). Received: label_smoothing=1.0"),
+        (dict(task="segmentation", model="dla34up", label_smoothing=0.1), "classification only"),
     ],
 )
 def test_bad_arguments_fail_before_anything_runs(changes, message):
     with pytest.raises(ValueError, match=message):
         training.validate(training.TrainConfig(**changes))
+
+
+def test_smoothed_crossentropy_matches_keras_categorical():
+    import keras
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(5), size=6).astype("float32")
+    labels = rng.integers(0, 5, 6)
+    onehot = np.eye(5, dtype="float32")[labels]
+    for smoothing in (0.0, 0.1, 0.3):
+        ours = training.SparseSmoothedCrossentropy(smoothing)(labels, probabilities)
+        expected = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(onehot, probabilities)
+        assert float(ours) == pytest.approx(float(expected), rel=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy()(labels[:, None], probabilities)
+    assert float(training.SparseSmoothedCrossentropy()(labels[:, None], probabilities)) == pytest.approx(float(plain))
+    assert float(training.SparseSmoothedCrossentropy(0.1)(labels, probabilities)) != pytest.approx(float(plain))
+    restored = training.SparseSmoothedCrossentropy.from_config(training.SparseSmoothedCrossentropy(0.2).get_config())
+    assert restored.label_smoothing == 0.2
+
+
+def test_optimizers():
+    import keras
+
+    config = training.TrainConfig(optimizer="adamw", weight_decay=0.05, batch_size=256)
+    adamw = training.make_optimizer("adamw", 0.01, config)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.05
+    assert training.default_lr(config) == pytest.approx(2e-3)
+    sgd = training.make_optimizer("sgd", 0.1, training.TrainConfig())
+    assert sgd.momentum == 0.9 and sgd.weight_decay == training.WEIGHT_DECAY
 
 
 def test_schedules_follow_the_authors():

@@ -9,6 +9,7 @@ import argparse
 TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "poly", "cosine")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def register(subparsers):
@@ -37,6 +38,9 @@ def register(subparsers):
     parser.add_argument("--devices", type=int, default=None, help="use N GPUs, or split the CPU into N devices")
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    parser.add_argument(
+        "--steps-per-execution", type=int, default=1, help="train steps per graph call (less per-step overhead)"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="input size (cls) or crop size (seg)")
     parser.add_argument(
         "--augment", choices=("imagenet", "small", "flip"), default=None, help="classification augmentation recipe"
@@ -44,7 +48,9 @@ def register(subparsers):
     parser.add_argument("--classes", type=int, default=None, help="classes of a list-file folder")
     parser.add_argument("--down-ratio", type=int, default=2, choices=(2, 4, 8, 16), help="DLA-Up output stride")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (momentum), the authors'; or adamw")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled, as Keras applies it")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="classification only")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data folder, or the Fashion-MNIST files")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N examples of each split")
@@ -73,12 +79,15 @@ def config_from_args(args):
         devices=args.devices,
         mixed_precision=args.mixed_precision,
         jit=args.jit,
+        steps_per_execution=args.steps_per_execution,
         image_size=args.image_size,
         classes=args.classes,
         down_ratio=args.down_ratio,
         seed=args.seed,
+        optimizer=args.optimizer,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
         data_dir=args.data_dir,
         limit=args.limit,
         augment=args.augment,
