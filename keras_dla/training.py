@@ -35,7 +35,7 @@ from keras_dla.dla import DLA, MODEL_CONFIGS
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 SCHEDULES = ("step", "poly", "cosine")
-OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (momentum, coupled-free Keras weight decay); adamw: short runs
+OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (with momentum); adamw: short runs. Keras decouples weight decay
 TASKS = ("classification", "segmentation")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
