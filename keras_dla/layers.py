@@ -1,4 +1,7 @@
-"""Custom layers of DLA-Up: the depthwise transposed convolution that upsamples with a bilinear start.
+"""Custom layers: DLA-Up's depthwise transposed convolution, and grouped convolutions fast on a CPU.
+
+`ChunkedGroupConv2D` (used by `keras_dla.inference_model`) is described in its docstring; the rest of this
+module text is about DLA-Up's upsampling.
 
 The authors upsample with `ConvTranspose2d(C, C, 2f, stride=f, padding=f // 2, groups=C, bias=False)`.
 Keras' `Conv2DTranspose` has no `groups` (keras-team/keras#19871), and its two obvious stand-ins waste
@@ -167,3 +170,78 @@ class CropLike(layers.Layer):
         x, reference = inputs
         shape = ops.shape(reference)
         return x[:, : shape[1], : shape[2], :]
+
+
+def chunk_groups(groups, channels_per_group, *, target_channels=32, max_groups=4):
+    """Groups merged into each chunk of `ChunkedGroupConv2D`: about `target_channels` inputs, at most `max_groups`.
+
+    The largest divisor of `groups` not above `min(max_groups, target_channels // channels_per_group)` (at least
+    1). A chunk of s groups costs s times the grouped FLOPs (its kernel is block-diagonal), so s stays small;
+    the values are those that measured fastest for DLA-X's 3x3 convs on a 2-core CPU (see README, "Performance").
+    """
+    limit = max(1, min(max_groups, target_channels // max(channels_per_group, 1)))
+    return max(s for s in range(1, limit + 1) if groups % s == 0)
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class ChunkedGroupConv2D(layers.Conv2D):
+    """A grouped `Conv2D` computed as a few dense convolutions, for CPU inference under TensorFlow.
+
+    Keras 3's TensorFlow backend runs every grouped convolution through XLA (TensorFlow has no grouped conv
+    kernel for the CPU), which is several times slower than oneDNN's dense convolution on DLA-X's
+    32-group 3x3 convs. This layer keeps `Conv2D`'s weights and config (same kernel shape
+    `(kh, kw, in / groups, filters)`, so weights copy over unchanged) and computes the same sums as
+    `groups / s` ordinary convolutions over consecutive chunks of `s = groups_per_chunk` groups, each with the
+    block-diagonal kernel of its groups, concatenated. `keras_dla.inference_model` swaps grouped convs for it.
+
+    Args:
+        groups_per_chunk: groups per dense convolution (a divisor of `groups`); `None` picks it with
+            `chunk_groups`.
+        **kwargs: the arguments of `keras.layers.Conv2D`.
+    """
+
+    def __init__(self, *args, groups_per_chunk=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if groups_per_chunk is not None and (
+            not isinstance(groups_per_chunk, int) or groups_per_chunk < 1 or self.groups % groups_per_chunk
+        ):
+            raise ValueError(
+                f"`groups_per_chunk` should be a positive divisor of groups={self.groups}. "
+                f"Received: groups_per_chunk={groups_per_chunk!r}"
+            )
+        self.groups_per_chunk = groups_per_chunk
+
+    def _chunk(self, in_per_group):
+        return self.groups_per_chunk or chunk_groups(self.groups, in_per_group)
+
+    def convolution_op(self, inputs, kernel):
+        kh, kw, in_per_group, filters = kernel.shape
+        if self.groups == 1:
+            return super().convolution_op(inputs, kernel)
+        s = self._chunk(in_per_group)
+        chunks = self.groups // s
+        out_per_group = filters // self.groups
+        # kernel[h, w, i, (c, t, m)] for group c * s + t -> block-diagonal dense[c][h, w, (t', i), (t, m)].
+        k = ops.reshape(kernel, (kh, kw, in_per_group, chunks, s, out_per_group))
+        k = ops.transpose(k, (0, 1, 3, 2, 4, 5))[:, :, :, None]  # (kh, kw, c, 1, i, t, m)
+        eye = ops.reshape(ops.eye(s, dtype=kernel.dtype), (1, 1, 1, s, 1, s, 1))
+        dense = ops.reshape(k * eye, (kh, kw, chunks, s * in_per_group, s * out_per_group))
+        axis = -1 if self.data_format == "channels_last" else 1
+        pieces = ops.split(inputs, chunks, axis=axis) if chunks > 1 else [inputs]
+        outputs = [
+            ops.conv(
+                piece,
+                dense[:, :, c],
+                strides=list(self.strides),
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+            for c, piece in enumerate(pieces)
+        ]
+        return ops.concatenate(outputs, axis=axis) if chunks > 1 else outputs[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups_per_chunk=self.groups_per_chunk)
+        return config

@@ -7,9 +7,11 @@ so a folding mistake in scale, shift or channel order shows in the logits.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_dla
 from keras_dla import dla, dla_up, inference
+from keras_dla.layers import ChunkedGroupConv2D
 from tests.test_export import classifier, images, trained_looking
 
 TOLERANCE = 1e-4  # the bound on the folded model's float32 outputs
@@ -39,6 +41,18 @@ def test_folded_classifier_equals_the_model(variant):
     assert np.abs(expected).max() > 0.1  # logits, not a degenerate all-zero output
     names = {layer.name for layer in fast.layers}
     assert "level2.tree1.conv1" in names and "base_layer.1" not in names  # names kept, batch norms gone
+    # On a CPU the grouped convs (DLA-X) become dense chunks; nothing else changes class.
+    chunked = sum(isinstance(layer, ChunkedGroupConv2D) for layer in fast.layers)
+    grouped = sum(getattr(layer, "groups", 1) > 1 for layer in model.layers)
+    assert chunked == (0 if tf.config.list_logical_devices("GPU") else grouped)
+
+
+def test_grouped_convs_kept_when_asked():
+    model = classifier("dla46x_c")
+    fast = keras_dla.inference_model(model, chunk_grouped_convs=False)
+    assert not any(isinstance(layer, ChunkedGroupConv2D) for layer in fast.layers)
+    x = images(2, 32)
+    np.testing.assert_allclose(fast.predict_on_batch(x), model.predict_on_batch(x), rtol=0, atol=TOLERANCE)
 
 
 def test_serve_takes_any_batch_and_size():

@@ -1,4 +1,5 @@
-"""DepthwiseConv2DTranspose against PyTorch's grouped ConvTranspose2d, and the padding layers of DLA-Up."""
+"""DepthwiseConv2DTranspose against PyTorch's grouped ConvTranspose2d, the padding layers of DLA-Up, and
+ChunkedGroupConv2D against PyTorch's grouped Conv2d and Keras' own grouped Conv2D."""
 
 import os
 
@@ -8,7 +9,14 @@ import pytest
 import tensorflow as tf
 import torch
 
-from keras_dla.layers import BilinearKernel, CropLike, DepthwiseConv2DTranspose, PadToMultiple
+from keras_dla.layers import (
+    BilinearKernel,
+    ChunkedGroupConv2D,
+    CropLike,
+    DepthwiseConv2DTranspose,
+    PadToMultiple,
+    chunk_groups,
+)
 
 
 def random(shape, seed=0):
@@ -154,3 +162,82 @@ def test_tflite_builtin_ops_only(tmp_path):
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     assert out.shape == (1, 96, 80, 4)
     np.testing.assert_allclose(out, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def torch_grouped(x_nhwc, kernel, bias, groups, stride, padding):
+    """PyTorch's grouped `conv2d` in float64 on a channels-last input and a Keras-layout kernel."""
+    weight = torch.from_numpy(kernel.transpose(3, 2, 0, 1)).to(
+        torch.float64
+    )  # (kh, kw, in/g, out) -> (out, in/g, kh, kw)
+    x = torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2)).to(torch.float64)
+    b = None if bias is None else torch.from_numpy(bias).to(torch.float64)
+    y = torch.nn.functional.conv2d(x, weight, b, stride=stride, padding=padding, groups=groups)
+    return y.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize(
+    "groups, in_per_group, out_per_group, per_chunk, stride, padding",
+    [
+        (8, 2, 2, None, 1, "same"),
+        (8, 2, 3, 2, 2, "valid"),
+        (4, 3, 1, 4, 1, "valid"),
+        (6, 1, 2, 3, 2, "same"),
+        (8, 2, 2, 1, 1, "same"),
+    ],
+)
+def test_chunked_group_conv_equals_torch_and_keras(groups, in_per_group, out_per_group, per_chunk, stride, padding):
+    # Random kernels and bias on an odd, non-square input: any group, chunk or channel mix-up shows.
+    x = random((2, 9, 7, groups * in_per_group), seed=groups)
+    kwargs = dict(filters=groups * out_per_group, kernel_size=3, strides=stride, padding=padding, groups=groups)
+    chunked = ChunkedGroupConv2D(groups_per_chunk=per_chunk, **kwargs)
+    reference = keras.layers.Conv2D(**kwargs)
+    chunked.build(x.shape)
+    reference.build(x.shape)
+    kernel, bias = random(tuple(chunked.kernel.shape), seed=1), random((groups * out_per_group,), seed=2)
+    for layer in (chunked, reference):
+        layer.set_weights([kernel, bias])
+    got = keras.ops.convert_to_numpy(chunked(x))
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(reference(x)), rtol=0, atol=1e-5)
+    if padding == "valid":  # PyTorch pads symmetrically; Keras' "same" at stride 2 does not
+        np.testing.assert_allclose(got, torch_grouped(x, kernel, bias, groups, stride, 0), rtol=0, atol=1e-5)
+    elif stride == 1:
+        np.testing.assert_allclose(got, torch_grouped(x, kernel, bias, groups, 1, 1), rtol=0, atol=1e-5)
+
+
+def test_chunked_group_conv_gradients_equal_keras():
+    x = tf.constant(random((2, 6, 6, 16), seed=4))
+    layers = [
+        ChunkedGroupConv2D(16, 3, padding="same", groups=8, groups_per_chunk=4),
+        keras.layers.Conv2D(16, 3, padding="same", groups=8),
+    ]
+    for layer in layers:
+        layer.build(x.shape)
+        layer.set_weights([random((3, 3, 2, 16), seed=5), random((16,), seed=6)])
+    grads = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        grads.append([g.numpy() for g in tape.gradient(loss, layer.trainable_weights)])
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_chunk_groups_rule():
+    # About 32 input channels per dense conv, at most 4 groups, a divisor of the groups.
+    assert [chunk_groups(32, c) for c in (4, 8, 16, 32, 64)] == [4, 4, 2, 1, 1]
+    assert chunk_groups(6, 4) == 3 and chunk_groups(7, 1) == 1
+
+
+def test_chunked_group_conv_round_trip_and_bad_arguments(tmp_path):
+    inputs = keras.Input((6, 6, 8))
+    model = keras.Model(inputs, ChunkedGroupConv2D(8, 3, groups=4, groups_per_chunk=2, name="g")(inputs))
+    model.get_layer("g").set_weights([random((3, 3, 2, 8), seed=7), random((8,), seed=8)])
+    path = os.path.join(tmp_path, "g.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.get_layer("g"), ChunkedGroupConv2D) and loaded.get_layer("g").groups_per_chunk == 2
+    x = random((1, 6, 6, 8))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    for bad in (3, 0, 2.0):
+        with pytest.raises(ValueError, match="Received: groups_per_chunk="):
+            ChunkedGroupConv2D(8, 3, groups=4, groups_per_chunk=bad)
