@@ -13,19 +13,25 @@ import math
 
 from keras import layers, ops
 
+from keras_dla.layers import ChunkedGroupConv2D
+
 # PyTorch's BatchNorm2d defaults; Keras' own default epsilon is 1e-3.
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # = 1 - PyTorch's momentum of 0.1
 
 
 def conv2d(x, filters, kernel_size, *, stride=1, groups=1, use_bias=False, name):
-    """A Conv2D with PyTorch's symmetric padding of (kernel_size - 1) // 2 on every side."""
+    """A Conv2D with PyTorch's symmetric padding of (kernel_size - 1) // 2 on every side.
+
+    Grouped convs are `ChunkedGroupConv2D`s: the same weights, but fast on a CPU under TensorFlow.
+    """
     pad = (kernel_size - 1) // 2
     padding = "same"
     if stride > 1 and pad > 0:
         x = layers.ZeroPadding2D(pad, name=f"{name}.pad")(x)
         padding = "valid"
-    return layers.Conv2D(
+    conv = ChunkedGroupConv2D if groups > 1 else layers.Conv2D
+    return conv(
         filters,
         kernel_size,
         strides=stride,

@@ -68,17 +68,13 @@ def _is_grouped_conv(layer):
     return type(layer) is keras.layers.Conv2D and layer.groups > 1
 
 
-def fold_batch_norms(model, *, chunk_grouped_convs=False):
+def fold_batch_norms(model):
     """A copy of the functional `model` with every foldable batch norm merged into the Conv2D before it.
 
     The copy has the same layer names (less the folded batch norms), inputs and outputs; the folded convolutions
     gain a bias. It computes what `model(x, training=False)` computes, up to float rounding. Nested functional
-    models (a DLA-Up's backbone) are folded too. Other layers keep their weights.
-
-    Args:
-        model: a functional keras Model.
-        chunk_grouped_convs: also swap every grouped `Conv2D` for a `ChunkedGroupConv2D` (same weights, same sums
-            as a few dense convolutions; faster on a CPU, where Keras runs grouped convs through XLA).
+    models (a DLA-Up's backbone) are folded too. Other layers keep their weights. A plain grouped `Conv2D` (of a
+    model not built by keras_dla) becomes a `ChunkedGroupConv2D`, as keras_dla's builders make them.
     """
     if not _is_functional(model):
         raise ValueError(
@@ -90,12 +86,12 @@ def fold_batch_norms(model, *, chunk_grouped_convs=False):
 
     def clone(layer):
         if _is_functional(layer):
-            return fold_batch_norms(layer, chunk_grouped_convs=chunk_grouped_convs)
+            return fold_batch_norms(layer)
         config = layer.get_config()
         if layer.name in folded_convs:
             config["use_bias"] = True
             config["bias_initializer"] = "zeros"
-        if chunk_grouped_convs and _is_grouped_conv(layer):
+        if _is_grouped_conv(layer):
             return ChunkedGroupConv2D.from_config(config)
         return layer.__class__.from_config(config)
 
@@ -117,24 +113,20 @@ def fold_batch_norms(model, *, chunk_grouped_convs=False):
     return folded
 
 
-def inference_model(model, *, jit_compile=False, chunk_grouped_convs=None):
+def inference_model(model, *, jit_compile=False):
     """The fastest documented inference path for a keras_dla model: `model` with its batch norms folded.
 
     Args:
         model: a functional keras_dla model (classifier, backbone or DLA-Up), trained or with pretrained weights.
         jit_compile: compile `predict` with XLA. On CPU the oneDNN graph path measured faster (see README,
             "Performance"), so the default is False; on a GPU XLA usually wins.
-        chunk_grouped_convs: compute grouped convolutions (DLA-X) as a few dense ones (`ChunkedGroupConv2D`);
-            `None` does so when TensorFlow sees no GPU (on a CPU, Keras otherwise runs them through XLA).
 
     Returns:
         A new `keras.Model` with the same inputs, outputs and layer names less the folded batch norms, compiled
         for `predict`. Its `serve` attribute is a `tf.function` over a batch of any size, as SavedModel export
         would trace it; `fast.serve(images)` is the lowest-overhead call.
     """
-    if chunk_grouped_convs is None:
-        chunk_grouped_convs = not tf.config.list_logical_devices("GPU")
-    folded = fold_batch_norms(model, chunk_grouped_convs=chunk_grouped_convs)
+    folded = fold_batch_norms(model)
     folded.compile(jit_compile=jit_compile)
     folded.trainable = False
     specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in folded.inputs]

@@ -1,6 +1,6 @@
 """Custom layers: DLA-Up's depthwise transposed convolution, and grouped convolutions fast on a CPU.
 
-`ChunkedGroupConv2D` (used by `keras_dla.inference_model`) is described in its docstring; the rest of this
+`ChunkedGroupConv2D` (the grouped convs of DLA-X) is described in its docstring; the rest of this
 module text is about DLA-Up's upsampling.
 
 The authors upsample with `ConvTranspose2d(C, C, 2f, stride=f, padding=f // 2, groups=C, bias=False)`.
@@ -183,20 +183,31 @@ def chunk_groups(groups, channels_per_group, *, target_channels=32, max_groups=4
     return max(s for s in range(1, limit + 1) if groups % s == 0)
 
 
+def _tensorflow_on_cpu():
+    """Whether Keras runs on TensorFlow with no GPU visible (where Keras' grouped conv goes through XLA)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
+
+
 @keras.saving.register_keras_serializable(package="keras_dla")
 class ChunkedGroupConv2D(layers.Conv2D):
-    """A grouped `Conv2D` computed as a few dense convolutions, for CPU inference under TensorFlow.
+    """A grouped `Conv2D` that runs as a few dense convolutions on a CPU under TensorFlow.
 
     Keras 3's TensorFlow backend runs every grouped convolution through XLA (TensorFlow has no grouped conv
-    kernel for the CPU), which is several times slower than oneDNN's dense convolution on DLA-X's
-    32-group 3x3 convs. This layer keeps `Conv2D`'s weights and config (same kernel shape
-    `(kh, kw, in / groups, filters)`, so weights copy over unchanged) and computes the same sums as
-    `groups / s` ordinary convolutions over consecutive chunks of `s = groups_per_chunk` groups, each with the
-    block-diagonal kernel of its groups, concatenated. `keras_dla.inference_model` swaps grouped convs for it.
+    kernel for the CPU): several times slower than oneDNN's dense convolutions for inference, and hundreds of
+    times slower for the gradient (DLA-X's 32-group 3x3 convs; see README, "Performance"). This layer keeps
+    `Conv2D`'s weights and config (the kernel shape `(kh, kw, in / groups, filters)`, so weights copy over
+    unchanged) and computes the same sums as `groups / s` ordinary convolutions over consecutive chunks of
+    `s = groups_per_chunk` groups, each with the block-diagonal kernel of its groups, concatenated. The DLA
+    builders use it for every grouped conv.
 
     Args:
-        groups_per_chunk: groups per dense convolution (a divisor of `groups`); `None` picks it with
-            `chunk_groups`.
+        groups_per_chunk: groups per dense convolution (a divisor of `groups`): always chunked. `None` (default)
+            chunks with `chunk_groups` where Keras runs on TensorFlow with no GPU, and leaves a GPU or another
+            backend to Keras' own grouped convolution.
         **kwargs: the arguments of `keras.layers.Conv2D`.
     """
 
@@ -216,7 +227,7 @@ class ChunkedGroupConv2D(layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         kh, kw, in_per_group, filters = kernel.shape
-        if self.groups == 1:
+        if self.groups == 1 or (self.groups_per_chunk is None and not _tensorflow_on_cpu()):
             return super().convolution_op(inputs, kernel)
         s = self._chunk(in_per_group)
         chunks = self.groups // s

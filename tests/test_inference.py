@@ -7,7 +7,6 @@ so a folding mistake in scale, shift or channel order shows in the logits.
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_dla
 from keras_dla import dla, dla_up, inference
@@ -41,18 +40,20 @@ def test_folded_classifier_equals_the_model(variant):
     assert np.abs(expected).max() > 0.1  # logits, not a degenerate all-zero output
     names = {layer.name for layer in fast.layers}
     assert "level2.tree1.conv1" in names and "base_layer.1" not in names  # names kept, batch norms gone
-    # On a CPU the grouped convs (DLA-X) become dense chunks; nothing else changes class.
+    # The grouped convs (DLA-X) stay chunked.
     chunked = sum(isinstance(layer, ChunkedGroupConv2D) for layer in fast.layers)
-    grouped = sum(getattr(layer, "groups", 1) > 1 for layer in model.layers)
-    assert chunked == (0 if tf.config.list_logical_devices("GPU") else grouped)
+    assert chunked == sum(getattr(layer, "groups", 1) > 1 for layer in model.layers)
 
 
-def test_grouped_convs_kept_when_asked():
-    model = classifier("dla46x_c")
-    fast = keras_dla.inference_model(model, chunk_grouped_convs=False)
-    assert not any(isinstance(layer, ChunkedGroupConv2D) for layer in fast.layers)
-    x = images(2, 32)
-    np.testing.assert_allclose(fast.predict_on_batch(x), model.predict_on_batch(x), rtol=0, atol=TOLERANCE)
+def test_a_plain_grouped_conv_becomes_chunked():
+    inputs = keras.Input((6, 6, 8))
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=4, use_bias=False, name="g")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    model.get_layer("bn").moving_variance.assign(np.full(8, 3.0, "float32"))
+    fast = keras_dla.inference_model(model)
+    assert isinstance(fast.get_layer("g"), ChunkedGroupConv2D) and fast.get_layer("g").groups == 4
+    x = np.random.default_rng(1).standard_normal((2, 6, 6, 8)).astype("float32")
+    np.testing.assert_allclose(fast(x).numpy(), model(x, training=False).numpy(), rtol=0, atol=1e-5)
 
 
 def test_serve_takes_any_batch_and_size():

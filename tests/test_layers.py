@@ -241,3 +241,22 @@ def test_chunked_group_conv_round_trip_and_bad_arguments(tmp_path):
     for bad in (3, 0, 2.0):
         with pytest.raises(ValueError, match="Received: groups_per_chunk="):
             ChunkedGroupConv2D(8, 3, groups=4, groups_per_chunk=bad)
+
+
+def test_chunked_group_conv_leaves_a_gpu_to_keras(monkeypatch):
+    # Without a CPU-under-TensorFlow, `groups_per_chunk=None` is Keras' own grouped conv (same numbers).
+    import keras_dla.layers
+
+    x = random((1, 5, 5, 8), seed=9)
+    layer = ChunkedGroupConv2D(8, 3, padding="same", groups=4)
+    layer.build(x.shape)
+    on_cpu = keras.ops.convert_to_numpy(layer(x))
+    calls = []
+    monkeypatch.setattr(keras_dla.layers, "_tensorflow_on_cpu", lambda: calls.append(1) or False)
+    monkeypatch.setattr(
+        keras.layers.Conv2D,
+        "convolution_op",
+        lambda self, inputs, kernel: calls.append(2) or keras.ops.conv(inputs, kernel, padding="same"),
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), on_cpu, rtol=0, atol=1e-5)
+    assert calls == [1, 2]
