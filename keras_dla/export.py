@@ -27,6 +27,7 @@ import time
 import keras
 import numpy as np
 
+from keras_dla import layers
 from keras_dla.imagenet import preprocess_input
 
 FORMATS = ("saved_model", "tflite")
@@ -383,7 +384,8 @@ def export_tflite(
             options["inference_output_type"] = tf.int8
     options["target_spec"] = {**options.get("target_spec", {}), "supported_ops": ops}
 
-    with _atomic_target(target, overwrite, is_dir=False) as tmp:
+    # TFLite has grouped convolutions: trace DLA-X's as such, not as the CPU's block-diagonal chunks.
+    with _atomic_target(target, overwrite, is_dir=False) as tmp, layers.native_grouped_convs():
         try:
             export_model.export(
                 tmp, format="litert", input_signature=_input_signature(shape, dtype), verbose=False, **options

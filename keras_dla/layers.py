@@ -18,6 +18,8 @@ cropping `f // 2` from each side applies PyTorch's padding. Every op (pad, tile,
 slice) is a TFLite builtin.
 """
 
+import contextlib
+import contextvars
 import math
 
 import keras
@@ -183,6 +185,23 @@ def chunk_groups(groups, channels_per_group, *, target_channels=32, max_groups=4
     return max(s for s in range(1, limit + 1) if groups % s == 0)
 
 
+_native_grouped_convs = contextvars.ContextVar("keras_dla_native_grouped_convs", default=False)
+
+
+@contextlib.contextmanager
+def native_grouped_convs():
+    """Within this block `ChunkedGroupConv2D(groups_per_chunk=None)` traces Keras' own grouped conv.
+
+    For exports to runtimes that have a grouped convolution of their own: TFLite's CONV_2D takes groups, and the
+    chunked form would store every block-diagonal kernel, zeros included (`keras_dla.export.export_tflite`).
+    """
+    token = _native_grouped_convs.set(True)
+    try:
+        yield
+    finally:
+        _native_grouped_convs.reset(token)
+
+
 def _tensorflow_on_cpu():
     """Whether Keras runs on TensorFlow with no GPU visible (where Keras' grouped conv goes through XLA)."""
     if keras.backend.backend() != "tensorflow":
@@ -206,8 +225,8 @@ class ChunkedGroupConv2D(layers.Conv2D):
 
     Args:
         groups_per_chunk: groups per dense convolution (a divisor of `groups`): always chunked. `None` (default)
-            chunks with `chunk_groups` where Keras runs on TensorFlow with no GPU, and leaves a GPU or another
-            backend to Keras' own grouped convolution.
+            chunks with `chunk_groups` where Keras runs on TensorFlow with no GPU, and leaves a GPU, another
+            backend, or a TFLite export (`native_grouped_convs`) to Keras' own grouped convolution.
         **kwargs: the arguments of `keras.layers.Conv2D`.
     """
 
@@ -227,7 +246,8 @@ class ChunkedGroupConv2D(layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         kh, kw, in_per_group, filters = kernel.shape
-        if self.groups == 1 or (self.groups_per_chunk is None and not _tensorflow_on_cpu()):
+        native = _native_grouped_convs.get() or not _tensorflow_on_cpu()
+        if self.groups == 1 or (self.groups_per_chunk is None and native):
             return super().convolution_op(inputs, kernel)
         s = self._chunk(in_per_group)
         chunks = self.groups // s

@@ -260,3 +260,22 @@ def test_chunked_group_conv_leaves_a_gpu_to_keras(monkeypatch):
     )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), on_cpu, rtol=0, atol=1e-5)
     assert calls == [1, 2]
+
+
+def test_native_grouped_convs_block_traces_keras_grouped_conv(monkeypatch):
+    from keras_dla.layers import native_grouped_convs
+
+    x = random((1, 5, 5, 8), seed=10)
+    layer = ChunkedGroupConv2D(8, 3, padding="same", groups=4)
+    layer.build(x.shape)
+    expected = keras.ops.convert_to_numpy(layer(x))
+    calls = []
+    original = keras.layers.Conv2D.convolution_op
+    monkeypatch.setattr(
+        keras.layers.Conv2D, "convolution_op", lambda self, *args: calls.append(1) or original(self, *args)
+    )
+    with native_grouped_convs():
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=0, atol=1e-5)
+    assert calls == [1]
+    layer(x)  # outside the block: chunked again
+    assert calls == [1]
