@@ -243,39 +243,37 @@ def test_chunked_group_conv_round_trip_and_bad_arguments(tmp_path):
             ChunkedGroupConv2D(8, 3, groups=4, groups_per_chunk=bad)
 
 
+def _grouped_layer_counting_keras_calls(monkeypatch, seed):
+    """A built 4-group `ChunkedGroupConv2D`, an input, its chunked output, and a list that records each call of
+    Keras' own (grouped) `Conv2D.convolution_op` from then on."""
+    x = random((1, 5, 5, 8), seed=seed)
+    layer = ChunkedGroupConv2D(8, 3, padding="same", groups=4)
+    layer.build(x.shape)
+    chunked = keras.ops.convert_to_numpy(layer(x))
+    calls = []
+    original = keras.layers.Conv2D.convolution_op
+    monkeypatch.setattr(
+        keras.layers.Conv2D, "convolution_op", lambda self, *args: calls.append("keras") or original(self, *args)
+    )
+    return layer, x, chunked, calls
+
+
 def test_chunked_group_conv_leaves_a_gpu_to_keras(monkeypatch):
     # Without a CPU-under-TensorFlow, `groups_per_chunk=None` is Keras' own grouped conv (same numbers).
     import keras_dla.layers
 
-    x = random((1, 5, 5, 8), seed=9)
-    layer = ChunkedGroupConv2D(8, 3, padding="same", groups=4)
-    layer.build(x.shape)
-    on_cpu = keras.ops.convert_to_numpy(layer(x))
-    calls = []
-    monkeypatch.setattr(keras_dla.layers, "_tensorflow_on_cpu", lambda: calls.append(1) or False)
-    monkeypatch.setattr(
-        keras.layers.Conv2D,
-        "convolution_op",
-        lambda self, inputs, kernel: calls.append(2) or keras.ops.conv(inputs, kernel, padding="same"),
-    )
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), on_cpu, rtol=0, atol=1e-5)
-    assert calls == [1, 2]
+    layer, x, chunked, calls = _grouped_layer_counting_keras_calls(monkeypatch, seed=9)
+    monkeypatch.setattr(keras_dla.layers, "_tensorflow_on_cpu", lambda: False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), chunked, rtol=0, atol=1e-5)
+    assert calls == ["keras"]
 
 
 def test_native_grouped_convs_block_traces_keras_grouped_conv(monkeypatch):
     from keras_dla.layers import native_grouped_convs
 
-    x = random((1, 5, 5, 8), seed=10)
-    layer = ChunkedGroupConv2D(8, 3, padding="same", groups=4)
-    layer.build(x.shape)
-    expected = keras.ops.convert_to_numpy(layer(x))
-    calls = []
-    original = keras.layers.Conv2D.convolution_op
-    monkeypatch.setattr(
-        keras.layers.Conv2D, "convolution_op", lambda self, *args: calls.append(1) or original(self, *args)
-    )
+    layer, x, chunked, calls = _grouped_layer_counting_keras_calls(monkeypatch, seed=10)
     with native_grouped_convs():
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=0, atol=1e-5)
-    assert calls == [1]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), chunked, rtol=0, atol=1e-5)
+    assert calls == ["keras"]
     layer(x)  # outside the block: chunked again
-    assert calls == [1]
+    assert calls == ["keras"]
