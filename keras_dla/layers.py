@@ -179,7 +179,8 @@ def chunk_groups(groups, channels_per_group, *, target_channels=32, max_groups=4
 
     The largest divisor of `groups` not above `min(max_groups, target_channels // channels_per_group)` (at least
     1). A chunk of s groups costs s times the grouped FLOPs (its kernel is block-diagonal), so s stays small;
-    the values are those that measured fastest for DLA-X's 3x3 convs on a 2-core CPU (see README, "Performance").
+    the defaults were the fastest of s in {1, 2, 4, 8} for DLA-X's 3x3 convs in a one-off timing on the 2-core
+    development CPU (not kept: the machine was busy, so only the ordering is trusted).
     """
     limit = max(1, min(max_groups, target_channels // max(channels_per_group, 1)))
     return max(s for s in range(1, limit + 1) if groups % s == 0)
@@ -216,8 +217,8 @@ class ChunkedGroupConv2D(layers.Conv2D):
     """A grouped `Conv2D` that runs as a few dense convolutions on a CPU under TensorFlow.
 
     Keras 3's TensorFlow backend runs every grouped convolution through XLA (TensorFlow has no grouped conv
-    kernel for the CPU): several times slower than oneDNN's dense convolutions for inference, and hundreds of
-    times slower for the gradient (DLA-X's 32-group 3x3 convs; see README, "Performance"). This layer keeps
+    kernel for the CPU): several times slower than oneDNN's dense convolutions for inference, and far slower for
+    the gradient (DLA-60X's Keras training step did not finish; see README, "Performance"). This layer keeps
     `Conv2D`'s weights and config (the kernel shape `(kh, kw, in / groups, filters)`, so weights copy over
     unchanged) and computes the same sums as `groups / s` ordinary convolutions over consecutive chunks of
     `s = groups_per_chunk` groups, each with the block-diagonal kernel of its groups, concatenated. The DLA
