@@ -575,9 +575,9 @@ def _mean_scalars_across_workers():
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
-def make_optimizer(name, learning_rate, config):
-    """SGD with momentum (the authors') or AdamW; both with Keras' decoupled weight decay of `config`."""
-    if name == "adamw":
+def make_optimizer(config, learning_rate):
+    """`config.optimizer`: SGD with momentum (the authors') or AdamW; both with Keras' decoupled weight decay."""
+    if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
     return keras.optimizers.SGD(learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
 
@@ -653,7 +653,7 @@ def train(config):
             model = build_segmenter(config.model, info.num_classes, input_shape, config.weights, config.down_ratio)
             loss, metrics = segmentation_loss_and_metrics(info.num_classes, not _outputs_probabilities(model))
         schedule = learning_rate_schedule(schedule_name, lr, steps * config.epochs)
-        optimizer = make_optimizer(config.optimizer, schedule, config)
+        optimizer = make_optimizer(config, schedule)
         model.compile(
             optimizer=optimizer,
             loss=loss,

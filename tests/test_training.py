@@ -106,10 +106,10 @@ def test_optimizers():
     import keras
 
     config = training.TrainConfig(optimizer="adamw", weight_decay=0.05, batch_size=256)
-    adamw = training.make_optimizer("adamw", 0.01, config)
+    adamw = training.make_optimizer(config, 0.01)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.05
     assert training.default_lr(config) == pytest.approx(2e-3)
-    sgd = training.make_optimizer("sgd", 0.1, training.TrainConfig())
+    sgd = training.make_optimizer(training.TrainConfig(), 0.1)
     assert sgd.momentum == 0.9 and sgd.weight_decay == training.WEIGHT_DECAY
 
 
