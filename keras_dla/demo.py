@@ -36,9 +36,11 @@ DEFAULTS = {
         model="dla46_c", epochs=10, batch_size=256, lr=8e-3, image_size=32, optimizer="adamw", weight_decay=0.05
     ),
     "segmentation": dict(
-        model="dla46_cup", epochs=8, batch_size=32, lr=0.05, image_size=64, optimizer="sgd", weight_decay=5e-4
+        model="dla46_cup", epochs=7, batch_size=32, lr=2e-3, image_size=64, optimizer="adamw", weight_decay=0.05
     ),
 }
+# In three-epoch trials of the segmentation demo on 2 cores, AdamW with flips only reached a far higher mean IoU
+# than SGD with the authors' random scales and rotations (the recipe of long runs).
 LABEL_SMOOTHING = 0.1
 # Ten train steps per graph call cut the small model's per-step overhead: 87 -> 75 s per epoch on 2 cores.
 STEPS_PER_EXECUTION = 10
@@ -242,8 +244,9 @@ def run_demo(
         steps_per_execution=STEPS_PER_EXECUTION,
         limit=train_limit,
         verbose=verbose,
-        # A few epochs learn faster from flips alone than with the random shifts of the longer runs.
-        augment=None if segmentation else "flip",
+        # A few epochs learn faster from flips alone than with the random shifts, scales and rotations of
+        # longer runs.
+        augment="flip",
     )
     total = _timer()
     timings = {}

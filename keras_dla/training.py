@@ -37,6 +37,9 @@ STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 SCHEDULES = ("step", "poly", "cosine")
 OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (with momentum); adamw: short runs. Keras decouples weight decay
 TASKS = ("classification", "segmentation")
+# Augmentation recipes per task; None is each task's default (the authors': see `keras_dla.datasets`).
+# Segmentation's "flip" drops the random scale and rotation (the crop and flip stay), for short runs as the demo's.
+AUGMENTS = {"classification": ("imagenet", "small", "flip"), "segmentation": ("flip",)}
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 POLY_POWER = 0.9
@@ -73,7 +76,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # classification only
     data_dir: str | None = None
     limit: int | None = None  # use only the first examples of each split
-    augment: str | None = None  # classification recipe ("imagenet", "small", "flip"); default per data set
+    augment: str | None = None  # a recipe of AUGMENTS[task]; None: the default of the task and data set
     validation_steps: int | None = None
     backup_every: int | None = None  # also back up every N steps (default: every epoch)
     verbose: int | str = "auto"
@@ -224,6 +227,23 @@ def _backbone_of(model):
     return model[: -len("up")] if model.endswith("up") else model
 
 
+def epoch_steps(config, num_examples):
+    """`(train steps per epoch, steps per graph call)`: an epoch is a whole number of graph calls.
+
+    Keras runs `steps_per_execution` steps per call, so an epoch of 187 steps at 10 per call would run 190 and
+    end the learning-rate schedule early. Without `steps_per_epoch`, an epoch is the number of whole batches
+    rounded down to a multiple of `steps_per_execution` (the data are shuffled and repeated, so no example is
+    left out for good), or all of them in one call when there are fewer.
+    """
+    per_call = config.steps_per_execution
+    if config.steps_per_epoch:
+        return config.steps_per_epoch, per_call
+    steps = max(num_examples // config.batch_size, 1)
+    if steps < per_call:
+        return steps, steps
+    return steps - steps % per_call, per_call
+
+
 def validate(config):
     """Argument checks that need no data and no TensorFlow devices; raise before anything is built."""
     if config.task not in TASKS:
@@ -244,6 +264,11 @@ def validate(config):
         value = getattr(config, field)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"`{field}` should be a positive integer. Received: {field}={value!r}")
+    if config.steps_per_epoch and config.steps_per_epoch % config.steps_per_execution:
+        raise ValueError(
+            "`steps_per_epoch` should be a multiple of `steps_per_execution` (Keras runs whole graph calls). "
+            f"Received: steps_per_epoch={config.steps_per_epoch}, steps_per_execution={config.steps_per_execution}"
+        )
     if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
         raise ValueError(f"`lr` should be a positive number. Received: lr={config.lr!r}")
     if config.schedule is not None and config.schedule not in SCHEDULES:
@@ -253,6 +278,11 @@ def validate(config):
     if config.label_smoothing and config.task != "classification":
         raise ValueError(
             f"`label_smoothing` applies to classification only. Received: label_smoothing={config.label_smoothing!r}"
+        )
+    if config.augment is not None and config.augment not in AUGMENTS.get(config.task, ()):
+        raise ValueError(
+            f"Unknown augmentation for {config.task}; expected one of {AUGMENTS.get(config.task)}. "
+            f"Received: augment={config.augment!r}"
         )
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer; expected one of {OPTIMIZERS}. Received: optimizer={config.optimizer!r}")
@@ -619,6 +649,8 @@ def train(config):
         size = config.image_size or (64 if config.dataset == "fashion_mnist_scenes" else 512)
         load = datasets.segmentation_data
         data_args = dict(crop_size=size, classes=config.classes)
+        if config.augment == "flip":
+            data_args.update(scale=None, max_rotation=0.0)
         monitor = "val_mean_iou"
     common = dict(batch_size=config.batch_size, seed=config.seed, data_dir=config.data_dir, limit=config.limit)
     train_ds, info = load(config.dataset, split="train", **data_args, **common)
@@ -637,7 +669,7 @@ def train(config):
             "The size of the data set is unknown (tensorflow-datasets has not prepared it): give --steps-per-epoch. "
             "Received: steps_per_epoch=None"
         )
-    steps = config.steps_per_epoch or max(info.num_examples // config.batch_size, 1)
+    steps, steps_per_execution = epoch_steps(config, info.num_examples)
     schedule_name = config.schedule or ("step" if config.task == "classification" else "poly")
     lr = config.lr or default_lr(config)
     check_resumable(config)
@@ -659,7 +691,7 @@ def train(config):
             loss=loss,
             metrics=metrics,
             jit_compile=bool(config.jit),
-            steps_per_execution=config.steps_per_execution,
+            steps_per_execution=steps_per_execution,
         )
     if multiworker:
         _build_on_local_batch(model, strategy)

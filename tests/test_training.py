@@ -57,6 +57,7 @@ def test_cli_choices_match_the_library():
     assert cli_train.SCHEDULES == training.SCHEDULES
     assert cli_train.STRATEGIES == training.STRATEGIES
     assert cli_train.OPTIMIZERS == training.OPTIMIZERS
+    assert cli_train.AUGMENTS == training.AUGMENTS
     args = build_parser().parse_args(["train", "--epochs", "3", "--batch-size", "16"])
     config = cli_train.config_from_args(args)
     assert (config.dataset, config.epochs, config.batch_size, config.weights) == ("fashion_mnist", 3, 16, "none")
@@ -77,11 +78,24 @@ def test_cli_choices_match_the_library():
         (dict(optimizer="lamb"), "Unknown optimizer.*Received: optimizer='lamb'"),
         (dict(label_smoothing=1.0), "in \\[0, 1\\). Received: label_smoothing=1.0"),
         (dict(task="segmentation", model="dla34up", label_smoothing=0.1), "classification only"),
+        (dict(steps_per_epoch=25, steps_per_execution=10), "multiple of `steps_per_execution`.*=25"),
+        (dict(augment="mixup"), "Unknown augmentation for classification.*Received: augment='mixup'"),
+        (dict(task="segmentation", model="dla34up", augment="small"), "Unknown augmentation for segmentation"),
     ],
 )
 def test_bad_arguments_fail_before_anything_runs(changes, message):
     with pytest.raises(ValueError, match=message):
         training.validate(training.TrainConfig(**changes))
+
+
+def test_an_epoch_is_whole_graph_calls():
+    # 6000 examples at batch 32 are 187 batches: 180 steps in 18 calls of 10, not 19 calls running 190 steps.
+    config = training.TrainConfig(batch_size=32, steps_per_execution=10)
+    assert training.epoch_steps(config, 6000) == (180, 10)
+    assert training.epoch_steps(config, 256) == (8, 8)  # fewer batches than one call: all of them in one call
+    assert training.epoch_steps(training.TrainConfig(batch_size=32), 6000) == (187, 1)
+    explicit = training.TrainConfig(batch_size=32, steps_per_execution=10, steps_per_epoch=30)
+    assert training.epoch_steps(explicit, 6000) == (30, 10)
 
 
 def test_smoothed_crossentropy_matches_keras_categorical():

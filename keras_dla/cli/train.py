@@ -10,6 +10,7 @@ TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "poly", "cosine")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 OPTIMIZERS = ("sgd", "adamw")
+AUGMENTS = {"classification": ("imagenet", "small", "flip"), "segmentation": ("flip",)}
 
 
 def register(subparsers):
@@ -43,7 +44,11 @@ def register(subparsers):
     )
     parser.add_argument("--image-size", type=int, default=None, help="input size (cls) or crop size (seg)")
     parser.add_argument(
-        "--augment", choices=("imagenet", "small", "flip"), default=None, help="classification augmentation recipe"
+        "--augment",
+        choices=sorted({recipe for recipes in AUGMENTS.values() for recipe in recipes}),
+        default=None,
+        help="augmentation: imagenet, small or flip (classification), flip (segmentation: no scale or rotation); "
+        "default: the authors'",
     )
     parser.add_argument("--classes", type=int, default=None, help="classes of a list-file folder")
     parser.add_argument("--down-ratio", type=int, default=2, choices=(2, 4, 8, 16), help="DLA-Up output stride")
