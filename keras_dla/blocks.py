@@ -13,7 +13,7 @@ import math
 
 from keras import layers, ops
 
-from keras_dla.layers import ChunkedGroupConv2D
+from keras_dla.layers import ChunkedGroupConv2D, FusedBatchNormalization
 
 # PyTorch's BatchNorm2d defaults; Keras' own default epsilon is 1e-3.
 BN_EPSILON = 1e-5
@@ -43,7 +43,8 @@ def conv2d(x, filters, kernel_size, *, stride=1, groups=1, use_bias=False, name)
 
 
 def batch_norm(x, *, name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    """A Keras `BatchNormalization` (PyTorch's epsilon and momentum) run by TensorFlow's fused kernel."""
+    return FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
 def relu(x, *, name):

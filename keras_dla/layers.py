@@ -1,7 +1,7 @@
-"""Custom layers: DLA-Up's depthwise transposed convolution, and grouped convolutions fast on a CPU.
+"""Custom layers: DLA-Up's depthwise transposed convolution, and fast forms of Keras' grouped conv and batch norm.
 
-`ChunkedGroupConv2D` (the grouped convs of DLA-X) is described in its docstring; the rest of this
-module text is about DLA-Up's upsampling.
+`ChunkedGroupConv2D` (the grouped convs of DLA-X) and `FusedBatchNormalization` (every DLA batch norm) are
+described in their docstrings; the rest of this module text is about DLA-Up's upsampling.
 
 The authors upsample with `ConvTranspose2d(C, C, 2f, stride=f, padding=f // 2, groups=C, bias=False)`.
 Keras' `Conv2DTranspose` has no `groups` (keras-team/keras#19871), and its two obvious stand-ins waste
@@ -277,3 +277,58 @@ class ChunkedGroupConv2D(layers.Conv2D):
         config = super().get_config()
         config.update(groups_per_chunk=self.groups_per_chunk)
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dla")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` computed by TensorFlow's fused batch-norm kernel.
+
+    Keras 3 normalises with separate moment, subtract, multiply and add passes (and as many passes back for the
+    gradient). On TensorFlow, over a 4-D channels-last input, this layer runs `FusedBatchNormV3` instead: one
+    oneDNN kernel for the forward pass and one for the gradient in training, and in inference a form that
+    TensorFlow's graph optimiser fuses into the convolution before it. It keeps Keras' semantics and weights: the
+    moving statistics are updated with the biased batch variance, as Keras does (the kernel returns the unbiased
+    one for that purpose; it is rescaled). Anything else (another backend, another rank or axis, float64, a mask,
+    `synchronized` or `renorm`) is left to Keras' own computation.
+
+    Measured on DLA-34 (training step at batch 16, 2-core CPU; see README, "Performance"): 7.5 -> 9.0 images/s.
+    """
+
+    def _fused(self, inputs, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and len(inputs.shape) == 4
+            and keras.backend.standardize_dtype(inputs.dtype) != "float64"  # the kernel has no float64
+            and self.axis in (-1, 3)
+            and not self.synchronized
+            and not self.renorm
+            and self.scale
+            and self.center
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = tf.cast(inputs, "float32")
+        gamma, beta = tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32")
+        if training and self.trainable:
+            empty = tf.constant([], "float32")
+            y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=True,
+            )  # fmt: skip
+            shape = tf.shape(x)
+            count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
+            variance = tf.where(count > 1, unbiased * (count - 1) / tf.maximum(count, 1), tf.zeros_like(unbiased))
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1 - self.momentum))
+        else:
+            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon, data_format="NHWC",
+                is_training=False,
+            )  # fmt: skip
+        return tf.cast(y, self.compute_dtype)

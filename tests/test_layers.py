@@ -1,5 +1,6 @@
-"""DepthwiseConv2DTranspose against PyTorch's grouped ConvTranspose2d, the padding layers of DLA-Up, and
-ChunkedGroupConv2D against PyTorch's grouped Conv2d and Keras' own grouped Conv2D."""
+"""DepthwiseConv2DTranspose against PyTorch's grouped ConvTranspose2d, the padding layers of DLA-Up,
+ChunkedGroupConv2D against PyTorch's grouped Conv2d and Keras' own grouped Conv2D, and FusedBatchNormalization
+against Keras' BatchNormalization and PyTorch's BatchNorm2d."""
 
 import os
 
@@ -14,6 +15,7 @@ from keras_dla.layers import (
     ChunkedGroupConv2D,
     CropLike,
     DepthwiseConv2DTranspose,
+    FusedBatchNormalization,
     PadToMultiple,
     chunk_groups,
 )
@@ -277,3 +279,66 @@ def test_native_grouped_convs_block_traces_keras_grouped_conv(monkeypatch):
     assert calls == ["keras"]
     layer(x)  # outside the block: chunked again
     assert calls == ["keras"]
+
+
+def _batch_norm_pair(shape, seed=0):
+    """A Keras BatchNormalization and a FusedBatchNormalization with the same random weights and statistics."""
+    channels = shape[-1]
+    rng = np.random.default_rng(seed)
+    weights = [rng.uniform(0.5, 1.5, channels), rng.normal(size=channels), rng.normal(size=channels)]
+    weights.append(rng.uniform(0.5, 2.0, channels))
+    pair = []
+    for cls in (keras.layers.BatchNormalization, FusedBatchNormalization):
+        layer = cls(epsilon=1e-5, momentum=0.9)
+        layer.build(shape)
+        layer.set_weights([w.astype("float32") for w in weights])
+        pair.append(layer)
+    return pair
+
+
+def test_fused_batch_norm_trains_as_keras_does():
+    x = tf.constant(random((4, 7, 5, 6)) * 3 + 1)
+    keras_bn, fused = _batch_norm_pair(x.shape)
+    results = []
+    for layer in (keras_bn, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.constant(random(x.shape, seed=1)))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for ours, expected in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=2e-5, rtol=1e-5)
+    # The moving statistics moved (the comparison above is not between two untouched copies).
+    assert not np.allclose(np.asarray(fused.moving_mean), _batch_norm_pair(x.shape)[1].moving_mean.numpy())
+
+
+def test_fused_batch_norm_inference_equals_keras_and_torch():
+    x = random((2, 5, 5, 8), seed=2) * 2
+    keras_bn, fused = _batch_norm_pair(x.shape, seed=3)
+    expected = keras_bn(x, training=False)
+    np.testing.assert_allclose(fused(x, training=False), expected, atol=1e-5)
+    torch_bn = torch.nn.BatchNorm2d(8, eps=1e-5).eval()
+    gamma, beta, mean, variance = (torch.from_numpy(w) for w in fused.get_weights())
+    torch_bn.load_state_dict(dict(weight=gamma, bias=beta, running_mean=mean, running_var=variance), strict=False)
+    with torch.no_grad():
+        reference = torch_bn(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(fused(x, training=False), reference, atol=1e-5)
+    # Frozen layers normalise with the moving statistics in training too, as Keras' do.
+    fused.trainable = False
+    np.testing.assert_allclose(fused(x, training=True), expected, atol=1e-5)
+
+
+def test_fused_batch_norm_falls_back_and_round_trips(tmp_path):
+    sequence = random((3, 4, 6), seed=4)  # rank 3: Keras' own computation
+    keras_bn, fused = _batch_norm_pair(sequence.shape)
+    np.testing.assert_allclose(fused(sequence, training=True), keras_bn(sequence, training=True), atol=1e-5)
+    wide = random((2, 3, 3, 4), seed=5).astype("float64")  # float64: the fused kernel has none
+    expected = keras.layers.BatchNormalization(dtype="float64")(wide, training=True)
+    np.testing.assert_allclose(FusedBatchNormalization(dtype="float64")(wide, training=True), expected, atol=1e-12)
+    inputs = keras.Input((5, 5, 3))
+    model = keras.Model(inputs, FusedBatchNormalization(epsilon=1e-5, name="bn")(inputs))
+    path = str(tmp_path / "bn.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored.get_layer("bn")) is FusedBatchNormalization and restored.get_layer("bn").epsilon == 1e-5
