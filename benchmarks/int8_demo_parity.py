@@ -1,7 +1,7 @@
 """int8 TFLite of the demo's trained Fashion-MNIST classifier against Keras on the 10,000 real test images.
 
 Usage: `keras-dla demo` (writes dla_demo/model.weights.h5), then
-`python benchmarks/int8_demo_parity.py [dla_demo/model.weights.h5] [dla46_c]`.
+`python benchmarks/int8_demo_parity.py [dla_demo/model.weights.h5] [dla46_c] [32]` (weights, variant, input size).
 Calibrates on 500 training images through the evaluation pipeline, then prints Keras and int8 accuracy and
 their top-1 agreement.
 """
@@ -17,6 +17,7 @@ from keras_dla import datasets, export, training
 
 
 def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
+    size = int(size)
     model = training.build_classifier(variant, 10, (size, size, 1), weights)
     test, _ = datasets.classification_data("fashion_mnist", split="validation", batch_size=250, image_size=size)
     x, y = (np.concatenate(parts) for parts in zip(*[(a.numpy(), b.numpy()) for a, b in test], strict=True))

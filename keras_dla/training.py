@@ -7,6 +7,7 @@ weight decay 1e-4, the authors' learning-rate schedules), and fits it with callb
 
     DIR/backup/            BackupAndRestore state: the same command started again resumes where it stopped
     DIR/best.weights.h5    the weights of the best epoch (validation accuracy, or mean IoU)
+    DIR/final.weights.h5   the weights after the last epoch (not written when a NaN loss stopped the run)
     DIR/history.csv        one row per epoch (appended across restarts)
     DIR/logs/              TensorBoard
     DIR/curves.png         loss and metric curves
@@ -497,6 +498,13 @@ class RunDirectory:
             shutil.rmtree(self.files, ignore_errors=True)
 
 
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` through a temporary file, so that a kill never leaves a half-written `path`."""
+    partial = os.path.join(os.path.dirname(path) or ".", ".partial." + os.path.basename(path))
+    model.save_weights(partial)
+    os.replace(partial, path)
+
+
 def make_callbacks(run_dir, monitor, mode, backup_every=None):
     csv_path = run_dir.path("history.csv")
     checkpoint = keras.callbacks.ModelCheckpoint(
@@ -724,6 +732,8 @@ def train(config):
         "stopped": nan.message,
     }
     if run_dir.chief:
+        if not nan.message:
+            save_weights_atomically(model, run_dir.path("final.weights.h5"))
         with open(run_dir.path("run.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
     run_dir.cleanup()

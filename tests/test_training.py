@@ -209,7 +209,7 @@ def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder):
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.load(open(os.path.join(output, "run.json")))
     assert run["replicas"] == 2 and run["strategy"] == "MirroredStrategy" and run["epochs_completed"] == 2
-    for name in ("best.weights.h5", "history.csv", "curves.png", "backup/latest.weights.h5"):
+    for name in ("best.weights.h5", "final.weights.h5", "history.csv", "curves.png", "backup/latest.weights.h5"):
         assert os.path.isfile(os.path.join(output, name)), name
     assert os.listdir(os.path.join(output, "logs"))
     assert np.isfinite(run["final"]["loss"])
@@ -233,6 +233,7 @@ def test_nan_loss_stops_with_a_message(tmp_path, folder):
     )
     assert result.returncode == 3, result.stderr[-2000:]
     assert "The loss became" in result.stdout and "training stopped" in result.stdout
+    assert not os.path.exists(tmp_path / "run" / "final.weights.h5")  # NaN weights are not the run's result
 
 
 def test_killed_run_resumes_with_the_same_command(tmp_path, folder):

@@ -115,6 +115,6 @@ def run(args):
     print(
         f"{result['epochs_completed']}/{config.epochs} epochs done ({result['epochs_this_run']} in this run) "
         f"on {result['replicas']} replica(s) with {result['strategy']}; last epoch: {final}; "
-        f"best weights: {config.output}/best.weights.h5"
+        f"weights: {config.output}/final.weights.h5 (last epoch), {config.output}/best.weights.h5 (best epoch)"
     )
     return 0
