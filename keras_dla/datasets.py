@@ -36,6 +36,7 @@ CLASSIFICATION_EMBEDDED = ("fashion_mnist",)
 SEGMENTATION_EMBEDDED = ("fashion_mnist_scenes",)
 SEGMENTATION_TFDS = ("cityscapes", "oxford_iiit_pet")
 EVAL_CROP_FRACTION = 0.875  # resize to 256 and centre-crop 224
+SMALL_IMAGE_FILL = 0.875  # `fit_small`: a small image's longer side fills this fraction of the canvas (28 of 32)
 # PCA lighting noise (Krizhevsky et al. 2012) with ImageNet's RGB eigenvalues and eigenvectors, as the authors use.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
@@ -238,8 +239,8 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
     """The training transform of one image in [0, 255] (float); see the module docstring.
 
     Recipes: `"imagenet"` (random-resized crop, flip, colour jitter, PCA lighting for RGB) and `"small"` for
-    low-resolution images such as Fashion-MNIST (pad or resize to `size`, shift by up to size/8 pixels with
-    zero padding, flip): a random-resized crop of 8% of a 28-pixel garment keeps nothing recognisable; `"flip"`
+    low-resolution images such as Fashion-MNIST (`fit_small` to `size`, shift by up to size/8 pixels with zero
+    padding, flip): a random-resized crop of 8% of a 28-pixel garment keeps nothing recognisable; `"flip"`
     only pads or resizes and flips (short runs).
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
@@ -263,10 +264,22 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
 
 
 def fit_small(image, size):
-    """Zero-pads an image smaller than size x size to the centre (Fashion-MNIST 28 -> 32), else resizes it."""
-    if image.shape[0] is not None and image.shape[0] <= size and image.shape[1] <= size:
-        return tf.image.resize_with_crop_or_pad(image, size, size)
-    return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    """Fits a small image (or a batch of them) into a `size` canvas as a garment on a background, keeping its shape.
+
+    An image that fills at least 7/8 of the canvas (Fashion-MNIST's 28 pixels in 32) is zero-padded to the centre
+    with its own pixels untouched; a smaller one is first scaled up (bilinear) until it fills 7/8 of the canvas
+    along one side (28 -> 56, padded to 64), so a larger input size gives the model more pixels of the garment
+    rather than more empty border. An image larger than the canvas is resized to it. `size`: an int (square) or
+    `(height, width)`.
+    """
+    canvas = (size, size) if isinstance(size, int) else tuple(size)
+    height, width = image.shape[-3], image.shape[-2]
+    if height is None or width is None or height > canvas[0] or width > canvas[1]:
+        return tf.image.resize(image, canvas, method="bilinear", antialias=True)
+    scale = min(math.floor(c * SMALL_IMAGE_FILL) / s for c, s in zip(canvas, (height, width), strict=True))
+    if scale > 1:
+        image = tf.image.resize(image, (round(height * scale), round(width * scale)), method="bilinear")
+    return tf.image.resize_with_crop_or_pad(image, *canvas)
 
 
 def _list_images(folder):

@@ -261,15 +261,10 @@ def _representative_dataset(data, shape, dtype, steps):
 
 
 def _fit(images, size):
-    """Centre-pads images smaller than `size` (Fashion-MNIST 28 -> 32, as the demo trains), else resizes them."""
-    import tensorflow as tf
+    """Fits grey images to `size` as the classification pipeline does (`keras_dla.datasets.fit_small`)."""
+    from keras_dla.datasets import fit_small
 
-    height, width = size
-    if images.shape[1] <= height and images.shape[2] <= width:
-        images = tf.image.resize_with_crop_or_pad(images, height, width)
-    else:
-        images = tf.image.resize(images, size, method="bilinear", antialias=True)
-    return np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
+    return np.clip(np.round(np.asarray(fit_small(images, size))), 0, 255).astype(np.uint8)
 
 
 def load_images(source, size, channels=3, *, count=256):
@@ -277,7 +272,7 @@ def load_images(source, size, channels=3, *, count=256):
 
     Args:
         source: `"fashion_mnist"` (the test split, read by `keras_dla.fashion_mnist.load_data`; grey images are
-            centre-padded or resized to `size` and repeated to `channels`), or a folder of image files (read in
+            fitted to `size` as training does, then repeated to `channels`), or a folder of image files (read in
             sorted order, walked recursively, resized to `size`).
         size: `(height, width)`.
         channels: 3 (RGB) or 1 (grey).

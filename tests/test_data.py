@@ -198,6 +198,32 @@ def test_imagenet_augmentation_and_eval_crop():
     assert crop[:, :10].max() < 1 and crop[:, -10:].min() > 254
 
 
+def test_small_images_fill_seven_eighths_of_the_canvas():
+    garment = np.random.default_rng(3).uniform(1, 255, (28, 28, 1)).astype("float32")
+    # 28 in 32: padded by 2 on every side, the pixels untouched.
+    padded = datasets.fit_small(tf.constant(garment), 32).numpy()
+    np.testing.assert_array_equal(padded[2:30, 2:30], garment)
+    assert padded[:2].max() == 0 and padded[30:].max() == 0 and padded[:, :2].max() == 0 and padded[:, 30:].max() == 0
+    # 28 in 64: scaled to 56 (a 2x bilinear upsampling, computed here with numpy), then padded by 4.
+    scaled = datasets.fit_small(tf.constant(garment), 64).numpy()
+    assert scaled.shape == (64, 64, 1)
+    assert scaled[:4].max() == 0 and scaled[60:].max() == 0 and scaled[:, :4].max() == 0 and scaled[:, 60:].max() == 0
+    centres = (np.arange(56) + 0.5) / 2 - 0.5  # half-pixel centres of the 56 output pixels in input coordinates
+    low = np.clip(np.floor(centres).astype(int), 0, 27)
+    high = np.clip(low + 1, 0, 27)
+    frac = np.clip(centres - low, 0, 1)
+    rows = garment[low] * (1 - frac)[:, None, None] + garment[high] * frac[:, None, None]
+    expected = rows[:, low] * (1 - frac)[None, :, None] + rows[:, high] * frac[None, :, None]
+    np.testing.assert_allclose(scaled[4:60, 4:60], expected, rtol=1e-5, atol=1e-3)
+    # A batch is fitted as its images are; a non-square canvas keeps the garment square; larger images shrink.
+    batch = datasets.fit_small(tf.constant(np.stack([garment, garment[::-1]])), 64).numpy()
+    np.testing.assert_array_equal(batch[0], scaled)
+    wide = datasets.fit_small(tf.constant(garment), (48, 96)).numpy()
+    rows_on, cols_on = np.nonzero(wide[..., 0])
+    assert (rows_on.min(), rows_on.max(), cols_on.min(), cols_on.max()) == (3, 44, 27, 68)  # 42 x 42, centred
+    assert datasets.fit_small(tf.zeros((40, 50, 1)), 32).shape == (32, 32, 1)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Segmentation sources and labels
 
