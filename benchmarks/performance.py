@@ -4,10 +4,13 @@ Usage:
     python benchmarks/performance.py                       # DLA-34, DLA-60X, DLA-169 at 224x224, batches 1/8/32
     python benchmarks/performance.py --models dla34 --batches 8 --quick
     python benchmarks/performance.py --gpu                 # a lent GPU: mixed precision + XLA against timm AMP
+    python benchmarks/performance.py --models dla34 --rounds 3   # every job 3 times, alternating; medians
 
 Every (framework, model, phase) runs in its own fresh process, so each gets the same thread count, nothing leaks
 between frameworks (PyTorch and TensorFlow in one process also disagree about import order) and each reports its
-own peak resident memory. Timings are medians of repeated calls after warm-up calls, which are excluded.
+own peak resident memory. Timings are medians of repeated calls after warm-up calls, which are excluded. On a
+machine whose speed drifts, `--rounds N` runs the whole job list N times, every other round in reverse order, and
+reports each figure's median over the rounds.
 
 Paths timed (images per second):
 - `keras_dla fast`: `keras_dla.inference_model(model).serve`, batch norm folded, a traced `tf.function`.
@@ -367,15 +370,44 @@ def run_worker(job, model, args):
 
 
 def collect(args):
-    results = {"models": {}}
-    print(f"matmul peak ({args.threads} threads)", flush=True)
-    matmul = run_worker("matmul", None, args)
-    results["matmul_gflops"] = matmul["gflops"] if matmul else None
+    """Runs every job `args.rounds` times, alternating: round r runs the jobs in order, the next in reverse order,
+    so a machine that speeds up or slows down during the run affects every framework alike. Each figure is the
+    median over the rounds (a job that failed in a round is left out); `rounds` keeps the per-round results."""
     jobs = [j for j in WORKERS if j != "matmul" and not (args.gpu and j in CPU_ONLY) and j not in args.skip]
-    for model in args.models:
-        print(f"{model}:", flush=True)
-        results["models"][model] = {job: run_worker(job, model, args) for job in jobs}
+    order = [("matmul", None)] + [(job, model) for model in args.models for job in jobs]
+    rounds = []
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}:" if args.rounds > 1 else "jobs:", flush=True)
+        done = {}
+        for job, model in order if r % 2 == 0 else order[::-1]:
+            done[(job, model)] = run_worker(job, model, args)
+        rounds.append(
+            {
+                "matmul": done[("matmul", None)],
+                "models": {m: {job: done[(job, m)] for job in jobs} for m in args.models},
+            }
+        )
+    matmul = median_of([r["matmul"] for r in rounds])
+    results = {
+        "matmul_gflops": matmul["gflops"] if matmul else None,
+        "models": {m: {job: median_of([r["models"][m][job] for r in rounds]) for job in jobs} for m in args.models},
+        "rounds": rounds,
+    }
     return results
+
+
+def median_of(values):
+    """The element-wise median of equally shaped JSON results (numbers in nested dicts); None entries are skipped."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    first = values[0]
+    if isinstance(first, dict):
+        keys = [k for k in first if all(isinstance(v, dict) and k in v for v in values)]
+        return {k: median_of([v[k] for v in values]) for k in keys}
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first
+    return statistics.median(values)
 
 
 def rows_of(results, batches):
@@ -518,6 +550,9 @@ def parse_args(argv=None):
     parser.add_argument("--jit", action="store_true", help="keras_dla training with XLA on CPU too")
     parser.add_argument("--gpu", action="store_true", help="GPU mode: mixed precision + XLA vs timm AMP")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer matmul sizes")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every job this many times, alternating; report the medians"
+    )
     parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -525,8 +560,8 @@ def parse_args(argv=None):
     for name in args.models:
         if name not in MODELS + ("dla46_c", "dla60", "dla102", "dla102x"):
             parser.error(f"unknown model {name!r}")
-    if args.threads < 1 or args.size < 32 or min(args.batches) < 1:
-        parser.error("--threads and --batches should be positive and --size at least 32")
+    if args.threads < 1 or args.size < 32 or min(args.batches) < 1 or args.rounds < 1:
+        parser.error("--threads, --batches and --rounds should be positive and --size at least 32")
     return args
 
 
@@ -542,6 +577,7 @@ def main(argv=None):
         threads=args.threads,
         size=args.size,
         batches=args.batches,
+        rounds=args.rounds,
         gpu=args.gpu,
         machine={"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
     )

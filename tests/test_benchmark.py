@@ -64,7 +64,34 @@ def test_ratios_ceiling_and_outputs(tmp_path, capsys):
     json.dumps(results)  # what main() writes
 
 
+def test_rounds_alternate_and_report_medians(monkeypatch):
+    calls = []
+    step = {"keras_train": [2.0, 9.0, 3.0], "timm_train": [4.0, None, 5.0]}  # None: the job failed that round
+
+    def fake_worker(job, model, args):
+        calls.append(job)
+        if job == "matmul":
+            return {"gflops": 100.0 + len(calls), "by_size": {"1024": 1.0}}
+        seconds = step[job][sum(c == job for c in calls) - 1]
+        return None if seconds is None else {"train_step_s": seconds, "rates": {"x": {"8": float(len(calls))}}}
+
+    monkeypatch.setattr(performance, "run_worker", fake_worker)
+    args = performance.parse_args(["--models", "dla34", "--rounds", "3", "--skip", *_OTHER_JOBS])
+    results = performance.collect(args)
+    forward = ["matmul", "keras_train", "timm_train"]
+    assert calls == forward + forward[::-1] + forward
+    jobs = results["models"]["dla34"]
+    assert jobs["keras_train"]["train_step_s"] == 3.0  # median of 2, 9, 3
+    assert jobs["timm_train"]["train_step_s"] == 4.5  # median of 4 and 5: the failed round is left out
+    assert jobs["keras_train"]["rates"]["x"]["8"] == 5.0  # calls 2, 5, 8
+    assert results["matmul_gflops"] == 106.0  # calls 1, 6, 7
+    assert len(results["rounds"]) == 3 and results["rounds"][1]["models"]["dla34"]["timm_train"] is None
+
+
+_OTHER_JOBS = ["keras_inference", "tflite", "timm_inference", "onnxruntime"]
+
+
 def test_bad_arguments_are_refused():
-    for argv in (["--models", "resnet50"], ["--threads", "0"], ["--batches", "0"]):
+    for argv in (["--models", "resnet50"], ["--threads", "0"], ["--batches", "0"], ["--rounds", "0"]):
         with pytest.raises(SystemExit):
             performance.parse_args(argv)
