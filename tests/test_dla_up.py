@@ -1,7 +1,9 @@
 """DLA-Up segmentation against a PyTorch DLASeg in the authors' layout (tests/torch_dla_up.py)."""
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import keras
@@ -75,7 +77,10 @@ def checkpoint(variant, down_ratio, classes=CLASSES):
 
 @functools.lru_cache(maxsize=1)
 def _tmpdir():
-    return tempfile.mkdtemp(prefix="keras_dla_up_")
+    # Checkpoints of the larger variants are hundreds of MB: removed when the test session ends.
+    path = tempfile.mkdtemp(prefix="keras_dla_up_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def assert_logits_close(actual, expected):
