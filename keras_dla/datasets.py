@@ -36,6 +36,11 @@ CLASSIFICATION_EMBEDDED = ("fashion_mnist",)
 SEGMENTATION_EMBEDDED = ("fashion_mnist_scenes",)
 SEGMENTATION_TFDS = ("cityscapes", "oxford_iiit_pet")
 EVAL_CROP_FRACTION = 0.875  # resize to 256 and centre-crop 224
+# Random erasing, as Zhong et al.'s defaults: applied to half the images, 2-40% of the area, aspect 0.3-3.3.
+ERASING_PROBABILITY = 0.5
+ERASING_AREA = (0.02, 0.4)
+ERASING_ASPECT = (0.3, 1 / 0.3)
+SMALL_RECIPES = ("small", "small-erasing", "flip")  # recipes for small images: evaluation fits them, too
 SMALL_IMAGE_FILL = 0.875  # `fit_small`: a small image's longer side fills this fraction of the canvas (28 of 32)
 # PCA lighting noise (Krizhevsky et al. 2012) with ImageNet's RGB eigenvalues and eigenvectors, as the authors use.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -240,8 +245,9 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
 
     Recipes: `"imagenet"` (random-resized crop, flip, colour jitter, PCA lighting for RGB) and `"small"` for
     low-resolution images such as Fashion-MNIST (`fit_small` to `size`, shift by up to size/8 pixels with zero
-    padding, flip): a random-resized crop of 8% of a 28-pixel garment keeps nothing recognisable; `"flip"`
-    only pads or resizes and flips (short runs).
+    padding, flip): a random-resized crop of 8% of a 28-pixel garment keeps nothing recognisable;
+    `"small-erasing"` is `"small"` followed by `random_erasing` (longer runs); `"flip"` only pads or resizes and
+    flips (short runs).
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = tf.cast(image, tf.float32)
@@ -260,7 +266,36 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
         return tf.image.stateless_random_flip_left_right(image, seeds[1])
     if recipe == "flip":
         return tf.image.stateless_random_flip_left_right(fit_small(image, size), seeds[1])
+    if recipe == "small-erasing":
+        image = augment_classification(image, seeds[0], size, recipe="small")
+        return random_erasing(image, seeds[2])
     raise ValueError(f"Unknown augmentation recipe. Received: recipe={recipe!r}")
+
+
+def random_erasing(image, seed, probability=ERASING_PROBABILITY, area=ERASING_AREA, aspect=ERASING_ASPECT):
+    """Random erasing (Zhong et al., AAAI 2020) of one image in [0, 255]: with `probability`, a rectangle of
+    `area` (a fraction of the image, drawn uniformly) and `aspect` (height / width, drawn log-uniformly) at a
+    uniform position is filled with uniform random values in [0, 255] (their "RE-R").
+
+    Where the drawn rectangle would not fit, its sides are clipped to the image instead of drawing again.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    target = tf.random.stateless_uniform([], seeds[0], area[0], area[1]) * h * w
+    log_aspect = tf.random.stateless_uniform([], seeds[1], math.log(aspect[0]), math.log(aspect[1]))
+    ratio = tf.exp(log_aspect)
+    erase_h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32), 1, height)
+    erase_w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32), 1, width)
+    offsets = tf.random.stateless_uniform([2], seeds[2], maxval=tf.int32.max, dtype=tf.int32)
+    top = offsets[0] % (height - erase_h + 1)
+    left = offsets[1] % (width - erase_w + 1)
+    rows = tf.range(height)[:, None, None]
+    cols = tf.range(width)[None, :, None]
+    inside = (rows >= top) & (rows < top + erase_h) & (cols >= left) & (cols < left + erase_w)
+    inside &= tf.random.stateless_uniform([], seeds[3]) < probability
+    noise = tf.random.stateless_uniform(tf.shape(image), seeds[4], 0, 255, dtype=image.dtype)
+    return tf.where(inside, noise, image)
 
 
 def fit_small(image, size):
@@ -366,7 +401,8 @@ def classification_data(
         batch_size: the global batch size.
         training: augment, shuffle and repeat (defaults to `split == "train"`).
         seed: seed of the shuffle and of every augmentation.
-        recipe: augmentation, `"imagenet"`, `"small"` or `"flip"` (see `augment_classification`); defaults to
+        recipe: augmentation, `"imagenet"`, `"small"`, `"small-erasing"` or `"flip"` (see
+            `augment_classification`); defaults to
             `"small"` for Fashion-MNIST, else `"imagenet"`.
         data_dir: tfds data folder, or the folder of the Fashion-MNIST IDX files.
         limit: use only the first `limit` examples (for quick runs and tests).
@@ -422,7 +458,7 @@ def classification_data(
 
     def eval_map(image, label):
         image = tf.cast(image, tf.float32)
-        image = fit_small(image, image_size) if recipe in ("small", "flip") else centre_crop(image, image_size)
+        image = fit_small(image, image_size) if recipe in SMALL_RECIPES else centre_crop(image, image_size)
         return _normalise(image, info.mean, info.std), label
 
     ds = _batch(ds, train_map, eval_map, batch_size, training, seed, info.num_examples, drop_remainder)

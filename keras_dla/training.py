@@ -40,7 +40,7 @@ OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (with momentum); adamw: short
 TASKS = ("classification", "segmentation")
 # Augmentation recipes per task; None is each task's default (the authors': see `keras_dla.datasets`).
 # Segmentation's "flip" drops the random scale and rotation (the crop and flip stay), for short runs as the demo's.
-AUGMENTS = {"classification": ("imagenet", "small", "flip"), "segmentation": ("flip",)}
+AUGMENTS = {"classification": ("imagenet", "small", "small-erasing", "flip"), "segmentation": ("flip",)}
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 POLY_POWER = 0.9

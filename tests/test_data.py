@@ -224,6 +224,36 @@ def test_small_images_fill_seven_eighths_of_the_canvas():
     assert datasets.fit_small(tf.zeros((40, 50, 1)), 32).shape == (32, 32, 1)
 
 
+def test_random_erasing_fills_one_rectangle_with_noise_half_the_time():
+    image = tf.fill((64, 48, 1), 100.0)
+    erased, areas = 0, []
+    for i in range(200):
+        out = datasets.random_erasing(image, tf.constant([i, 7], tf.int64)).numpy()[..., 0]
+        np.testing.assert_array_equal(out, datasets.random_erasing(image, tf.constant([i, 7], tf.int64))[..., 0])
+        changed = out != 100
+        if not changed.any():
+            continue
+        erased += 1
+        rows, cols = np.nonzero(changed)
+        box = out[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        # One rectangle of noise in [0, 255] (a noise pixel equal to 100 is vanishingly rare), nothing else touched.
+        assert changed.sum() == box.size and box.min() >= 0 and box.max() <= 255 and box.std() > 30
+        areas.append(box.size / out.size)
+    assert 70 <= erased <= 130  # probability 0.5 over 200 draws
+    # Area drawn in [2%, 40%] (rounding of the sides moves it slightly; clipping to the image only shrinks it).
+    assert min(areas) > 0.015 and max(areas) < 0.43 and 0.15 < np.mean(areas) < 0.27
+    # In the recipe, erasing follows the small-image transform, and evaluation fits the image as "small" does.
+    garment = tf.constant(np.random.default_rng(0).uniform(0, 255, (28, 28, 1)), tf.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    out = datasets.augment_classification(garment, seed, 32, recipe="small-erasing")
+    assert out.shape == (32, 32, 1)
+    ds, _ = datasets.classification_data(
+        "fashion_mnist", split="validation", image_size=64, batch_size=2, recipe="small-erasing", limit=2
+    )
+    plain, _ = datasets.classification_data("fashion_mnist", split="validation", image_size=64, batch_size=2, limit=2)
+    np.testing.assert_array_equal(next(iter(ds))[0], next(iter(plain))[0])
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Segmentation sources and labels
 

@@ -10,7 +10,7 @@ TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "poly", "cosine")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 OPTIMIZERS = ("sgd", "adamw")
-AUGMENTS = {"classification": ("imagenet", "small", "flip"), "segmentation": ("flip",)}
+AUGMENTS = {"classification": ("imagenet", "small", "small-erasing", "flip"), "segmentation": ("flip",)}
 
 
 def register(subparsers):
@@ -47,8 +47,8 @@ def register(subparsers):
         "--augment",
         choices=sorted({recipe for recipes in AUGMENTS.values() for recipe in recipes}),
         default=None,
-        help="augmentation: imagenet, small or flip (classification), flip (segmentation: no scale or rotation); "
-        "default: the authors'",
+        help="augmentation: imagenet, small, small-erasing (small + random erasing) or flip (classification), flip "
+        "(segmentation: no scale or rotation); default: the authors'",
     )
     parser.add_argument("--classes", type=int, default=None, help="classes of a list-file folder")
     parser.add_argument("--down-ratio", type=int, default=2, choices=(2, 4, 8, 16), help="DLA-Up output stride")
