@@ -20,6 +20,23 @@ def test_flops_match_the_published_multiply_adds():
     assert performance.model_flops(keras_dla.DLA169(weights=None)) / 2e9 == pytest.approx(11.6, rel=0.01)
 
 
+def test_timed_models_fold_to_nonzero_biases_as_trained_ones_do():
+    import argparse
+
+    import numpy as np
+
+    from keras_dla import inference
+
+    model, build_s = performance._keras_model(argparse.Namespace(model="dla46_c", size=64))
+    assert build_s > 0
+    folded = inference.fold_batch_norms(model)
+    # Every folded convolution; the classifier (fc) keeps its own, zero-initialised bias.
+    biases = [x.bias.numpy() for x in folded.layers if getattr(x, "bias", None) is not None and x.name != "fc"]
+    assert len(biases) > 40 and all(np.abs(b).max() > 1e-3 for b in biases)
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(folded(x), model(x, training=False), atol=1e-4)
+
+
 def test_time_call_takes_the_median_after_warmup():
     calls = []
     performance.time_call(lambda: calls.append(1), min_calls=5, min_seconds=0, warmup=2)
