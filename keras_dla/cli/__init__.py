@@ -1,8 +1,8 @@
 """The `keras-dla` command line: one module per sub-command, each with `register(subparsers)`.
 
 A sub-command module defines `register(subparsers)`, which adds its parser and sets `func` (called with
-the parsed arguments, returning an exit code). Heavy imports (TensorFlow) happen inside `func`, so
-`keras-dla --help` answers at once.
+the parsed arguments, returning an exit code). The sub-commands' own modules (training, data, export) are
+imported inside `func`; TensorFlow itself comes with the `keras_dla` package, so `--help` takes a few seconds.
 """
 
 import argparse

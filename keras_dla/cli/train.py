@@ -5,7 +5,8 @@ Started again with the same command, a killed run resumes from the last epoch it
 
 import argparse
 
-# The choices of keras_dla.training, repeated here so that `keras-dla --help` does not import TensorFlow.
+# The choices of keras_dla.training, repeated here (a test keeps them equal) so that building the parser does not
+# import the training and data modules.
 TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "poly", "cosine")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
