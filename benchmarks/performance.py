@@ -394,8 +394,8 @@ def run_worker(job, model, args):
 def collect(args):
     """Runs every job `args.rounds` times, alternating: round r runs the jobs in order, the next in reverse order,
     so a machine that speeds up or slows down during the run affects every framework alike. Each figure is the
-    median over the rounds (a job that failed in a round is left out); `rounds` keeps the per-round results when
-    there is more than one."""
+    median over the rounds (a job that failed in a round is left out); `per_round` keeps the per-round results
+    when there is more than one (`rounds`, added by `main`, is their number)."""
     jobs = [j for j in WORKERS if j != "matmul" and not (args.gpu and j in CPU_ONLY) and j not in args.skip]
     order = [("matmul", None)] + [(job, model) for model in args.models for job in jobs]
     rounds = []
@@ -416,7 +416,7 @@ def collect(args):
         "models": {m: {job: median_of([r["models"][m][job] for r in rounds]) for job in jobs} for m in args.models},
     }
     if args.rounds > 1:
-        results["rounds"] = rounds
+        results["per_round"] = rounds
     return results
 
 

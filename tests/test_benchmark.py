@@ -102,7 +102,7 @@ def test_rounds_alternate_and_report_medians(monkeypatch):
     assert jobs["timm_train"]["train_step_s"] == 4.5  # median of 4 and 5: the failed round is left out
     assert jobs["keras_train"]["rates"]["x"]["8"] == 5.0  # calls 2, 5, 8
     assert results["matmul_gflops"] == 106.0  # calls 1, 6, 7
-    assert len(results["rounds"]) == 3 and results["rounds"][1]["models"]["dla34"]["timm_train"] is None
+    assert len(results["per_round"]) == 3 and results["per_round"][1]["models"]["dla34"]["timm_train"] is None
 
 
 _OTHER_JOBS = ["keras_inference", "tflite", "timm_inference", "onnxruntime"]
