@@ -12,6 +12,9 @@ _PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "perfor
 _spec = importlib.util.spec_from_file_location("performance", _PATH)
 performance = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(performance)
+_spec = importlib.util.spec_from_file_location("kernel_time", os.path.join(os.path.dirname(_PATH), "kernel_time.py"))
+kernel_time = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernel_time)
 
 
 def test_flops_match_the_published_multiply_adds():
@@ -106,6 +109,25 @@ def test_rounds_alternate_and_report_medians(monkeypatch):
 
 
 _OTHER_JOBS = ["keras_inference", "tflite", "timm_inference", "onnxruntime"]
+
+
+def test_kernel_time_sums_onednn_lines_between_call_markers():
+    conv = "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,fwd,src dst,,alg,mb1_ic3,{}"
+    pool = "onednn_verbose,v1,primitive,exec,cpu,pooling,jit:avx512_core,fwd,src dst,,alg,mb1ic32,{}"
+    lines = [
+        conv.format(9.0),  # warm-up, outside the markers
+        "KERNEL_TIME_CALL",
+        conv.format(1.5),
+        "onednn_verbose,v1,primitive,create:cache_hit,cpu,convolution,brg,fwd,src,,alg,mb1,0.01",
+        pool.format(0.25),
+        conv.format(2.0),
+        "KERNEL_TIME_CALL 0.005",
+        "KERNEL_TIME_CALL",
+        pool.format(1.0),
+        "KERNEL_TIME_CALL 0.002",
+    ]
+    calls = kernel_time.kernel_times(lines)
+    assert calls == [(5.0, {"convolution": 3.5, "pooling": 0.25}), (2.0, {"pooling": 1.0})]
 
 
 def test_bad_arguments_are_refused():
