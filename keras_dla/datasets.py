@@ -402,8 +402,7 @@ def classification_data(
         training: augment, shuffle and repeat (defaults to `split == "train"`).
         seed: seed of the shuffle and of every augmentation.
         recipe: augmentation, `"imagenet"`, `"small"`, `"small-erasing"` or `"flip"` (see
-            `augment_classification`); defaults to
-            `"small"` for Fashion-MNIST, else `"imagenet"`.
+            `augment_classification`); defaults to `"small"` for Fashion-MNIST, else `"imagenet"`.
         data_dir: tfds data folder, or the folder of the Fashion-MNIST IDX files.
         limit: use only the first `limit` examples (for quick runs and tests).
         drop_remainder: drop a last partial batch (defaults to `training`).
