@@ -21,7 +21,6 @@ MARK = "KERNEL_TIME_CALL"
 
 
 def measure(args):
-    import numpy as np
     import tensorflow as tf
 
     import keras_dla
@@ -29,11 +28,10 @@ def measure(args):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import performance
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    performance._tf_threads(args.threads)
     model, _ = performance._keras_model(argparse.Namespace(model=args.model, size=args.size))
     fast = keras_dla.inference_model(model)
-    x = tf.constant(np.random.default_rng(0).standard_normal((args.batch, args.size, args.size, 3)), tf.float32)
+    x = tf.constant(performance.random_images(args.batch, args.size))
     for _ in range(3):
         fast.serve(x).numpy()
     for _ in range(args.calls):
