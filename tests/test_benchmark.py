@@ -1,4 +1,5 @@
-"""benchmarks/performance.py: the FLOP count the ceilings rest on, and the ratios and outputs of the report."""
+"""benchmarks/: the FLOP count the ceilings rest on, the ratios and outputs of the report, and the helpers of the
+other scripts."""
 
 import importlib.util
 import json
@@ -8,13 +9,19 @@ import pytest
 
 import keras_dla
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "performance.py")
-_spec = importlib.util.spec_from_file_location("performance", _PATH)
-performance = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(performance)
-_spec = importlib.util.spec_from_file_location("kernel_time", os.path.join(os.path.dirname(_PATH), "kernel_time.py"))
-kernel_time = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kernel_time)
+_BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+performance = _load("performance")
+kernel_time = _load("kernel_time")
+flip_tta_accuracy = _load("flip_tta_accuracy")
 
 
 def test_flops_match_the_published_multiply_adds():
@@ -134,3 +141,21 @@ def test_bad_arguments_are_refused():
     for argv in (["--models", "resnet50"], ["--threads", "0"], ["--batches", "0"], ["--rounds", "0"]):
         with pytest.raises(SystemExit):
             performance.parse_args(argv)
+
+
+def test_flip_averaging_mirrors_the_width_and_adds_the_softmax_outputs():
+    import keras
+    import numpy as np
+
+    # Class 0 reads columns 0 and 1, class 1 reads column 3. The garment (label 0) scores 4 vs 5 as it is, wrongly,
+    # and 9 vs 4 mirrored left-right; the summed softmax outputs pick class 0. Mirroring the height instead would
+    # leave the image (constant along columns) and the wrong answer unchanged.
+    kernel = np.zeros((4, 4, 2), "float32")
+    kernel[:, 0:2, 0] = 1.0
+    kernel[:, 3, 1] = 1.0
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")])
+    model.layers[-1].set_weights([kernel.reshape(16, 2), np.zeros(2, "float32")])
+    image = np.zeros((1, 4, 4, 1), "float32")
+    image[0, :, 0], image[0, :, 2], image[0, :, 3] = 1.0, 1.0, 1.25
+    plain, flipped = flip_tta_accuracy.flip_tta_accuracy(model, image, np.array([0]))
+    assert (plain, flipped) == (0.0, 1.0)
