@@ -7,6 +7,7 @@ else is an error naming the key: loading is never silently partial.
 """
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -173,14 +174,22 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
     """Loads `path` into `model`: a Keras `.weights.h5` file, or a PyTorch checkpoint converted on the fly."""
     path = os.fspath(path)
     if path.endswith(".weights.h5"):
-        try:
-            model.load_weights(path)
-        except ValueError as e:
-            raise ValueError(
-                f"Could not load {path!r} into {model.name}; is it a weights file of another DLA variant "
-                f"or of a model built with other arguments? Keras said: {str(e).strip().splitlines()[0]} "
-                f"Received: weights={path!r}"
-            ) from None
+        # Keras warns once per unmatched sublayer before it raises; those warnings are noise in front of
+        # the one error that explains the failure, so they are only passed on when the load succeeds.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model.load_weights(path)
+            except ValueError as e:
+                raise ValueError(
+                    f"Could not load {path!r} into {model.name}; is it a weights file of another DLA variant "
+                    f"or of a model built with other arguments? Keras said: {str(e).strip().splitlines()[0]} "
+                    f"Received: weights={path!r}"
+                ) from None
+        for caught_warning in caught:
+            warnings.warn_explicit(
+                caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+            )
         return {}
     state_dict = readers.read_state_dict(path)
     return assign_state_dict(
