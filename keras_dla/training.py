@@ -637,6 +637,13 @@ def train(config):
     validate(config)
     strategy, tf_config = make_strategy(config.strategy, config.devices)
     replicas = strategy.num_replicas_in_sync
+    if config.jit and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+        # XLA compiles the whole replicated step for the first logical CPU device, which then cannot read the
+        # other replicas' variables (TensorFlow fails mid-fit with "Trying to access resource ... from device").
+        raise ValueError(
+            f"--jit (XLA) cannot run over {replicas} logical CPU devices: use --devices 1 (or GPUs) with --jit, "
+            f"or drop --jit. Received: jit=True, devices={config.devices}"
+        )
     if config.batch_size % replicas:
         raise ValueError(
             f"The global batch size should be divisible by the {replicas} replicas. "

@@ -183,6 +183,7 @@ def test_bad_input_on_the_command_line(tmp_path, folder):
         (["--dataset", str(tmp_path / "empty")], "No images"),
         (["--model", "dla35"], "Unknown model"),
         (["--dataset", folder, "--devices", "2", "--batch-size", "7"], "divisible by the 2 replicas"),
+        (["--dataset", folder, "--devices", "2", "--jit"], "cannot run over 2 logical CPU devices"),
     ]
     for extra, message in cases:
         result = keras_dla(["train", *TINY, "--output", str(tmp_path / "run"), *extra])
