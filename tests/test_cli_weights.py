@@ -140,10 +140,22 @@ def test_predict_prints_top5_names_and_probabilities(checkpoint, tmp_path, capsy
         assert float(line.split()[-2]) == pytest.approx(probabilities[index], rel=0.05, abs=1e-4)
 
 
-def test_predict_unreadable_image(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("broken.jpg", "Cannot read the image: Unknown image file format. One of JPEG"),
+        ("missing.jpg", "Cannot read the image: no such file."),
+        ("folder", "Cannot read the image: this is a folder"),
+    ],
+)
+def test_predict_unreadable_image(checkpoint, tmp_path, capsys, name, message):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    assert main(["predict", str(tmp_path / "broken.jpg"), "--weights", str(checkpoint[0]), "--model", VARIANT]) == 2
-    assert "Cannot read the image" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    path = str(tmp_path / name)
+    assert main(["predict", path, "--weights", str(checkpoint[0]), "--model", VARIANT]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.rstrip().endswith(f"Received: {path}")
+    assert "function_node" not in error and "[Op:" not in error
 
 
 def _release_script():
