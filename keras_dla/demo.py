@@ -222,7 +222,11 @@ def run_demo(
         raise ValueError(f"Unknown demo task; expected one of {sorted(DEFAULTS)}. Received: task={task!r}")
     settings = dict(DEFAULTS[task])
     overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
-    settings.update({k: v for k, v in overrides.items() if v})
+    # `is not None`: a 0 given on purpose goes on to the checks (`train` names it) instead of meaning "default".
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if test_limit is not None and (not isinstance(test_limit, int) or test_limit < 1):
+        # Checked now: the test split is only read after training.
+        raise ValueError(f"`test_limit` should be a positive integer. Received: test_limit={test_limit!r}")
     segmentation = task == "segmentation"
     dataset = "fashion_mnist_scenes" if segmentation else "fashion_mnist"
     config = training.TrainConfig(
@@ -250,11 +254,11 @@ def run_demo(
     )
     total = _timer()
     timings = {}
-    os.makedirs(output, exist_ok=True)
 
     clock = _timer()
-    result = training.train(config)
+    result = training.train(config)  # checks every argument first; creates output/train
     timings["train_s"] = clock()
+    os.makedirs(output, exist_ok=True)
     model = result.pop("model_object")
     size = settings["image_size"]
 

@@ -57,3 +57,34 @@ def test_demo_pipeline_on_a_small_subset(tmp_path, task):
         assert agreement >= 0.99, parity
     assert set(report["timings"]) >= {"train_s", "evaluate_s", "export_s", "export_check_s", "total_s"}
     assert "test accuracy" in result.stdout or "mean IoU" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "0"], "Received: epochs=0"),
+        (["--batch-size", "0"], "Received: batch_size=0"),
+        (["--test-limit", "0"], "Received: test_limit=0"),
+    ],
+)
+def test_bad_demo_arguments_fail_before_training(tmp_path, capsys, extra, message):
+    # A 0 is not "the default": it is refused with a sentence, and nothing is trained or written.
+    from keras_dla.cli import main
+
+    output = tmp_path / "demo"
+    assert main(["demo", "--output", str(output), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_demo_help_states_the_defaults_it_uses(capsys):
+    from keras_dla.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cls, seg = demo.DEFAULTS["classification"], demo.DEFAULTS["segmentation"]
+    assert f"default: {cls['epochs']} (classification), {seg['epochs']} (segmentation)" in text
+    assert f"global batch size (default {cls['batch_size']} / {seg['batch_size']})" in text
+    assert f"default: {cls['model']} (classification), {seg['model']} (segmentation)" in text
+    assert "(default: None)" not in text

@@ -7,20 +7,47 @@ The output folder receives report.md / report.json (accuracy, timings, export pa
 import argparse
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the defaults, except `None` (the help text then says what the default is, per task)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def register(subparsers):
+    from keras_dla.demo import DEFAULTS
+
+    cls, seg = DEFAULTS["classification"], DEFAULTS["segmentation"]
     parser = subparsers.add_parser(
         "demo",
         help="a real run on real data in minutes: train, evaluate, export, check",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--task", choices=("classification", "segmentation"), default="classification")
     parser.add_argument("--output", default="dla_demo", help="output folder (a killed demo resumes there)")
-    parser.add_argument("--model", default=None, help="default: dla46_c (classification), dla46_cup (segmentation)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 5 (classification), 8 (segmentation)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 128 / 32)")
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--image-size", type=int, default=None, help="input size (default 32) or scene crop (64)")
+    parser.add_argument(
+        "--model", default=None, help=f"default: {cls['model']} (classification), {seg['model']} (segmentation)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"default: {cls['epochs']} (classification), {seg['epochs']} (segmentation)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"global batch size (default {cls['batch_size']} / {seg['batch_size']})",
+    )
+    parser.add_argument("--lr", type=float, default=None, help=f"default: {cls['lr']:g} / {seg['lr']:g}")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"input size (default {cls['image_size']}) or scene crop ({seg['image_size']})",
+    )
     parser.add_argument("--train-limit", type=int, default=None, help="train on the first N examples only")
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test examples only")
     parser.add_argument("--devices", type=int, default=None, help="split the CPU into N logical devices")
