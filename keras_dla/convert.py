@@ -9,6 +9,7 @@ else is an error naming the key: loading is never silently partial.
 import os
 import warnings
 
+import h5py
 import keras
 import numpy as np
 from keras import layers
@@ -174,12 +175,22 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
     """Loads `path` into `model`: a Keras `.weights.h5` file, or a PyTorch checkpoint converted on the fly."""
     path = os.fspath(path)
     if path.endswith(".weights.h5"):
+        if not h5py.is_hdf5(path):
+            raise ValueError(
+                f"Not a Keras weights file: {path!r} is not in the HDF5 format that `model.save_weights` writes. "
+                f"Received: weights={path!r}"
+            )
         # Keras warns once per unmatched sublayer before it raises; those warnings are noise in front of
         # the one error that explains the failure, so they are only passed on when the load succeeds.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 model.load_weights(path)
+            except OSError as e:  # h5py: an HDF5 file cut short (an interrupted copy or download)
+                raise ValueError(
+                    f"Cannot read the weights file {path!r}; is it incomplete? h5py said: {e}. "
+                    f"Received: weights={path!r}"
+                ) from None
             except ValueError as e:
                 raise ValueError(
                     f"Could not load {path!r} into {model.name}; is it a weights file of another DLA variant "

@@ -232,6 +232,17 @@ def test_weights_file_of_another_variant(tmp_path, recwarn):
     assert not [w for w in recwarn if "saving" in w.filename]
 
 
+def test_weights_file_that_is_not_one(tmp_path):
+    good = tmp_path / "good.weights.h5"
+    keras_dla.DLA46C(weights=None, input_shape=(64, 64, 3)).save_weights(good)
+    (tmp_path / "text.weights.h5").write_text("not HDF5")
+    (tmp_path / "cut.weights.h5").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"Not a Keras weights file.*HDF5.*Received: weights="):
+        keras_dla.DLA46C(weights=tmp_path / "text.weights.h5", input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match=r"(?s)is it incomplete\? h5py said: .*truncated.*Received: weights="):
+        keras_dla.DLA46C(weights=tmp_path / "cut.weights.h5", input_shape=(64, 64, 3))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
