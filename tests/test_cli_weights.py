@@ -81,6 +81,14 @@ def test_convert_bad_arguments(checkpoint, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_convert_a_folder_or_a_missing_checkpoint(tmp_path, capsys):
+    output = str(tmp_path / "x.weights.h5")
+    assert main(["convert", str(tmp_path), "--model", "dla34", "--output", output]) == 2
+    assert "The checkpoint is a folder" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "none.pth"), "--model", "dla34", "--output", output]) == 2
+    assert "No such checkpoint" in capsys.readouterr().err
+
+
 def test_convert_a_checkpoint_of_another_variant_fails_clearly(checkpoint, tmp_path, capsys):
     assert main(["convert", str(checkpoint[0]), "--model", "dla34", "--output", str(tmp_path / "x.weights.h5")]) == 2
     assert "another DLA variant" in capsys.readouterr().err

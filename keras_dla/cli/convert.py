@@ -30,6 +30,8 @@ def run(args):
         )
     if not args.output.endswith(".weights.h5"):
         raise ValueError(f"Keras weights files must end in .weights.h5. Received: --output {args.output}")
+    if os.path.isdir(args.checkpoint):
+        raise ValueError(f"The checkpoint is a folder; give the .pth or .safetensors file. Received: {args.checkpoint}")
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"No such checkpoint: {args.checkpoint}")
     model, dropped = weights.convert_checkpoint(args.model, args.checkpoint)
