@@ -637,7 +637,7 @@ def train(config):
     validate(config)
     strategy, tf_config = make_strategy(config.strategy, config.devices)
     replicas = strategy.num_replicas_in_sync
-    if config.jit and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+    if config.jit and tf_config is None and replicas > 1 and not tf.config.list_logical_devices("GPU"):
         # XLA compiles the whole replicated step for the first logical CPU device, which then cannot read the
         # other replicas' variables (TensorFlow fails mid-fit with "Trying to access resource ... from device").
         raise ValueError(
