@@ -26,6 +26,7 @@ setup(
         "h5py",
         # Training (keras_dla.datasets, training, demo): tfds pipelines, TensorBoard logs, curves and pictures.
         "tensorflow-datasets",
+        "importlib_resources",  # tensorflow-datasets 4.9 imports it to prepare a data set, without requiring it
         "tensorboard",
         "matplotlib",
         # Export (keras_dla.export): the LiteRT interpreter that runs .tflite files for the parity checks;

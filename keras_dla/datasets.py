@@ -18,6 +18,7 @@ pipeline is reproducible under parallel maps, and an image and its mask always g
 Label value 255 means "ignore" throughout.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -120,6 +121,22 @@ def _tfds():
     return tfds
 
 
+@contextlib.contextmanager
+def _tfds_errors(dataset, data_dir):
+    """Turns a failure of tensorflow-datasets to find, download or prepare `dataset` into one sentence."""
+    try:
+        yield
+    except ValueError:
+        raise
+    except Exception as e:  # download errors, missing dependencies, unreadable files: tfds raises many kinds
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"tensorflow-datasets could not load {dataset!r} ({type(e).__name__}: {first}). Without internet, "
+            "prepare it once where it can be downloaded and pass that folder as data_dir (--data-dir). "
+            f"Received: data_dir={data_dir!r}"
+        ) from e
+
+
 def _check_tfds_name(dataset):
     tfds = _tfds()
     base = dataset.split("/")[0].split(":")[0]
@@ -151,23 +168,46 @@ def resolve(dataset, task):
     return "tfds", dataset
 
 
-def _tfds_split(info, split):
-    """The tfds split for "train" / "validation": validation falls back to "test".
+TFDS_HELD_OUT = 10  # a data set with a train split only (tf_flowers) validates on the last 1/10 of it
 
-    A builder that is not prepared yet (or mocked) lists no splits: the name goes to tfds as it is.
+
+def _tfds_slice(info, split, limit):
+    """`(tfds split spec, examples)` for "train" / "validation" of a prepared builder, at most `limit` examples.
+
+    Validation is the data set's "validation" split, else its "test" split, else the last tenth of "train"
+    (and training then uses the rest). A builder that lists no splits (mocked) gets the name as it is.
     """
-    if split in info.splits or not info.splits:
-        return split
-    if split == "validation" and "test" in info.splits:
-        return "test"
-    raise ValueError(f"The data set has no {split!r} split (it has {sorted(info.splits)}). Received: split={split!r}")
+    splits = info.splits
+    if not splits:
+        return (f"{split}[:{limit}]" if limit else split), 0
+    held_out = "validation" not in splits and "test" not in splits
+    if split == "validation" and not held_out:
+        name = "validation" if "validation" in splits else "test"
+    elif "train" in splits:
+        name = "train"
+    else:
+        raise ValueError(f"The data set has no {split!r} split (it has {sorted(splits)}). Received: split={split!r}")
+    total = splits[name].num_examples
+    start, stop = 0, total
+    if held_out:
+        cut = total - max(1, total // TFDS_HELD_OUT)
+        start, stop = (cut, total) if split == "validation" else (0, cut)
+    if limit:
+        stop = min(stop, start + limit)
+    spec = name if (start, stop) == (0, total) else f"{name}[{start}:{stop}]"
+    return spec, stop - start
 
 
-def _split_size(info, split, limit):
-    """Examples in a tfds split (0 when the builder does not know yet), at most `limit`."""
-    split = split.split("[")[0]
-    count = info.splits[split].num_examples if split in info.splits else 0
-    return min(count, limit) if limit and count else count
+def _tfds_source(dataset, split, data_dir, limit, **kwargs):
+    """`(tf.data.Dataset, builder info, examples)` of a tfds data set, prepared first if it is not yet."""
+    tfds = _tfds()
+    with _tfds_errors(dataset, data_dir):
+        builder = tfds.builder(dataset, data_dir=data_dir)
+        builder.download_and_prepare()  # nothing to do when prepared; the split sizes are known after it
+    spec, count = _tfds_slice(builder.info, split, limit)
+    with _tfds_errors(dataset, data_dir):
+        ds = builder.as_dataset(split=spec, shuffle_files=False, **kwargs)
+    return ds, builder.info, count
 
 
 def _options(ds):
@@ -373,6 +413,30 @@ def _index_within_class(labels):
     return out
 
 
+# The first bytes of the image formats `tf.io.decode_image` reads (IMAGE_EXTENSIONS).
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def check_image_files(paths, dataset):
+    """Raises ValueError naming the files that are not JPEG, PNG, GIF or BMP images (by their first bytes).
+
+    Run on the listed files before training: an undecodable image would otherwise stop `fit` midway with a
+    TensorFlow error that does not name the file. Reads 8 bytes per file.
+    """
+    bad = []
+    for path in paths:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not head.startswith(IMAGE_SIGNATURES):
+            bad.append(path)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ValueError(
+            f"Not a JPEG, PNG, GIF or BMP image (by its first bytes; empty, or another format renamed?): "
+            f"{bad[0]}{more}. Received: dataset={dataset!r}"
+        )
+
+
 def _decode(path, channels):
     image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
     image.set_shape((None, None, channels))
@@ -430,24 +494,20 @@ def classification_data(
         paths, labels, class_names = folder_split(dataset, split)
         if limit:
             paths, labels = paths[:limit], labels[:limit]
+        check_image_files(paths, dataset)
         ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int32")))
         ds = ds.map(lambda p, y: (_decode(p, 3), y), num_parallel_calls=tf.data.AUTOTUNE)
         info = DataInfo(dataset, len(class_names), class_names, len(paths), 3, mean, std)
     else:
-        tfds = _tfds()
-        builder = tfds.builder(dataset, data_dir=data_dir)
-        tfds_split = _tfds_split(builder.info, split)
-        if "label" not in builder.info.features or "image" not in builder.info.features:
+        ds, tfds_info, count = _tfds_source(dataset, split, data_dir, limit, as_supervised=True)
+        if "label" not in tfds_info.features or "image" not in tfds_info.features:
             raise ValueError(f"The data set has no 'image' and 'label' features. Received: dataset={dataset!r}")
-        label_feature = builder.info.features["label"]
-        tfds_split = f"{tfds_split}[:{limit}]" if limit else tfds_split
-        ds = tfds.load(dataset, split=tfds_split, data_dir=data_dir, as_supervised=True, shuffle_files=False)
+        label_feature = tfds_info.features["label"]
         # Grey data sets become RGB, so ImageNet weights and the ImageNet normalisation apply.
         ds = ds.map(
             lambda x, y: (tf.image.grayscale_to_rgb(x) if x.shape[-1] == 1 else x, tf.cast(y, tf.int32)),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        count = _split_size(builder.info, tfds_split, limit)
         info = DataInfo(dataset, label_feature.num_classes, tuple(label_feature.names), count, 3, mean, std)
     recipe = recipe or "imagenet"
 
@@ -690,19 +750,15 @@ def segmentation_data(
         mean = tuple(meta.get("mean", IMAGENET_MEAN))
         std = tuple(meta.get("std", IMAGENET_STD))
         info = DataInfo(dataset, num_classes, names, len(image_paths), len(mean), mean, std)
+        check_image_files(image_paths + label_paths, dataset)
         check_labels([_read_label_file(p) for p in label_paths[:LABEL_CHECK_LIMIT]], num_classes, dataset)
         ds = tf.data.Dataset.from_tensor_slices((image_paths, label_paths))
         ds = ds.map(
             lambda p, q: (_decode(p, info.channels), _decode(q, 1)[..., 0]), num_parallel_calls=tf.data.AUTOTUNE
         )
     else:
-        tfds = _tfds()
         base = dataset.split("/")[0].split(":")[0]
-        builder = tfds.builder(dataset, data_dir=data_dir)
-        tfds_split = _tfds_split(builder.info, split)
-        count = _split_size(builder.info, tfds_split, limit)
-        tfds_split = f"{tfds_split}[:{limit}]" if limit else tfds_split
-        ds = tfds.load(dataset, split=tfds_split, data_dir=data_dir, shuffle_files=False)
+        ds, _, count = _tfds_source(dataset, split, data_dir, limit)
         if base == "cityscapes":
             info = DataInfo(dataset, 19, CITYSCAPES_CLASSES, count, 3, IMAGENET_MEAN, IMAGENET_STD)
             ds = ds.map(

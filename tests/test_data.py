@@ -187,6 +187,62 @@ def test_tfds_classification_through_mock_data():
     assert labels.numpy().min() >= 0 and labels.numpy().max() < 5
 
 
+class KerasDlaTrainOnly(tfds.core.GeneratorBasedBuilder):
+    """A real tfds builder (prepared from generated images, nothing downloaded) with only a train split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {"image": tfds.features.Image(shape=(40, 40, 3)), "label": tfds.features.ClassLabel(num_classes=2)}
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict(features), supervised_keys=("image", "label")
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(40):
+            yield i, {"image": np.full((40, 40, 3), 6 * i, np.uint8), "label": i % 2}
+
+
+def test_tfds_data_set_with_a_train_split_only_is_prepared_and_split(tmp_path):
+    # Like tf_flowers: prepared on first use, its size known then, and a tenth of train held out for validation.
+    common = dict(image_size=32, batch_size=1, data_dir=str(tmp_path), training=False)
+    train, info = datasets.classification_data("keras_dla_train_only", split="train", **common)
+    val, val_info = datasets.classification_data("keras_dla_train_only", split="validation", **common)
+    assert (info.num_examples, val_info.num_examples, info.num_classes) == (36, 4, 2)
+    # Each image is one grey level (6 * index): the two splits are disjoint and together the whole split.
+    levels = [int(round(float(x[0, 0, 0, 0]) * 0.229 * 255 + 0.485 * 255)) for x, _ in (*train, *val)]
+    assert sorted(levels) == [6 * i for i in range(40)]
+    _, limited = datasets.classification_data("keras_dla_train_only", split="validation", limit=3, **common)
+    assert limited.num_examples == 3
+
+
+def test_tfds_failures_are_one_sentence(monkeypatch):
+    class FailingTfds:
+        def list_builders(self):
+            return ["mnist"]
+
+        def builder(self, name, data_dir=None):
+            raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    monkeypatch.setattr(datasets, "_tfds", FailingTfds)
+    with pytest.raises(ValueError, match=r"could not load 'mnist' \(ModuleNotFoundError: No module named 'imp"):
+        datasets.classification_data("mnist", split="train", batch_size=2)
+
+
+def test_files_that_are_not_images_are_named(tmp_path):
+    root = make_class_folder(str(tmp_path / "cls"), per_class=3)
+    (tmp_path / "cls" / "dog" / "001.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"Not a JPEG, PNG, GIF or BMP image .*dog/001.png\. Received"):
+        datasets.classification_data(root, split="train", batch_size=2)
+    seg = make_list_folder(str(tmp_path / "seg"))
+    (tmp_path / "seg" / "labels" / "train1.png").write_text("text")
+    with pytest.raises(ValueError, match=r"labels/train1.png\. Received"):
+        datasets.segmentation_data(seg, split="train", crop_size=32, batch_size=2, classes=5)
+
+
 def test_imagenet_augmentation_and_eval_crop():
     image = tf.random.uniform((60, 80, 3), 0, 255, seed=1)
     out = datasets.augment_classification(image, tf.constant([1, 2], tf.int64), 32, recipe="imagenet")
