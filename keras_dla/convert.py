@@ -7,6 +7,7 @@ else is an error naming the key: loading is never silently partial.
 """
 
 import os
+import re
 import warnings
 
 import h5py
@@ -171,6 +172,26 @@ def assign_state_dict(model, state_dict, *, dead_prefixes=(), ignored_prefixes=N
     return ignored
 
 
+def keras_load_error_summary(message):
+    """The gist of Keras' `load_weights` error, which prints whole variables: the layers and one shape clash."""
+    not_loaded = []
+    if "List of objects that could not be loaded:" in message:
+        not_loaded = re.findall(r"<\w+ name=([^,>]+)", message.split("List of objects that could not be loaded:")[-1])
+    clash = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", message)
+    variable = re.search(r"Target variable: <Variable path=([^,>]+)", message)
+    if not_loaded or clash:
+        parts = []
+        if not_loaded:
+            more = f" and {len(not_loaded) - 6} more" if len(not_loaded) > 6 else ""
+            parts.append(f"{len(not_loaded)} layer(s) did not fit: {', '.join(not_loaded[:6])}{more}.")
+        if clash:
+            name = variable.group(1) if variable else "a variable"
+            parts.append(f"For example {name} has shape {clash.group(1)} in the model, {clash.group(2)} in the file.")
+        return " ".join(parts)
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:500]
+
+
 def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
     """Loads `path` into `model`: a Keras `.weights.h5` file, or a PyTorch checkpoint converted on the fly."""
     path = os.fspath(path)
@@ -194,14 +215,19 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
             except ValueError as e:
                 raise ValueError(
                     f"Could not load {path!r} into {model.name}; is it a weights file of another DLA variant "
-                    f"or of a model built with other arguments? Keras said: {str(e).strip().splitlines()[0]} "
-                    f"Received: weights={path!r}"
+                    f"or of a model built with other arguments (classes, input channels)? "
+                    f"Keras said: {keras_load_error_summary(str(e))} Received: weights={path!r}"
                 ) from None
         for caught_warning in caught:
             warnings.warn_explicit(
                 caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
             )
         return {}
+    if not path.endswith(tuple(readers.READERS)):
+        raise ValueError(
+            "A weights file is a Keras .weights.h5 file or a PyTorch checkpoint "
+            f"({', '.join(sorted(readers.READERS))}). Received: weights={path!r}"
+        )
     state_dict = readers.read_state_dict(path)
     return assign_state_dict(
         model,

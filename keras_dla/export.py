@@ -27,7 +27,7 @@ import time
 import keras
 import numpy as np
 
-from keras_dla import layers
+from keras_dla import layers, paths
 from keras_dla.imagenet import preprocess_input
 
 FORMATS = ("saved_model", "tflite")
@@ -139,6 +139,7 @@ def _check_target(path, overwrite):
         raise ValueError(
             f"The output path exists; pass `overwrite=True` (`--overwrite`) to replace it. Received: path={path!r}"
         )
+    paths.check_output(os.path.dirname(os.path.abspath(path)), "folder", what="the folder of the output")
     return os.path.abspath(path)
 
 
@@ -298,7 +299,13 @@ def load_images(source, size, channels=3, *, count=256):
     if not files:
         raise ValueError(f"The folder holds no {'/'.join(IMAGE_EXTENSIONS)} images. Received: {source!r}")
     mode = "rgb" if channels == 3 else "grayscale"
-    images = [keras.utils.img_to_array(keras.utils.load_img(f, color_mode=mode, target_size=size)) for f in files]
+    images = []
+    for f in files:
+        try:
+            image = keras.utils.load_img(f, color_mode=mode, target_size=size)
+        except Exception as e:  # PIL raises several kinds for a file it cannot read
+            raise ValueError(f"Cannot read the image {f}: {type(e).__name__}. Received: {source!r}") from e
+        images.append(keras.utils.img_to_array(image))
     return np.clip(np.round(np.stack(images)), 0, 255).astype(np.uint8)
 
 

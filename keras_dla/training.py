@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_dla import datasets
-from keras_dla.dla import DLA, MODEL_CONFIGS
+from keras_dla import convert, datasets, paths
+from keras_dla.dla import DLA, MIN_INPUT_SIZE, MODEL_CONFIGS
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 SCHEDULES = ("step", "poly", "cosine")
@@ -295,6 +295,16 @@ def validate(config):
         )
     if config.down_ratio not in (2, 4, 8, 16):
         raise ValueError(f"`down_ratio` should be 2, 4, 8 or 16. Received: down_ratio={config.down_ratio!r}")
+    if config.image_size is not None and config.image_size < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"`image_size` should be at least {MIN_INPUT_SIZE} (DLA downsamples by 32). "
+            f"Received: image_size={config.image_size}"
+        )
+    if not (isinstance(config.momentum, (int, float)) and 0 <= config.momentum <= 1):
+        raise ValueError(f"`momentum` should be in [0, 1]. Received: momentum={config.momentum!r}")
+    if not (isinstance(config.weight_decay, (int, float)) and config.weight_decay >= 0):
+        raise ValueError(f"`weight_decay` should be 0 or more. Received: weight_decay={config.weight_decay!r}")
+    paths.check_output(config.output, "folder", what="`output`")
 
 
 @keras.saving.register_keras_serializable(package="keras_dla")
@@ -343,7 +353,7 @@ def build_classifier(model, classes, input_shape, weights):
     else:
         net = DLA(model, weights=None, input_shape=input_shape, classes=classes)
     if str(weights).endswith(".weights.h5"):
-        net.load_weights(weights)
+        convert.load_weights(net, weights)  # a file that does not fit gets one sentence, not Keras' dump
     return net
 
 
@@ -364,7 +374,7 @@ def build_segmenter(model, classes, input_shape, weights, down_ratio):
         input_shape=input_shape,
     )
     if str(weights).endswith(".weights.h5"):
-        net.load_weights(weights)
+        convert.load_weights(net, weights)  # a file that does not fit gets one sentence, not Keras' dump
     return net
 
 
@@ -496,6 +506,24 @@ class RunDirectory:
     def cleanup(self):
         if not self.chief:
             shutil.rmtree(self.files, ignore_errors=True)
+
+    def discard_if_unresumable(self):
+        """Removes the run folder of a new run that failed before its first backup: nothing there to resume.
+
+        Otherwise the folder (its config.json) would make the next run with other settings be refused.
+        """
+        has_backup = any(files for _, _, files in os.walk(self.backup))
+        if self.chief and not has_backup:
+            shutil.rmtree(self.output, ignore_errors=True)
+        self.cleanup()
+
+
+def _image_decode_failure(error):
+    """The decoder's reason when `error` is tf.data failing to decode an image file mid-fit, else None."""
+    if not isinstance(error, tf.errors.InvalidArgumentError) or "Decode" not in error.message:
+        return None
+    first = error.message.strip().splitlines()[0] if error.message.strip() else ""
+    return first.rsplit(": ", 1)[-1].strip() or "no reason given"
 
 
 def save_weights_atomically(model, path):
@@ -688,7 +716,7 @@ def train(config):
     schedule_name = config.schedule or ("step" if config.task == "classification" else "poly")
     lr = config.lr or default_lr(config)
     check_resumable(config)
-    run_dir = RunDirectory(config.output, tf_config)
+    fresh = not os.path.lexists(config.output)
 
     with strategy.scope():
         input_shape = (size, size, info.channels)
@@ -712,19 +740,32 @@ def train(config):
         _build_on_local_batch(model, strategy)
         _mean_scalars_across_workers()
 
-    callbacks, nan = make_callbacks(run_dir, monitor, "max", config.backup_every)
-    if run_dir.chief:
-        with open(run_dir.path("config.json"), "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(config), f, indent=2)
-    history = model.fit(
-        train_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        validation_steps=config.validation_steps,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
+    # The run folder is made only now, after every check and the model build (a bad weights file included).
+    run_dir = RunDirectory(config.output, tf_config)
+    try:
+        callbacks, nan = make_callbacks(run_dir, monitor, "max", config.backup_every)
+        if run_dir.chief:
+            with open(run_dir.path("config.json"), "w", encoding="utf-8") as f:
+                json.dump(dataclasses.asdict(config), f, indent=2)
+        history = model.fit(
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            validation_steps=config.validation_steps,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    except BaseException as e:
+        if fresh:
+            run_dir.discard_if_unresumable()
+        reason = _image_decode_failure(e)
+        if reason:
+            raise ValueError(
+                f"An image of the data set could not be decoded during training ({reason}); a damaged file that "
+                f"starts like an image? Received: dataset={config.dataset!r}"
+            ) from e
+        raise
     rows = read_history(run_dir.path("history.csv"))
     result = {
         "task": config.task,

@@ -123,6 +123,41 @@ def test_unknown_model_and_weights(capsys, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_files_that_are_not_what_they_say(capsys, tmp_path, keras_file):
+    # A text file named .keras, a text file among the calibration images, an output inside a file: one sentence
+    # each, naming the file, and nothing written.
+    (tmp_path / "text.keras").write_text("not a model")
+    code, _, err = run_cli(
+        capsys,
+        "--model",
+        tmp_path / "text.keras",
+        "--weights",
+        "none",
+        "--format",
+        "saved_model",
+        "--output",
+        tmp_path / "o",
+    )
+    assert code == 2 and "Not a Keras .keras file (those are zip archives)" in err
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    (folder / "bad.jpg").write_text("not an image")
+    code, _, err = run_cli(
+        capsys, "--model", keras_file[1], "--weights", "none", "--format", "saved_model", "--input-size", 8, 8,
+        "--representative", folder, "--output", tmp_path / "o",
+    )  # fmt: skip
+    assert code == 2 and f"Cannot read the image {folder / 'bad.jpg'}: UnidentifiedImageError" in err
+
+    (tmp_path / "afile").write_bytes(b"")
+    code, _, err = run_cli(
+        capsys, "--model", keras_file[1], "--weights", "none", "--format", "tflite", "--input-size", 8, 8,
+        "--output", tmp_path / "afile" / "x.tflite",
+    )  # fmt: skip
+    assert code == 2 and "the folder of --output" in err and "afile is a file, not a folder" in err
+    assert sorted(os.listdir(tmp_path)) == ["afile", "calibration", "text.keras"]
+
+
 def test_existing_output_needs_overwrite(capsys, tmp_path, keras_file):
     model, path = keras_file
     output = tmp_path / "tiny.tflite"

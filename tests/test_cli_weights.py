@@ -1,6 +1,7 @@
 """`keras-dla convert`, `predict` and `list`, run in-process through the real argument parser."""
 
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -87,6 +88,31 @@ def test_convert_a_folder_or_a_missing_checkpoint(tmp_path, capsys):
     assert "The checkpoint is a folder" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "none.pth"), "--model", "dla34", "--output", output]) == 2
     assert "No such checkpoint" in capsys.readouterr().err
+
+
+def test_convert_a_keras_weights_file_and_predict_with_an_unknown_suffix(tmp_path, capsys):
+    keras_file = tmp_path / "model.weights.h5"
+    keras_file.write_bytes(b"")
+    output = str(tmp_path / "x.weights.h5")
+    assert main(["convert", str(keras_file), "--model", VARIANT, "--output", output]) == 2
+    assert "is a Keras .weights.h5 file already" in capsys.readouterr().err
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    (tmp_path / "weights.h5").write_bytes(b"")
+    assert main(["predict", str(image), "--model", VARIANT, "--weights", str(tmp_path / "weights.h5")]) == 2
+    assert "a Keras .weights.h5 file or a PyTorch checkpoint (.bin, .pt, .pth, .safetensors)" in capsys.readouterr().err
+
+
+def test_convert_to_an_output_that_cannot_be_made(checkpoint, tmp_path, capsys):
+    (tmp_path / "afile").write_bytes(b"")
+    (tmp_path / "dir.weights.h5").mkdir()
+    for output, message in [
+        ("afile/x.weights.h5", "afile is a file, not a folder"),
+        ("dir.weights.h5", "dir.weights.h5 is an existing folder; give a file path"),
+    ]:
+        assert main(["convert", str(checkpoint[0]), "--model", VARIANT, "--output", str(tmp_path / output)]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["afile", "dir.weights.h5"]
 
 
 def test_convert_a_checkpoint_of_another_variant_fails_clearly(checkpoint, tmp_path, capsys):

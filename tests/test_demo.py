@@ -65,6 +65,7 @@ def test_demo_pipeline_on_a_small_subset(tmp_path, task):
         (["--epochs", "0"], "Received: epochs=0"),
         (["--batch-size", "0"], "Received: batch_size=0"),
         (["--test-limit", "0"], "Received: test_limit=0"),
+        (["--image-size", "16"], "`image_size` should be at least 32"),
     ],
 )
 def test_bad_demo_arguments_fail_before_training(tmp_path, capsys, extra, message):
@@ -75,6 +76,15 @@ def test_bad_demo_arguments_fail_before_training(tmp_path, capsys, extra, messag
     assert main(["demo", "--output", str(output), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_demo_output_that_is_a_file(tmp_path, capsys):
+    from keras_dla.cli import main
+
+    (tmp_path / "afile").write_bytes(b"keep")
+    assert main(["demo", "--output", str(tmp_path / "afile")]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_bytes() == b"keep"
 
 
 def test_demo_help_states_the_defaults_it_uses(capsys):

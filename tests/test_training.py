@@ -7,6 +7,7 @@ a multi-worker cluster needs one process per worker, and kill-and-resume needs a
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,11 +82,21 @@ def test_cli_choices_match_the_library():
         (dict(steps_per_epoch=25, steps_per_execution=10), "multiple of `steps_per_execution`.*=25"),
         (dict(augment="mixup"), "Unknown augmentation for classification.*Received: augment='mixup'"),
         (dict(task="segmentation", model="dla34up", augment="small"), "Unknown augmentation for segmentation"),
+        (dict(image_size=16), "`image_size` should be at least 32.*Received: image_size=16"),
+        (dict(momentum=-1.0), "`momentum` should be in \\[0, 1\\]. Received: momentum=-1.0"),
+        (dict(weight_decay=-5.0), "`weight_decay` should be 0 or more. Received: weight_decay=-5.0"),
     ],
 )
 def test_bad_arguments_fail_before_anything_runs(changes, message):
     with pytest.raises(ValueError, match=message):
         training.validate(training.TrainConfig(**changes))
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_bytes(b"")
+    for output, message in [("afile", "afile is a file, not a folder"), ("afile/run", "Cannot create `output`")]:
+        with pytest.raises(ValueError, match=message):
+            training.validate(training.TrainConfig(output=str(tmp_path / output)))
 
 
 def test_an_epoch_is_whole_graph_calls():
@@ -195,6 +206,35 @@ def test_bad_input_on_the_command_line(tmp_path, folder):
         env={"TF_CONFIG": "{'cluster': []}"},
     )
     assert result.returncode == 2 and "TF_CONFIG does not parse" in result.stderr
+
+
+def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
+    # Failures after the checks (weights that do not load, an image that does not decode mid-fit) get one
+    # sentence, and the new run's folder is removed: a later run with other settings is not refused because of it.
+    from keras_dla import DLA
+
+    text = tmp_path / "text.weights.h5"
+    text.write_text("not weights")
+    other = str(tmp_path / "imagenet_head.weights.h5")
+    DLA("dla46_c", weights=None, input_shape=(32, 32, 3), classes=1000).save_weights(other)
+    damaged = shutil.copytree(folder, tmp_path / "damaged")
+    for image in damaged.glob("*/*.png"):  # every one, so the first batch has one whatever the shuffle
+        image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    renamed = shutil.copytree(folder, tmp_path / "renamed")
+    (renamed / "dog" / "003.png").write_text("not an image")
+    cases = [
+        (["--dataset", folder, "--weights", str(text)], "not in the HDF5 format"),
+        (["--dataset", folder, "--weights", other], "1 layer(s) did not fit: fc. For example fc/kernel has shape"),
+        (["--dataset", str(damaged)], "could not be decoded during training (Invalid PNG"),
+        (["--dataset", str(renamed)], "Not a JPEG, PNG, GIF or BMP image (by its first bytes; empty, or another"),
+    ]
+    for extra, message in cases:
+        output = tmp_path / "run"
+        result = keras_dla(["train", *TINY, "--epochs", "1", "--steps-per-epoch", "2", "--output", str(output), *extra])
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert not output.exists()
+    assert "renamed/dog/003.png" in result.stderr  # the file is named
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,11 @@ def main(argv=None):
         # Bad input gets one sentence, not a traceback.
         print(f"keras-dla {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A path the checks did not foresee (permissions, a full disk, a file where a folder was wanted):
+        # the operating system's own sentence names the path.
+        print(f"keras-dla {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"keras-dla {args.command}: interrupted", file=sys.stderr)
         return 130

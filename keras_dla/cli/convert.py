@@ -21,7 +21,7 @@ def register(subparsers):
 
 
 def run(args):
-    from keras_dla import weights
+    from keras_dla import paths, weights
     from keras_dla.dla import MODEL_CONFIGS
 
     if args.model not in MODEL_CONFIGS:
@@ -30,10 +30,16 @@ def run(args):
         )
     if not args.output.endswith(".weights.h5"):
         raise ValueError(f"Keras weights files must end in .weights.h5. Received: --output {args.output}")
+    paths.check_output(args.output, "file", what="--output")
     if os.path.isdir(args.checkpoint):
         raise ValueError(f"The checkpoint is a folder; give the .pth or .safetensors file. Received: {args.checkpoint}")
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"No such checkpoint: {args.checkpoint}")
+    if args.checkpoint.endswith(".weights.h5"):
+        raise ValueError(
+            "The checkpoint is a Keras .weights.h5 file already: load it with keras_dla.<Model>(weights=PATH) or "
+            f"--weights PATH; convert reads PyTorch checkpoints. Received: {args.checkpoint}"
+        )
     model, dropped = weights.convert_checkpoint(args.model, args.checkpoint)
     summary = convert_to_file(model, args.output)
     fc = next((layer for layer in model.layers if layer.name == "fc"), None)

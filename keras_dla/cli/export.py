@@ -6,6 +6,7 @@ gives them (images the int8 calibration did not use), and always on random ones.
 """
 
 import os
+import zipfile
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("float16", "dynamic", "int8")
@@ -80,6 +81,9 @@ def _validate(args):
             raise ValueError(f"{flag} should be a positive integer. Received: {flag} {value}")
     if os.path.lexists(args.output) and not args.overwrite:
         raise ValueError(f"--output exists; pass --overwrite to replace it. Received: --output {args.output}")
+    from keras_dla import paths
+
+    paths.check_output(os.path.dirname(os.path.abspath(args.output)), "folder", what="the folder of --output")
 
 
 def _weights(value):
@@ -101,6 +105,8 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
     if name.endswith(".keras") or os.path.sep in name:
         if not os.path.isfile(name):
             raise FileNotFoundError(f"No saved model at this path. Received: --model {name}")
+        if name.endswith(".keras") and not zipfile.is_zipfile(name):
+            raise ValueError(f"Not a Keras .keras file (those are zip archives). Received: --model {name}")
         if weights is not None:
             raise ValueError(f"A .keras file holds its weights; use --weights none. Received: --weights {weights}")
         return keras.saving.load_model(name)

@@ -1,0 +1,46 @@
+"""Checks on the paths keras_dla writes to, made before any work so that a bad path costs one sentence.
+
+`check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder is
+wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
+"""
+
+import os
+
+KINDS = ("file", "folder")
+
+
+def _nearest_existing(path):
+    """The longest prefix of the absolute `path` that exists (the folder a `makedirs` would start from)."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    return probe
+
+
+def check_output(path, kind, *, what="output"):
+    """Raises ValueError when `path` cannot become an output `kind` ("file" or "folder"); returns it as given.
+
+    Args:
+        path: the output path.
+        kind: `"file"` (written or replaced as a whole) or `"folder"` (created, or written into when it exists).
+        what: how the path is named in the message (a flag such as `"--output"`, or `"output"`).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"`kind` should be one of {KINDS}. Received: kind={kind!r}")
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"An {what} path is needed. Received: {what} {path!r}")
+    full = os.path.abspath(path)
+    if kind == "folder" and os.path.lexists(full) and not os.path.isdir(full):
+        raise ValueError(f"{what} {path} is a file, not a folder; give a folder.")
+    if kind == "file" and os.path.isdir(full):
+        raise ValueError(f"{what} {path} is an existing folder; give a file path.")
+    existing = _nearest_existing(full if kind == "folder" else os.path.dirname(full))
+    if not os.path.isdir(existing):
+        raise ValueError(f"Cannot create {what} {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"Cannot write {what} {path}: no permission to write in {existing}.")
+    return path

@@ -1,0 +1,44 @@
+"""`keras_dla.paths.check_output`: outputs that cannot be made are refused with the path named, nothing created."""
+
+import os
+
+import pytest
+
+from keras_dla import paths
+
+
+def test_outputs_that_can_be_made(tmp_path):
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "weights.h5").write_bytes(b"old")
+    for path, kind in [
+        (tmp_path / "new" / "deeper" / "run", "folder"),
+        (tmp_path / "existing", "folder"),
+        (tmp_path / "new" / "model.tflite", "file"),
+        (tmp_path / "weights.h5", "file"),  # replaced as a whole
+    ]:
+        assert paths.check_output(path, kind) == str(path)
+    assert sorted(os.listdir(tmp_path)) == ["existing", "weights.h5"]  # nothing created
+
+
+@pytest.mark.parametrize(
+    "relative, kind, message",
+    [
+        ("afile", "folder", "afile is a file, not a folder; give a folder"),
+        ("afile/run", "folder", "Cannot create --output .*afile/run: .*afile is a file, not a folder"),
+        ("afile/x/model.tflite", "file", "Cannot create --output .*model.tflite: .*afile is a file, not a folder"),
+        ("adir", "file", "adir is an existing folder; give a file path"),
+    ],
+)
+def test_outputs_that_cannot_be_made(tmp_path, relative, kind, message):
+    (tmp_path / "afile").write_bytes(b"")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ValueError, match=message):
+        paths.check_output(tmp_path / relative, kind, what="--output")
+    assert sorted(os.listdir(tmp_path)) == ["adir", "afile"]
+
+
+def test_bad_kind_and_empty_path():
+    with pytest.raises(ValueError, match="`kind` should be one of"):
+        paths.check_output("x", "archive")
+    with pytest.raises(ValueError, match="path is needed"):
+        paths.check_output("", "file")
