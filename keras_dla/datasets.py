@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 
 import numpy as np
@@ -42,6 +43,7 @@ ERASING_PROBABILITY = 0.5
 ERASING_AREA = (0.02, 0.4)
 ERASING_ASPECT = (0.3, 1 / 0.3)
 SMALL_RECIPES = ("small", "small-erasing", "flip")  # recipes for small images: evaluation fits them, too
+CLASSIFICATION_RECIPES = ("imagenet", *SMALL_RECIPES)
 SMALL_IMAGE_FILL = 0.875  # `fit_small`: a small image's longer side fills this fraction of the canvas (28 of 32)
 # PCA lighting noise (Krizhevsky et al. 2012) with ImageNet's RGB eigenvalues and eigenvectors, as the authors use.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -111,6 +113,18 @@ class DataInfo:
 
 def _is_path_like(dataset):
     return os.path.isabs(dataset) or dataset.startswith(".") or os.sep in dataset.rstrip(os.sep).split(":")[0]
+
+
+def _positive_ints(**values):
+    """The given values as ints, each None or a positive integer (NumPy's too), else a ValueError naming it."""
+    checked = {}
+    for name, value in values.items():
+        if value is not None and not (
+            isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+        ):
+            raise ValueError(f"`{name}` should be None or a positive integer. Received: {name}={value!r}")
+        checked[name] = None if value is None else int(value)
+    return checked.values()
 
 
 def _tfds():
@@ -477,6 +491,11 @@ def classification_data(
     if split not in ("train", "validation"):
         raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
     training = split == "train" if training is None else training
+    image_size, limit = _positive_ints(image_size=image_size, limit=limit)
+    if recipe is not None and recipe not in CLASSIFICATION_RECIPES:
+        raise ValueError(
+            f"Unknown augmentation recipe; expected one of {CLASSIFICATION_RECIPES}. Received: recipe={recipe!r}"
+        )
     kind, dataset = resolve(dataset, "classification")
     image_size = image_size or (32 if kind == "embedded" else 224)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -525,8 +544,9 @@ def classification_data(
 
 
 def _batch(ds, train_map, eval_map, batch_size, training, seed, num_examples, drop_remainder):
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size > 0):
         raise ValueError(f"`batch_size` should be a positive integer. Received: batch_size={batch_size!r}")
+    batch_size = int(batch_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
     if training:
         buffer = min(num_examples, 10_000) or 10_000
@@ -717,6 +737,7 @@ def segmentation_data(
     if split not in ("train", "validation"):
         raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
     training = split == "train" if training is None else training
+    crop_size, limit = _positive_ints(crop_size=crop_size, limit=limit)
     kind, dataset = resolve(dataset, "segmentation")
     crop_size = crop_size or (fashion_mnist.SCENE_SIZE if kind == "embedded" else 512)
     if kind == "embedded":

@@ -5,6 +5,7 @@ Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 and timm's port. Layer names are the PyTorch module paths, so `fc`, `level3.tree1.root.conv`, ...
 """
 
+import numbers
 import os
 
 import keras
@@ -143,6 +144,14 @@ def _validate_arguments(variant, include_top, weights, pooling, classes, classif
         )
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` should be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if include_top and classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except ValueError:
+            raise ValueError(
+                "`classifier_activation` should be None (logits) or a Keras activation. "
+                f"Received: classifier_activation={classifier_activation!r}"
+            ) from None
     if weights is not None and classifier_activation not in (None, "softmax"):
         raise ValueError(
             "Only `None` and `'softmax'` are allowed for `classifier_activation` when loading pretrained "
@@ -171,8 +180,22 @@ def _validate_input_shape(input_shape, weights):
         )
 
 
+def as_python_ints(value):
+    """`value` with NumPy integers made Python ints (a scalar, or the items of a tuple or list); else unchanged."""
+
+    def one(v):
+        return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+    return tuple(one(v) for v in value) if isinstance(value, (tuple, list)) else one(value)
+
+
 def _make_input(input_tensor, input_shape, fixed_size):
     """The model input and its (height, width, channels), as keras.applications derives them."""
+    if input_tensor is not None and len(getattr(input_tensor, "shape", ())) != 4:
+        raise ValueError(
+            "`input_tensor` should be a 4D image tensor (batch, height, width, channels). "
+            f"Received: input_tensor with shape {getattr(input_tensor, 'shape', None)}"
+        )
     if input_shape is None:
         if input_tensor is not None and len(input_tensor.shape) == 4:
             input_shape = tuple(input_tensor.shape[1:])
@@ -204,6 +227,7 @@ def DLA(
             "keras_dla builds channels_last models only. "
             f"Received: keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
+    classes, input_shape = as_python_ints(classes), as_python_ints(input_shape)
     _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation)
     if input_shape is not None:
         _validate_input_shape(input_shape, weights)

@@ -18,6 +18,7 @@ only once complete, so a failure leaves nothing behind, and an existing target i
 
 import contextlib
 import dataclasses
+import numbers
 import os
 import re
 import shutil
@@ -80,7 +81,28 @@ class _Preprocess(keras.layers.Layer):
         return self.fn(keras.ops.cast(x, "float32"))
 
 
+def _positive_int(name, value, *, optional=False):
+    """`value` as an int when it is a positive integer (NumPy's too), else a ValueError naming `name`."""
+    if optional and value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    wanted = "None or a positive integer" if optional else "a positive integer"
+    raise ValueError(f"`{name}` should be {wanted}. Received: {name}={value!r}")
+
+
 def _single_input_shape(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Export takes a Keras model. Received: model of type {type(model).__name__}")
+    try:
+        inputs = model.inputs
+    except AttributeError:
+        inputs = None
+    if not inputs:
+        raise ValueError(
+            "The model has no defined inputs yet; build it on an `keras.Input` (or call it once) before exporting. "
+            f"Received: model {model.name!r}"
+        )
     if len(model.inputs) != 1:
         raise ValueError(
             f"Export supports models with exactly one image input. Received: a model with {len(model.inputs)} inputs"
@@ -90,6 +112,7 @@ def _single_input_shape(model):
 
 def _static_shape(model, input_size, batch_size):
     """The full input shape `(batch, height, width, channels)` of the exported signature."""
+    batch_size = _positive_int("batch_size", batch_size, optional=True)
     shape = _single_input_shape(model)
     if len(shape) != 4:
         raise ValueError(f"Export expects a model taking 4D images (batch, H, W, C). Received: input shape {shape}")
@@ -120,6 +143,11 @@ def _export_model(model, shape, uint8_input, preprocess):
     """The model to hand to `model.export`: `model` itself, or `model` behind a uint8 preprocessing input."""
     if not uint8_input:
         return model, model.inputs[0].dtype
+    if preprocess == "imagenet" and shape[-1] != 3:
+        raise ValueError(
+            f"preprocess='imagenet' normalises RGB images; the model takes {shape[-1]} channel(s). Pass "
+            f"preprocess='unit', 'fashion_mnist', 'none' or a callable. Received: preprocess={preprocess!r}"
+        )
     inputs = keras.Input(batch_shape=shape, dtype="uint8", name="image")
     outputs = model(_Preprocess(_resolve_preprocess(preprocess), name="preprocess")(inputs))
     return keras.Model(inputs, outputs, name=f"{model.name}_uint8"), "uint8"
@@ -154,6 +182,12 @@ def _atomic_target(path, overwrite, is_dir):
         created.append(probe)
         probe = os.path.dirname(probe)
     os.makedirs(parent, exist_ok=True)
+    if os.path.lexists(path) and os.path.isdir(path) != is_dir:  # overwrite=True, but a file for a folder
+        existing, wanted = ("folder", "file") if os.path.isdir(path) else ("file", "folder")
+        raise ValueError(
+            f"The output path is an existing {existing}; this export writes a {wanted}, so it is not replaced. "
+            f"Received: path={path!r}"
+        )
     workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     # `.tflite` suffix: Keras' LiteRT exporter insists on it.
     tmp = os.path.join(workdir, "saved_model" if is_dir else "model.tflite")
@@ -241,6 +275,12 @@ def _representative_dataset(data, shape, dtype, steps):
     else:
         samples = []
         for item in data:
+            if isinstance(item, (tuple, list, dict)):
+                raise ValueError(
+                    "Representative data should yield images or batches of images, not tuples or dicts such as "
+                    "(image, label) pairs; keep the images, e.g. `ds.map(lambda x, y: x)`. "
+                    f"Received: an item of type {type(item).__name__}"
+                )
             item = np.asarray(keras.ops.convert_to_numpy(item))
             samples.extend(item if item.ndim == len(shape) else [item])
             if len(samples) >= steps:
@@ -281,6 +321,10 @@ def load_images(source, size, channels=3, *, count=256):
     """
     if channels not in (1, 3):
         raise ValueError(f"Images are loaded as grey (1) or RGB (3) channels. Received: channels={channels!r}")
+    if not (isinstance(size, (tuple, list)) and len(size) == 2):
+        raise ValueError(f"`size` should be a pair of positive integers (height, width). Received: size={size!r}")
+    size = tuple(_positive_int("size", s) for s in size)
+    count = _positive_int("count", count)
     source = os.fspath(source)
     if source == "fashion_mnist":
         from keras_dla import fashion_mnist
@@ -358,6 +402,7 @@ def export_tflite(
         raise ValueError(f"`quantization` should be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
     if integer_io and quantization != "int8":
         raise ValueError(f"`integer_io=True` needs `quantization='int8'`. Received: quantization={quantization!r}")
+    calibration_steps = _positive_int("calibration_steps", calibration_steps)
     shape = _static_shape(model, input_size, 1)
     if None in shape:
         raise ValueError(
@@ -592,6 +637,7 @@ def verify_export(
     Returns:
         An `ExportReport`.
     """
+    latency_runs = _positive_int("latency_runs", latency_runs)
     runner = _Runner(os.fspath(path), num_threads)
     shape = runner.shape
     if inputs is None:
@@ -615,7 +661,7 @@ def verify_export(
     else:
         inputs = np.asarray(keras.ops.convert_to_numpy(inputs))
         dims = zip(shape[1:], inputs.shape[1:], strict=False)
-        if inputs.ndim != len(shape) or any(s not in (None, -1, i) for s, i in dims):
+        if inputs.ndim != len(shape) or not len(inputs) or any(s not in (None, -1, i) for s, i in dims):
             raise ValueError(
                 f"`inputs` should be a batch of images of shape (N, {', '.join(map(str, shape[1:]))}). "
                 f"Received: shape={inputs.shape}"

@@ -232,6 +232,21 @@ def test_tfds_failures_are_one_sentence(monkeypatch):
         datasets.classification_data("mnist", split="train", batch_size=2)
 
 
+def test_sizes_limits_and_recipes_are_checked_first():
+    for kwargs, message in [
+        (dict(image_size=0), "`image_size` should be None or a positive integer. Received: image_size=0"),
+        (dict(image_size=-8), "Received: image_size=-8"),
+        (dict(limit=0), "`limit` should be None or a positive integer. Received: limit=0"),
+        (dict(recipe="smal", split="validation"), "Unknown augmentation recipe.*Received: recipe='smal'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            datasets.classification_data("fashion_mnist", batch_size=2, **kwargs)
+    with pytest.raises(ValueError, match="Received: crop_size=-4"):
+        datasets.segmentation_data("fashion_mnist_scenes", batch_size=2, crop_size=-4)
+    _, info = datasets.classification_data("fashion_mnist", batch_size=np.int64(2), limit=np.int64(6))
+    assert info.num_examples == 6
+
+
 def test_files_that_are_not_images_are_named(tmp_path):
     root = make_class_folder(str(tmp_path / "cls"), per_class=3)
     (tmp_path / "cls" / "dog" / "001.png").write_bytes(b"")

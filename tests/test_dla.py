@@ -224,6 +224,19 @@ def test_unexplained_and_mismatched_keys(tmp_path):
         keras_dla.DLA46C(weights=reference.save_safetensors(state, tmp_path / "x.safetensors"))
 
 
+def test_numpy_integers_bad_activation_and_input_tensor_rank():
+    model = keras_dla.DLA46C(weights=None, classes=np.int64(10), input_shape=(np.int64(32), 32, np.int64(3)))
+    assert model.output.shape == (None, 10) and model.input.shape == (None, 32, 32, 3)
+    up = keras_dla.DLAUp("dla46_c", classes=np.int32(3), input_shape=(32, 32, 3))
+    assert up.output.shape == (None, 32, 32, 3)
+    with pytest.raises(ValueError, match=r"`classifier_activation` should be None \(logits\) or a Keras activation"):
+        keras_dla.DLA46C(weights=None, classifier_activation="softmaxx")
+    with pytest.raises(ValueError, match=r"`input_tensor` should be a 4D image tensor.*\(None, 32, 32\)"):
+        keras_dla.DLA46C(weights=None, input_tensor=keras.Input((32, 32)))
+    with pytest.raises(ValueError, match=r"`input_tensor` should be a 4D image tensor"):
+        keras_dla.DLAUp("dla46_c", classes=3, input_tensor=keras.Input((32, 32)))
+
+
 def test_weights_file_of_another_variant(tmp_path, recwarn):
     path = tmp_path / "dla46x_c.weights.h5"
     keras_dla.DLA46XC(weights=None).save_weights(path)

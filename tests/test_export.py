@@ -286,6 +286,47 @@ def test_int8_needs_representative_data(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_bad_export_arguments_are_named_before_anything_is_written(tmp_path):
+    model = tiny_model()
+    pixels = np.zeros((4, 8, 8, 3), "float32")
+    int8 = dict(input_size=(8, 8), quantization="int8", representative_data=pixels)
+    with pytest.raises(ValueError, match=r"`calibration_steps` should be a positive integer. .*=0"):
+        export.export_tflite(model, tmp_path / "m.tflite", calibration_steps=0, **int8)  # was a float model
+    pairs = tf.data.Dataset.from_tensor_slices((pixels, np.zeros(4, "int32"))).batch(2)
+    with pytest.raises(ValueError, match=r"not tuples or dicts such as \(image, label\) pairs.*ds.map"):
+        export.export_tflite(model, tmp_path / "m.tflite", **{**int8, "representative_data": pairs})
+    with pytest.raises(ValueError, match=r"`batch_size` should be None or a positive integer. .*=0"):
+        export.export_saved_model(model, tmp_path / "m", batch_size=0)
+    with pytest.raises(TypeError, match=r"Export takes a Keras model. Received: model of type str"):
+        export.export_saved_model("model", tmp_path / "m")
+    with pytest.raises(ValueError, match=r"no defined inputs yet"):
+        export.export_saved_model(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "m")
+    grey_input = keras.Input((8, 8, 1))
+    grey = keras.Model(grey_input, keras.layers.Conv2D(2, 3)(grey_input))
+    with pytest.raises(ValueError, match=r"preprocess='imagenet' normalises RGB images; the model takes 1 channel"):
+        export.export_saved_model(grey, tmp_path / "m", uint8_input=True)
+    assert os.listdir(tmp_path) == []
+
+    folder = tmp_path / "saved"
+    export.export_saved_model(model, folder, input_size=(8, 8))
+    with pytest.raises(ValueError, match=r"existing folder; this export writes a file, so it is not replaced"):
+        export.export_tflite(model, folder, input_size=(8, 8), overwrite=True)
+    assert (folder / "saved_model.pb").is_file()
+    with pytest.raises(ValueError, match=r"`latency_runs` should be a positive integer"):
+        export.verify_export(model, folder, latency_runs=0)
+    with pytest.raises(ValueError, match=r"batch of images of shape \(N, 8, 8, 3\). Received: shape=\(0, 8, 8, 3\)"):
+        export.verify_export(model, folder, np.zeros((0, 8, 8, 3), "float32"))
+
+
+def test_load_images_names_bad_size_and_count(tmp_path):
+    for size in (32, (0, 0), (-3, 32)):
+        with pytest.raises(ValueError, match=r"`size` should be"):
+            export.load_images("fashion_mnist", size)
+    with pytest.raises(ValueError, match=r"`count` should be a positive integer. Received: count=0"):
+        export.load_images("fashion_mnist", (32, 32), count=0)
+    assert export.load_images("fashion_mnist", (np.int64(32), 32), count=np.int64(2)).shape == (2, 32, 32, 3)
+
+
 def test_tflite_needs_a_static_size(tmp_path):
     with pytest.raises(ValueError, match=r"static input size.*Received: input shape \(None, None, None, 3\)"):
         export.export_tflite(tiny_model(), tmp_path / "m.tflite")
