@@ -534,6 +534,8 @@ class _Runner:
             import tensorflow as tf
 
             self.format = "saved_model"
+            if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+                raise ValueError(f"The folder holds no SavedModel (no saved_model.pb). Received: path={path!r}")
             loaded = tf.saved_model.load(path)
             if SERVING_SIGNATURE not in loaded.signatures:
                 raise ValueError(
@@ -552,7 +554,10 @@ class _Runner:
             self._out_quant = None
         elif os.path.isfile(path):
             self.format = "tflite"
-            interpreter = _tflite_interpreter(path, num_threads)
+            try:
+                interpreter = _tflite_interpreter(path, num_threads)
+            except ValueError as e:  # the interpreter's "not a valid Flatbuffer buffer" names no file
+                raise ValueError(f"Not a TFLite model: {str(e).strip()}. Received: path={path!r}") from None
             self._runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
             inputs = self._runner.get_input_details()
             if len(inputs) != 1:
@@ -605,7 +610,14 @@ def _flatten_outputs(keras_out, exported):
     names = sorted(exported, key=lambda n: (len(n), n))
     if len(flat) != len(names):
         raise ValueError(f"The artefact has {len(names)} outputs and the Keras model {len(flat)}. Received: {names}")
-    return [(np.asarray(k), exported[n]) for k, n in zip(flat, names, strict=True)]
+    pairs = [(np.asarray(k), exported[n]) for k, n in zip(flat, names, strict=True)]
+    for k, e in pairs:
+        if k.shape != e.shape:
+            raise ValueError(
+                f"The Keras model's output has shape {k.shape} and the artefact's {e.shape}: was the artefact "
+                f"exported from this model? Received: artefact outputs {names}"
+            )
+    return pairs
 
 
 def verify_export(
@@ -666,6 +678,14 @@ def verify_export(
                 f"`inputs` should be a batch of images of shape (N, {', '.join(map(str, shape[1:]))}). "
                 f"Received: shape={inputs.shape}"
             )
+        if runner.feed_dtype() == np.uint8 and inputs.dtype != np.uint8:
+            if not (np.all(np.isfinite(inputs)) and np.all(inputs == np.round(inputs))) or np.any(
+                (inputs < 0) | (inputs > 255)
+            ):
+                raise ValueError(
+                    "The artefact takes uint8 pixels; `inputs` should be whole numbers in [0, 255]. "
+                    f"Received: {inputs.dtype} inputs in [{inputs.min():.3g}, {inputs.max():.3g}]"
+                )
         inputs = inputs.astype(runner.feed_dtype())
     if runner.feed_dtype() == np.uint8:
         keras_inputs = keras.ops.convert_to_numpy(_resolve_preprocess(preprocess)(inputs))

@@ -29,8 +29,12 @@ def preprocess_input(x, data_format=None):
     """
     if data_format not in (None, "channels_last"):
         raise ValueError(f"keras_dla models are channels_last. Received: data_format={data_format!r}")
-    if x.shape[-1] != 3:
-        raise ValueError(f"Expected RGB images with 3 channels last. Received: shape={tuple(x.shape)}")
+    if isinstance(x, (list, tuple)):  # nested lists of pixels, as keras.applications accepts
+        x = np.asarray(x)
+    if not hasattr(x, "shape") or len(x.shape) == 0 or x.shape[-1] != 3:
+        raise ValueError(
+            f"Expected RGB images with 3 channels last. Received: shape={tuple(getattr(x, 'shape', ()) or ())}"
+        )
     mean = np.asarray(MEAN, dtype="float32") * 255.0
     std = np.asarray(STD, dtype="float32") * 255.0
     if isinstance(x, np.ndarray):

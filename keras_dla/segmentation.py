@@ -6,6 +6,7 @@ intersection over union with 255 left out, and the multi-scale test sums the log
 image resized by 0.5, 0.75, 1, 1.25 and 1.5 (bicubic), each resized back to the image (bilinear).
 """
 
+import numbers
 import os
 import struct
 import zlib
@@ -94,6 +95,8 @@ class SegmentationMeanIoU(keras.metrics.MeanIoU):
     """
 
     def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="mean_iou", dtype=None):
+        if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"`num_classes` should be a positive integer. Received: num_classes={num_classes!r}")
         super().__init__(
             num_classes,
             name=name,
@@ -138,7 +141,13 @@ def predict_multiscale(model, images, *, scales=AUTHORS_TEST_SCALES, from_logits
         A numpy array `(batch, height, width, classes)` of summed log-probabilities.
     """
     images = _check_images(images)
-    if not scales or any(not isinstance(s, (int, float)) or s <= 0 for s in scales):
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 4:
+        raise ValueError(
+            "predict_multiscale needs a segmentation model with one per-pixel output (batch, height, width, "
+            f"classes). Received: a model with output shapes {[tuple(o.shape) for o in model.outputs]}"
+        )
+    scales = [scales] if isinstance(scales, numbers.Real) else scales
+    if not scales or any(not isinstance(s, numbers.Real) or isinstance(s, bool) or s <= 0 for s in scales):
         raise ValueError(f"`scales` should be a non-empty sequence of positive numbers. Received: scales={scales!r}")
     height, width = images.shape[1:3]
     total = None

@@ -288,6 +288,9 @@ def test_preprocess_input():
     np.testing.assert_allclose(as_tensor[0, 0, 0], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="3 channels"):
         keras_dla.preprocess_input(np.zeros((1, 4, 4, 1)))
+    np.testing.assert_allclose(keras_dla.preprocess_input([[[[0, 128, 255]]]])[0, 0, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"3 channels last. Received: shape=\(\)"):
+        keras_dla.preprocess_input(np.float32(3))
 
 
 def test_decode_predictions():

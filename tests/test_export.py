@@ -318,6 +318,26 @@ def test_bad_export_arguments_are_named_before_anything_is_written(tmp_path):
         export.verify_export(model, folder, np.zeros((0, 8, 8, 3), "float32"))
 
 
+def test_verify_export_names_what_does_not_fit(tmp_path):
+    model = tiny_model()
+    (tmp_path / "w.tflite").write_text("not a model")
+    with pytest.raises(ValueError, match=r"Not a TFLite model: .*Received: path=.*w.tflite"):
+        export.verify_export(model, tmp_path / "w.tflite")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"holds no SavedModel \(no saved_model.pb\)"):
+        export.verify_export(model, tmp_path / "empty")
+    pixels = tmp_path / "pixels"
+    export.export_saved_model(model, pixels, input_size=(8, 8), uint8_input=True, preprocess="unit")
+    normal = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
+    with pytest.raises(ValueError, match=r"takes uint8 pixels; `inputs` should be whole numbers in \[0, 255\]"):
+        export.verify_export(model, pixels, normal, preprocess="unit")
+    assert export.verify_export(model, pixels, np.full((2, 8, 8, 3), 7.0), preprocess="unit").max_abs_diff < 1e-5
+    other_input = keras.Input((None, None, 3))
+    other = keras.Model(other_input, keras.layers.Dense(7)(keras.layers.GlobalAveragePooling2D()(other_input)))
+    with pytest.raises(ValueError, match=r"output has shape \(2, 7\) and the artefact's \(2, 3\): was the artefact"):
+        export.verify_export(other, pixels, np.zeros((2, 8, 8, 3), "uint8"), preprocess="unit")
+
+
 def test_load_images_names_bad_size_and_count(tmp_path):
     for size in (32, (0, 0), (-3, 32)):
         with pytest.raises(ValueError, match=r"`size` should be"):

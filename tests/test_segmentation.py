@@ -118,6 +118,14 @@ def test_multiscale_sums_log_probabilities_at_the_authors_scales():
     )
     with pytest.raises(ValueError, match="Received: scales="):
         segmentation.predict_multiscale(model, x, scales=(0.5, -1))
+    np.testing.assert_allclose(
+        segmentation.predict_multiscale(model, x, scales=1.0), np.log(model.predict(x, verbose=0)), atol=1e-5
+    )
+    classifier = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    with pytest.raises(ValueError, match=r"needs a segmentation model with one per-pixel output.*\(None, 3\)"):
+        segmentation.predict_multiscale(classifier, x)
+    with pytest.raises(ValueError, match="`num_classes` should be a positive integer. Received: num_classes=0"):
+        segmentation.SegmentationMeanIoU(0)
 
 
 def test_multiscale_on_dla_up():
