@@ -22,13 +22,12 @@ import contextlib
 import dataclasses
 import json
 import math
-import numbers
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from keras_dla import fashion_mnist
+from keras_dla import checks, fashion_mnist
 from keras_dla.imagenet import MEAN as IMAGENET_MEAN
 from keras_dla.imagenet import STD as IMAGENET_STD
 
@@ -113,18 +112,6 @@ class DataInfo:
 
 def _is_path_like(dataset):
     return os.path.isabs(dataset) or dataset.startswith(".") or os.sep in dataset.rstrip(os.sep).split(":")[0]
-
-
-def _positive_ints(**values):
-    """The given values as ints, each None or a positive integer (NumPy's too), else a ValueError naming it."""
-    checked = {}
-    for name, value in values.items():
-        if value is not None and not (
-            isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
-        ):
-            raise ValueError(f"`{name}` should be None or a positive integer. Received: {name}={value!r}")
-        checked[name] = None if value is None else int(value)
-    return checked.values()
 
 
 def _tfds():
@@ -215,11 +202,10 @@ def _tfds_slice(info, split, limit):
 def _tfds_source(dataset, split, data_dir, limit, **kwargs):
     """`(tf.data.Dataset, builder info, examples)` of a tfds data set, prepared first if it is not yet."""
     tfds = _tfds()
-    with _tfds_errors(dataset, data_dir):
+    with _tfds_errors(dataset, data_dir):  # our own ValueErrors (a missing split) pass through as they are
         builder = tfds.builder(dataset, data_dir=data_dir)
         builder.download_and_prepare()  # nothing to do when prepared; the split sizes are known after it
-    spec, count = _tfds_slice(builder.info, split, limit)
-    with _tfds_errors(dataset, data_dir):
+        spec, count = _tfds_slice(builder.info, split, limit)
         ds = builder.as_dataset(split=spec, shuffle_files=False, **kwargs)
     return ds, builder.info, count
 
@@ -491,7 +477,8 @@ def classification_data(
     if split not in ("train", "validation"):
         raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
     training = split == "train" if training is None else training
-    image_size, limit = _positive_ints(image_size=image_size, limit=limit)
+    image_size = checks.positive_int("image_size", image_size, optional=True)
+    limit = checks.positive_int("limit", limit, optional=True)
     if recipe is not None and recipe not in CLASSIFICATION_RECIPES:
         raise ValueError(
             f"Unknown augmentation recipe; expected one of {CLASSIFICATION_RECIPES}. Received: recipe={recipe!r}"
@@ -544,9 +531,7 @@ def classification_data(
 
 
 def _batch(ds, train_map, eval_map, batch_size, training, seed, num_examples, drop_remainder):
-    if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size > 0):
-        raise ValueError(f"`batch_size` should be a positive integer. Received: batch_size={batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = checks.positive_int("batch_size", batch_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
     if training:
         buffer = min(num_examples, 10_000) or 10_000
@@ -737,7 +722,8 @@ def segmentation_data(
     if split not in ("train", "validation"):
         raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
     training = split == "train" if training is None else training
-    crop_size, limit = _positive_ints(crop_size=crop_size, limit=limit)
+    crop_size = checks.positive_int("crop_size", crop_size, optional=True)
+    limit = checks.positive_int("limit", limit, optional=True)
     kind, dataset = resolve(dataset, "segmentation")
     crop_size = crop_size or (fashion_mnist.SCENE_SIZE if kind == "embedded" else 512)
     if kind == "embedded":

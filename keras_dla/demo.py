@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dla import datasets, export, fashion_mnist, paths, training
+from keras_dla import checks, datasets, export, fashion_mnist, training
 
 # The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
 # DLA-46-C underfit with the authors' SGD: AdamW with label smoothing reached 92.43% in 10 (see README).
@@ -220,7 +220,7 @@ def run_demo(
     """
     if task not in DEFAULTS:
         raise ValueError(f"Unknown demo task; expected one of {sorted(DEFAULTS)}. Received: task={task!r}")
-    paths.check_output(output, "folder", what="`output`")
+    checks.check_output(output, "folder", what="`output`")
     settings = dict(DEFAULTS[task])
     overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
     # `is not None`: a 0 given on purpose goes on to the checks (`train` names it) instead of meaning "default".

@@ -197,7 +197,7 @@ def _make_input(input_tensor, input_shape, fixed_size):
             f"Received: input_tensor with shape {getattr(input_tensor, 'shape', None)}"
         )
     if input_shape is None:
-        if input_tensor is not None and len(input_tensor.shape) == 4:
+        if input_tensor is not None:
             input_shape = tuple(input_tensor.shape[1:])
         else:
             input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3) if fixed_size else (None, None, 3)

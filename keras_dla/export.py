@@ -18,7 +18,6 @@ only once complete, so a failure leaves nothing behind, and an existing target i
 
 import contextlib
 import dataclasses
-import numbers
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ import time
 import keras
 import numpy as np
 
-from keras_dla import layers, paths
+from keras_dla import checks, layers
 from keras_dla.imagenet import preprocess_input
 
 FORMATS = ("saved_model", "tflite")
@@ -81,16 +80,6 @@ class _Preprocess(keras.layers.Layer):
         return self.fn(keras.ops.cast(x, "float32"))
 
 
-def _positive_int(name, value, *, optional=False):
-    """`value` as an int when it is a positive integer (NumPy's too), else a ValueError naming `name`."""
-    if optional and value is None:
-        return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    wanted = "None or a positive integer" if optional else "a positive integer"
-    raise ValueError(f"`{name}` should be {wanted}. Received: {name}={value!r}")
-
-
 def _single_input_shape(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"Export takes a Keras model. Received: model of type {type(model).__name__}")
@@ -103,16 +92,16 @@ def _single_input_shape(model):
             "The model has no defined inputs yet; build it on an `keras.Input` (or call it once) before exporting. "
             f"Received: model {model.name!r}"
         )
-    if len(model.inputs) != 1:
+    if len(inputs) != 1:
         raise ValueError(
-            f"Export supports models with exactly one image input. Received: a model with {len(model.inputs)} inputs"
+            f"Export supports models with exactly one image input. Received: a model with {len(inputs)} inputs"
         )
-    return tuple(model.inputs[0].shape)
+    return tuple(inputs[0].shape)
 
 
 def _static_shape(model, input_size, batch_size):
     """The full input shape `(batch, height, width, channels)` of the exported signature."""
-    batch_size = _positive_int("batch_size", batch_size, optional=True)
+    batch_size = checks.positive_int("batch_size", batch_size, optional=True)
     shape = _single_input_shape(model)
     if len(shape) != 4:
         raise ValueError(f"Export expects a model taking 4D images (batch, H, W, C). Received: input shape {shape}")
@@ -159,7 +148,8 @@ def _input_signature(shape, dtype):
     return [tf.TensorSpec(shape, tf.as_dtype(dtype), name="image")]
 
 
-def _check_target(path, overwrite):
+def _check_target(path, overwrite, kind):
+    """The absolute output path, once `path` may be written as a `kind` ("file" or "folder")."""
     path = os.fspath(path)
     if not path:
         raise ValueError(f"An output path is needed. Received: path={path!r}")
@@ -167,14 +157,14 @@ def _check_target(path, overwrite):
         raise ValueError(
             f"The output path exists; pass `overwrite=True` (`--overwrite`) to replace it. Received: path={path!r}"
         )
-    paths.check_output(os.path.dirname(os.path.abspath(path)), "folder", what="the folder of the output")
+    checks.check_output(path, kind, what="the output")  # also: a file for a folder, or the reverse
     return os.path.abspath(path)
 
 
 @contextlib.contextmanager
 def _atomic_target(path, overwrite, is_dir):
     """Yields a temporary path next to `path`; renames it to `path` on success, removes it on any failure."""
-    path = _check_target(path, overwrite)
+    path = _check_target(path, overwrite, "folder" if is_dir else "file")
     parent = os.path.dirname(path)
     created = []
     probe = parent
@@ -182,12 +172,6 @@ def _atomic_target(path, overwrite, is_dir):
         created.append(probe)
         probe = os.path.dirname(probe)
     os.makedirs(parent, exist_ok=True)
-    if os.path.lexists(path) and os.path.isdir(path) != is_dir:  # overwrite=True, but a file for a folder
-        existing, wanted = ("folder", "file") if os.path.isdir(path) else ("file", "folder")
-        raise ValueError(
-            f"The output path is an existing {existing}; this export writes a {wanted}, so it is not replaced. "
-            f"Received: path={path!r}"
-        )
     workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     # `.tflite` suffix: Keras' LiteRT exporter insists on it.
     tmp = os.path.join(workdir, "saved_model" if is_dir else "model.tflite")
@@ -247,7 +231,7 @@ def export_saved_model(
     ```
     """
     shape = _static_shape(model, input_size, batch_size)
-    target = _check_target(path, overwrite)
+    target = _check_target(path, overwrite, "folder")
     export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
     with _atomic_target(target, overwrite, is_dir=True) as tmp:
         export_model.export(tmp, format="tf_saved_model", input_signature=_input_signature(shape, dtype), verbose=False)
@@ -323,8 +307,8 @@ def load_images(source, size, channels=3, *, count=256):
         raise ValueError(f"Images are loaded as grey (1) or RGB (3) channels. Received: channels={channels!r}")
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
         raise ValueError(f"`size` should be a pair of positive integers (height, width). Received: size={size!r}")
-    size = tuple(_positive_int("size", s) for s in size)
-    count = _positive_int("count", count)
+    size = tuple(checks.positive_int("size", s) for s in size)
+    count = checks.positive_int("count", count)
     source = os.fspath(source)
     if source == "fashion_mnist":
         from keras_dla import fashion_mnist
@@ -402,14 +386,14 @@ def export_tflite(
         raise ValueError(f"`quantization` should be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
     if integer_io and quantization != "int8":
         raise ValueError(f"`integer_io=True` needs `quantization='int8'`. Received: quantization={quantization!r}")
-    calibration_steps = _positive_int("calibration_steps", calibration_steps)
+    calibration_steps = checks.positive_int("calibration_steps", calibration_steps)
     shape = _static_shape(model, input_size, 1)
     if None in shape:
         raise ValueError(
             "TFLite export needs a static input size; pass `input_size=(height, width)` (`--input-size H W`). "
             f"Received: input shape {tuple(model.inputs[0].shape)}"
         )
-    target = _check_target(path, overwrite)
+    target = _check_target(path, overwrite, "file")
     export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
 
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: a Flex op fails the conversion
@@ -649,7 +633,7 @@ def verify_export(
     Returns:
         An `ExportReport`.
     """
-    latency_runs = _positive_int("latency_runs", latency_runs)
+    latency_runs = checks.positive_int("latency_runs", latency_runs)
     runner = _Runner(os.fspath(path), num_threads)
     shape = runner.shape
     if inputs is None:

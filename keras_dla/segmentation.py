@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dla import checks
+
 IGNORE_LABEL = 255
 AUTHORS_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
@@ -95,10 +97,8 @@ class SegmentationMeanIoU(keras.metrics.MeanIoU):
     """
 
     def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="mean_iou", dtype=None):
-        if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"`num_classes` should be a positive integer. Received: num_classes={num_classes!r}")
         super().__init__(
-            num_classes,
+            checks.positive_int("num_classes", num_classes),
             name=name,
             dtype=dtype,
             ignore_class=ignore_label,

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_dla import convert, datasets, paths
+from keras_dla import checks, convert, datasets
 from keras_dla.dla import DLA, MIN_INPUT_SIZE, MODEL_CONFIGS
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
@@ -304,7 +304,7 @@ def validate(config):
         raise ValueError(f"`momentum` should be in [0, 1]. Received: momentum={config.momentum!r}")
     if not (isinstance(config.weight_decay, (int, float)) and config.weight_decay >= 0):
         raise ValueError(f"`weight_decay` should be 0 or more. Received: weight_decay={config.weight_decay!r}")
-    paths.check_output(config.output, "folder", what="`output`")
+    checks.check_output(config.output, "folder", what="`output`")
 
 
 @keras.saving.register_keras_serializable(package="keras_dla")

@@ -21,7 +21,7 @@ def register(subparsers):
 
 
 def run(args):
-    from keras_dla import paths, weights
+    from keras_dla import checks, weights
     from keras_dla.dla import MODEL_CONFIGS
 
     if args.model not in MODEL_CONFIGS:
@@ -30,7 +30,7 @@ def run(args):
         )
     if not args.output.endswith(".weights.h5"):
         raise ValueError(f"Keras weights files must end in .weights.h5. Received: --output {args.output}")
-    paths.check_output(args.output, "file", what="--output")
+    checks.check_output(args.output, "file", what="--output")
     if os.path.isdir(args.checkpoint):
         raise ValueError(f"The checkpoint is a folder; give the .pth or .safetensors file. Received: {args.checkpoint}")
     if not os.path.isfile(args.checkpoint):

@@ -81,9 +81,9 @@ def _validate(args):
             raise ValueError(f"{flag} should be a positive integer. Received: {flag} {value}")
     if os.path.lexists(args.output) and not args.overwrite:
         raise ValueError(f"--output exists; pass --overwrite to replace it. Received: --output {args.output}")
-    from keras_dla import paths
+    from keras_dla import checks
 
-    paths.check_output(os.path.dirname(os.path.abspath(args.output)), "folder", what="the folder of --output")
+    checks.check_output(args.output, "folder" if args.format == "saved_model" else "file", what="--output")
 
 
 def _weights(value):

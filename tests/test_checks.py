@@ -1,10 +1,11 @@
-"""`keras_dla.paths.check_output`: outputs that cannot be made are refused with the path named, nothing created."""
+"""`keras_dla.checks`: positive integers, and outputs that cannot be made (refused, path named, nothing created)."""
 
 import os
 
+import numpy as np
 import pytest
 
-from keras_dla import paths
+from keras_dla import checks
 
 
 def test_outputs_that_can_be_made(tmp_path):
@@ -16,7 +17,7 @@ def test_outputs_that_can_be_made(tmp_path):
         (tmp_path / "new" / "model.tflite", "file"),
         (tmp_path / "weights.h5", "file"),  # replaced as a whole
     ]:
-        assert paths.check_output(path, kind) == str(path)
+        assert checks.check_output(path, kind) == str(path)
     assert sorted(os.listdir(tmp_path)) == ["existing", "weights.h5"]  # nothing created
 
 
@@ -33,12 +34,23 @@ def test_outputs_that_cannot_be_made(tmp_path, relative, kind, message):
     (tmp_path / "afile").write_bytes(b"")
     (tmp_path / "adir").mkdir()
     with pytest.raises(ValueError, match=message):
-        paths.check_output(tmp_path / relative, kind, what="--output")
+        checks.check_output(tmp_path / relative, kind, what="--output")
     assert sorted(os.listdir(tmp_path)) == ["adir", "afile"]
 
 
 def test_bad_kind_and_empty_path():
     with pytest.raises(ValueError, match="`kind` should be one of"):
-        paths.check_output("x", "archive")
+        checks.check_output("x", "archive")
     with pytest.raises(ValueError, match="path is needed"):
-        paths.check_output("", "file")
+        checks.check_output("", "file")
+
+
+def test_positive_int():
+    assert checks.positive_int("steps", 3) == 3
+    assert type(checks.positive_int("steps", np.int64(3))) is int
+    assert checks.positive_int("steps", None, optional=True) is None
+    for value in (0, -1, 2.0, True, "3", None):
+        with pytest.raises(ValueError, match=r"`steps` should be a positive integer. Received: steps="):
+            checks.positive_int("steps", value)
+    with pytest.raises(ValueError, match=r"`limit` should be None or a positive integer. Received: limit=0"):
+        checks.positive_int("limit", 0, optional=True)

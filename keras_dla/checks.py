@@ -1,12 +1,27 @@
-"""Checks on the paths keras_dla writes to, made before any work so that a bad path costs one sentence.
+"""Argument checks shared by the builders, data, training and export: a bad value costs one sentence.
 
-`check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder is
-wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
+- `positive_int(name, value)`: a positive integer (NumPy's too) as a Python int, or a ValueError naming `name`.
+- `check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder
+  is wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
 """
 
+import numbers
 import os
 
 KINDS = ("file", "folder")
+
+
+def positive_int(name, value, *, optional=False):
+    """`value` as a Python int when it is a positive integer (NumPy's too), else a ValueError naming `name`.
+
+    With `optional=True`, None is accepted and returned as it is.
+    """
+    if optional and value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    wanted = "None or a positive integer" if optional else "a positive integer"
+    raise ValueError(f"`{name}` should be {wanted}. Received: {name}={value!r}")
 
 
 def _nearest_existing(path):
