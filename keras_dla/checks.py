@@ -1,12 +1,16 @@
 """Argument checks shared by the builders, data, training and export: a bad value costs one sentence.
 
 - `positive_int(name, value)`: a positive integer (NumPy's too) as a Python int, or a ValueError naming `name`.
+- `flag(name, value)`: True or False (NumPy's too) as a Python bool; `"no"` or `0` are refused rather than
+  taken by their truth value.
 - `check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder
   is wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
 """
 
 import numbers
 import os
+
+import numpy as np
 
 KINDS = ("file", "folder")
 
@@ -22,6 +26,13 @@ def positive_int(name, value, *, optional=False):
         return int(value)
     wanted = "None or a positive integer" if optional else "a positive integer"
     raise ValueError(f"`{name}` should be {wanted}. Received: {name}={value!r}")
+
+
+def flag(name, value):
+    """`value` as a Python bool when it is True or False (NumPy's bools too), else a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"`{name}` should be True or False. Received: {name}={value!r}")
 
 
 def _nearest_existing(path):

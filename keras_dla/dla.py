@@ -11,7 +11,7 @@ import os
 import keras
 from keras import layers
 
-from keras_dla import blocks, convert
+from keras_dla import blocks, checks, convert
 from keras_dla import weights as pretrained
 
 # levels: blocks per level (level0/1 count convs, level2..5 are trees of that depth); channels per level.
@@ -228,6 +228,7 @@ def DLA(
             f"Received: keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
     classes, input_shape = as_python_ints(classes), as_python_ints(input_shape)
+    include_top, return_levels = checks.flag("include_top", include_top), checks.flag("return_levels", return_levels)
     _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation)
     if input_shape is not None:
         _validate_input_shape(input_shape, weights)

@@ -230,6 +230,7 @@ def export_saved_model(
     serve = tf.saved_model.load("dla34_savedmodel").signatures["serving_default"]
     ```
     """
+    uint8_input, overwrite = checks.flag("uint8_input", uint8_input), checks.flag("overwrite", overwrite)
     shape = _static_shape(model, input_size, batch_size)
     target = _check_target(path, overwrite, "folder")
     export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
@@ -384,6 +385,8 @@ def export_tflite(
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` should be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
+    integer_io, uint8_input = checks.flag("integer_io", integer_io), checks.flag("uint8_input", uint8_input)
+    overwrite = checks.flag("overwrite", overwrite)
     if integer_io and quantization != "int8":
         raise ValueError(f"`integer_io=True` needs `quantization='int8'`. Received: quantization={quantization!r}")
     calibration_steps = checks.positive_int("calibration_steps", calibration_steps)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src.models.functional import Functional
 
+from keras_dla import checks
 from keras_dla.layers import ChunkedGroupConv2D
 
 
@@ -127,6 +128,7 @@ def inference_model(model, *, jit_compile=False):
         constants (a snapshot taken here), as SavedModel export would trace it; `fast.serve(images)` is the
         lowest-overhead call.
     """
+    jit_compile = checks.flag("jit_compile", jit_compile)
     folded = fold_batch_norms(model)
     folded.compile(jit_compile=jit_compile)
     folded.trainable = False
@@ -155,8 +157,19 @@ def _frozen(concrete):
     frozen = convert_variables_to_constants_v2(concrete)
     structure = concrete.structured_outputs
 
+    specs = frozen.inputs
+
     def serve(*inputs):
-        outputs = frozen(*(tf.convert_to_tensor(x, spec.dtype) for x, spec in zip(inputs, frozen.inputs, strict=True)))
+        if len(inputs) != len(specs):
+            raise ValueError(f"`serve` takes {len(specs)} input(s). Received: {len(inputs)}")
+        tensors = [tf.convert_to_tensor(x, spec.dtype) for x, spec in zip(inputs, specs, strict=True)]
+        for tensor, spec in zip(tensors, specs, strict=True):
+            if not tensor.shape.is_compatible_with(spec.shape):
+                wanted = tuple(spec.shape.as_list())
+                raise ValueError(
+                    f"`serve` takes inputs of shape {wanted} (None: any size). Received: shape {tuple(tensor.shape)}"
+                )
+        outputs = frozen(*tensors)
         return tf.nest.pack_sequence_as(structure, tf.nest.flatten(outputs))
 
     return serve

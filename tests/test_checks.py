@@ -54,3 +54,10 @@ def test_positive_int():
             checks.positive_int("steps", value)
     with pytest.raises(ValueError, match=r"`limit` should be None or a positive integer. Received: limit=0"):
         checks.positive_int("limit", 0, optional=True)
+
+
+def test_flag():
+    assert checks.flag("overwrite", True) is True and checks.flag("overwrite", np.bool_(False)) is False
+    for value in ("no", "False", 0, 1, None):
+        with pytest.raises(ValueError, match=r"`overwrite` should be True or False. Received: overwrite="):
+            checks.flag("overwrite", value)

@@ -235,6 +235,9 @@ def test_numpy_integers_bad_activation_and_input_tensor_rank():
         keras_dla.DLA46C(weights=None, input_tensor=keras.Input((32, 32)))
     with pytest.raises(ValueError, match=r"`input_tensor` should be a 4D image tensor"):
         keras_dla.DLAUp("dla46_c", classes=3, input_tensor=keras.Input((32, 32)))
+    with pytest.raises(ValueError, match=r"`include_top` should be True or False. Received: include_top='no'"):
+        keras_dla.DLA46C(weights=None, include_top="no")  # was taken as True, as any non-empty string
+    assert keras_dla.DLA46C(weights=None, include_top=np.bool_(False), input_shape=(32, 32, 3)).output.ndim == 4
 
 
 def test_weights_file_of_another_variant(tmp_path, recwarn):

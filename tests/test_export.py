@@ -297,6 +297,10 @@ def test_bad_export_arguments_are_named_before_anything_is_written(tmp_path):
         export.export_tflite(model, tmp_path / "m.tflite", **{**int8, "representative_data": pairs})
     with pytest.raises(ValueError, match=r"`batch_size` should be None or a positive integer. .*=0"):
         export.export_saved_model(model, tmp_path / "m", batch_size=0)
+    with pytest.raises(ValueError, match=r"`uint8_input` should be True or False. Received: uint8_input='no'"):
+        export.export_saved_model(model, tmp_path / "m", uint8_input="no")  # was taken as True
+    with pytest.raises(ValueError, match=r"`integer_io` should be True or False"):
+        export.export_tflite(model, tmp_path / "m.tflite", integer_io="yes", **int8)
     with pytest.raises(TypeError, match=r"Export takes a Keras model. Received: model of type str"):
         export.export_saved_model("model", tmp_path / "m")
     with pytest.raises(ValueError, match=r"no defined inputs yet"):

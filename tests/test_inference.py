@@ -61,6 +61,12 @@ def test_serve_takes_any_batch_and_size():
     fast = keras_dla.inference_model(classifier("dla46_c"))
     for batch, size in ((1, 32), (5, 47)):
         assert fast.serve(images(batch, size)).shape == (batch, 10)
+    with pytest.raises(ValueError, match=r"`serve` takes inputs of shape \(None, None, None, 3\).*\(1, 32, 32, 1\)"):
+        fast.serve(images(1, 32)[..., :1])
+    with pytest.raises(ValueError, match=r"`serve` takes 1 input\(s\). Received: 2"):
+        fast.serve(images(1, 32), images(1, 32))
+    with pytest.raises(ValueError, match=r"`jit_compile` should be True or False. Received: jit_compile='yes'"):
+        keras_dla.inference_model(fast, jit_compile="yes")
 
 
 def test_folded_dla_up_equals_the_model():
