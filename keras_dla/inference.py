@@ -155,9 +155,7 @@ def _frozen(concrete):
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     frozen = convert_variables_to_constants_v2(concrete)
-    structure = concrete.structured_outputs
-
-    specs = frozen.inputs
+    structure, specs = concrete.structured_outputs, frozen.inputs
 
     def serve(*inputs):
         if len(inputs) != len(specs):
@@ -165,9 +163,9 @@ def _frozen(concrete):
         tensors = [tf.convert_to_tensor(x, spec.dtype) for x, spec in zip(inputs, specs, strict=True)]
         for tensor, spec in zip(tensors, specs, strict=True):
             if not tensor.shape.is_compatible_with(spec.shape):
-                wanted = tuple(spec.shape.as_list())
                 raise ValueError(
-                    f"`serve` takes inputs of shape {wanted} (None: any size). Received: shape {tuple(tensor.shape)}"
+                    f"`serve` takes inputs of shape {tuple(spec.shape.as_list())} (None: any size). "
+                    f"Received: shape {tuple(tensor.shape)}"
                 )
         outputs = frozen(*tensors)
         return tf.nest.pack_sequence_as(structure, tf.nest.flatten(outputs))
