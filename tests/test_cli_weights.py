@@ -115,6 +115,18 @@ def test_convert_to_an_output_that_cannot_be_made(checkpoint, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["afile", "dir.weights.h5"]
 
 
+def test_convert_keeps_an_existing_output_unless_told_to_replace_it(checkpoint, tmp_path, capsys):
+    output = tmp_path / "x.weights.h5"
+    output.write_bytes(b"kept")
+    argv = ["convert", str(checkpoint[0]), "--model", VARIANT, "--output", str(output)]
+    assert main(argv) == 2
+    assert "--output exists; pass --overwrite" in capsys.readouterr().err
+    assert output.read_bytes() == b"kept"
+    assert main([*argv, "--overwrite"]) == 0
+    assert keras_dla.DLA46XC(weights=str(output), input_shape=(SIZE, SIZE, 3)).count_params() > 0
+    assert sorted(os.listdir(tmp_path)) == ["x.weights.h5"]
+
+
 def test_convert_a_checkpoint_of_another_variant_fails_clearly(checkpoint, tmp_path, capsys):
     assert main(["convert", str(checkpoint[0]), "--model", "dla34", "--output", str(tmp_path / "x.weights.h5")]) == 2
     assert "another DLA variant" in capsys.readouterr().err

@@ -17,6 +17,7 @@ def register(subparsers):
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="the PyTorch checkpoint to convert")
     parser.add_argument("--model", required=True, help="the DLA variant, e.g. dla34 (see `keras-dla list`)")
     parser.add_argument("--output", required=True, help="the Keras weights file to write (must end in .weights.h5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.set_defaults(func=run)
 
 
@@ -31,6 +32,8 @@ def run(args):
     if not args.output.endswith(".weights.h5"):
         raise ValueError(f"Keras weights files must end in .weights.h5. Received: --output {args.output}")
     checks.check_output(args.output, "file", what="--output")
+    if os.path.lexists(args.output) and not args.overwrite:
+        raise ValueError(f"--output exists; pass --overwrite to replace it. Received: --output {args.output}")
     if os.path.isdir(args.checkpoint):
         raise ValueError(f"The checkpoint is a folder; give the .pth or .safetensors file. Received: {args.checkpoint}")
     if not os.path.isfile(args.checkpoint):
