@@ -104,6 +104,7 @@ class DataInfo:
     channels: int
     mean: tuple  # per-channel mean and std on [0, 1] pixels, applied by the pipeline
     std: tuple
+    files: tuple = ()  # the image (and label) files the pipeline decodes; empty for tfds and Fashion-MNIST
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -437,6 +438,26 @@ def check_image_files(paths, dataset):
         )
 
 
+def find_undecodable(paths):
+    """The first of `paths` that TensorFlow cannot decode as an image, else None.
+
+    For naming the file after a decode failure mid-fit, which TensorFlow reports without it. Decodes in parallel,
+    in order, up to the first failure.
+    """
+    decoded = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), expand_animations=False)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    index = 0
+    try:
+        for _ in decoded:
+            index += 1
+    except tf.errors.InvalidArgumentError:
+        return paths[index]
+    return None
+
+
 def _decode(path, channels):
     image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
     image.set_shape((None, None, channels))
@@ -503,7 +524,7 @@ def classification_data(
         check_image_files(paths, dataset)
         ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int32")))
         ds = ds.map(lambda p, y: (_decode(p, 3), y), num_parallel_calls=tf.data.AUTOTUNE)
-        info = DataInfo(dataset, len(class_names), class_names, len(paths), 3, mean, std)
+        info = DataInfo(dataset, len(class_names), class_names, len(paths), 3, mean, std, tuple(paths))
     else:
         ds, tfds_info, count = _tfds_source(dataset, split, data_dir, limit, as_supervised=True)
         if "label" not in tfds_info.features or "image" not in tfds_info.features:
@@ -756,7 +777,9 @@ def segmentation_data(
         names = tuple(named) if isinstance(named, list) else tuple(str(i) for i in range(num_classes))
         mean = tuple(meta.get("mean", IMAGENET_MEAN))
         std = tuple(meta.get("std", IMAGENET_STD))
-        info = DataInfo(dataset, num_classes, names, len(image_paths), len(mean), mean, std)
+        info = DataInfo(
+            dataset, num_classes, names, len(image_paths), len(mean), mean, std, tuple(image_paths + label_paths)
+        )
         check_image_files(image_paths + label_paths, dataset)
         check_labels([_read_label_file(p) for p in label_paths[:LABEL_CHECK_LIMIT]], num_classes, dataset)
         ds = tf.data.Dataset.from_tensor_slices((image_paths, label_paths))

@@ -761,9 +761,11 @@ def train(config):
             run_dir.discard_if_unresumable()
         reason = _image_decode_failure(e)
         if reason:
+            damaged = datasets.find_undecodable(info.files + val_info.files)
+            where = f": {damaged}" if damaged else "; a damaged file that starts like an image?"
             raise ValueError(
-                f"An image of the data set could not be decoded during training ({reason}); a damaged file that "
-                f"starts like an image? Received: dataset={config.dataset!r}"
+                f"An image of the data set could not be decoded during training ({reason}){where}. "
+                f"Received: dataset={config.dataset!r}"
             ) from e
         raise
     rows = read_history(run_dir.path("history.csv"))

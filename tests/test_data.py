@@ -258,6 +258,22 @@ def test_files_that_are_not_images_are_named(tmp_path):
         datasets.segmentation_data(seg, split="train", crop_size=32, batch_size=2, classes=5)
 
 
+def test_a_damaged_file_behind_a_valid_header_is_found_by_decoding(tmp_path):
+    root = make_class_folder(str(tmp_path / "cls"), per_class=4)
+    _, info = datasets.classification_data(root, split="train", batch_size=2)
+    assert len(info.files) == info.num_examples == 12
+    assert datasets.find_undecodable(info.files) is None
+    png = open(info.files[5], "rb").read()
+    with open(info.files[5], "wb") as f:
+        f.write(png[: len(png) // 2])  # cut short, as an interrupted copy leaves it
+    with open(info.files[7], "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    assert datasets.find_undecodable(info.files) == info.files[5]
+    seg = make_list_folder(str(tmp_path / "seg"))
+    _, seg_info = datasets.segmentation_data(seg, split="train", crop_size=32, batch_size=2, classes=5)
+    assert [os.path.basename(p) for p in seg_info.files] == [f"train{i}.png" for i in range(4)] * 2
+
+
 def test_imagenet_augmentation_and_eval_crop():
     image = tf.random.uniform((60, 80, 3), 0, 255, seed=1)
     out = datasets.augment_classification(image, tf.constant([1, 2], tf.int64), 32, recipe="imagenet")

@@ -225,7 +225,10 @@ def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
     cases = [
         (["--dataset", folder, "--weights", str(text)], "not in the HDF5 format"),
         (["--dataset", folder, "--weights", other], "1 layer(s) did not fit: fc. For example fc/kernel has shape"),
-        (["--dataset", str(damaged)], "could not be decoded during training (Invalid PNG"),
+        (
+            ["--dataset", str(damaged)],
+            f"decoded during training (Invalid PNG. Failed to initialize decoder.): {damaged}/cat/000.png.",
+        ),
         (["--dataset", str(renamed)], "Not a JPEG, PNG, GIF or BMP image (by its first bytes; empty, or another"),
     ]
     for extra, message in cases:
