@@ -5,10 +5,13 @@
   taken by their truth value.
 - `check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder
   is wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
+- `op_error_reason(error)`: the reason in a TensorFlow op error, without the function, op and tf.data pipeline
+  names wrapped around it, which mean nothing to someone who passed a file.
 """
 
 import numbers
 import os
+import re
 
 import numpy as np
 
@@ -70,3 +73,17 @@ def check_output(path, kind, *, what="output"):
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"Cannot write {what} {path}: no permission to write in {existing}.")
     return path
+
+
+def op_error_reason(error):
+    """`error.message` of a `tf.errors.OpError` cut to its reason, e.g. "Invalid PNG. Failed to initialize decoder".
+
+    Eager ops wrap it in "{{function_node ...}} ... [Op:DecodeImage] name: "; tf.data adds "Error in user-defined
+    function passed to MapDataset:1 transformation with iterator: Iterator::Root::ParallelMapV2: " and the graph
+    node on a second line.
+    """
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip()
+    text = text.splitlines()[0] if text else ""
+    text = re.sub(r"^Error in user-defined function passed to .*? with iterator: \S+: ", "", text)
+    return text.strip().rstrip(".") or "no reason given"

@@ -518,14 +518,6 @@ class RunDirectory:
         self.cleanup()
 
 
-def _image_decode_failure(error):
-    """The decoder's reason when `error` is tf.data failing to decode an image file mid-fit, else None."""
-    if not isinstance(error, tf.errors.InvalidArgumentError) or "Decode" not in error.message:
-        return None
-    first = error.message.strip().splitlines()[0] if error.message.strip() else ""
-    return first.rsplit(": ", 1)[-1].strip() or "no reason given"
-
-
 def save_weights_atomically(model, path):
     """`model.save_weights(path)` through a temporary file, so that a kill never leaves a half-written `path`."""
     partial = os.path.join(os.path.dirname(path) or ".", ".partial." + os.path.basename(path))
@@ -759,8 +751,8 @@ def train(config):
     except BaseException as e:
         if fresh:
             run_dir.discard_if_unresumable()
-        reason = _image_decode_failure(e)
-        if reason:
+        if isinstance(e, tf.errors.InvalidArgumentError) and "Decode" in e.message:
+            reason = checks.op_error_reason(e)
             damaged = datasets.find_undecodable(info.files + val_info.files)
             where = f": {damaged}" if damaged else "; a damaged file that starts like an image?"
             raise ValueError(

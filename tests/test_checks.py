@@ -61,3 +61,23 @@ def test_flag():
     for value in ("no", "False", 0, 1, None):
         with pytest.raises(ValueError, match=r"`overwrite` should be True or False. Received: overwrite="):
             checks.flag("overwrite", value)
+
+
+def test_op_error_reason_keeps_the_reason_of_eager_and_tf_data_errors(tmp_path):
+    import tensorflow as tf
+
+    damaged = str(tmp_path / "damaged.png")
+    with open(damaged, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(tf.errors.InvalidArgumentError) as eager:
+        tf.io.decode_image(tf.io.read_file(damaged))
+    decoded = tf.data.Dataset.from_tensor_slices([damaged]).map(
+        lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+    )
+    pipeline = tf.data.Dataset.zip((decoded, tf.data.Dataset.range(1))).prefetch(1)  # "Zip[0]" in its name
+    with pytest.raises(tf.errors.InvalidArgumentError) as in_data:
+        list(pipeline)
+    assert "::Zip[0]::" in in_data.value.message and "function_node" in eager.value.message
+    for error in (eager.value, in_data.value):
+        assert checks.op_error_reason(error) == "Invalid PNG. Failed to initialize decoder"
+    assert checks.op_error_reason(tf.errors.InvalidArgumentError(None, None, "")) == "no reason given"

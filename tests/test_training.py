@@ -227,7 +227,7 @@ def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
         (["--dataset", folder, "--weights", other], "1 layer(s) did not fit: fc. For example fc/kernel has shape"),
         (
             ["--dataset", str(damaged)],
-            f"decoded during training (Invalid PNG. Failed to initialize decoder.): {damaged}/cat/000.png.",
+            f"decoded during training (Invalid PNG. Failed to initialize decoder): {damaged}/cat/000.png.",
         ),
         (["--dataset", str(renamed)], "Not a JPEG, PNG, GIF or BMP image (by its first bytes; empty, or another"),
     ]

@@ -32,6 +32,8 @@ def load_image(path):
     import numpy as np
     import tensorflow as tf
 
+    from keras_dla import checks
+
     if os.path.isdir(path):
         raise ValueError(
             f"Cannot read the image: this is a folder; give image files (e.g. folder/*.jpg). Received: {path}"
@@ -41,7 +43,7 @@ def load_image(path):
     try:
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except tf.errors.OpError as e:
-        raise ValueError(f"Cannot read the image: {_op_error_text(e)}. Received: {path}") from None
+        raise ValueError(f"Cannot read the image: {checks.op_error_reason(e)}. Received: {path}") from None
     height, width = int(image.shape[0]), int(image.shape[1])
     # As torchvision's Resize(256): the shorter side becomes 256, the longer one int(256 * long / short).
     if height <= width:
@@ -55,15 +57,6 @@ def load_image(path):
     crop = resized[top : top + CROP, left : left + CROP]
     # PIL works on 8-bit images: round and clip as it does before ToTensor.
     return np.clip(np.round(crop.numpy()), 0, 255).astype("float32")
-
-
-def _op_error_text(error):
-    """TensorFlow's message without the op and function names it wraps around it ("{{function_node ...}}",
-    "[Op:DecodeImage] name: "), which mean nothing to someone who passed a file."""
-    import re
-
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip().rstrip(".")
 
 
 def run(args):
