@@ -38,6 +38,20 @@ def test_outputs_that_cannot_be_made(tmp_path, relative, kind, message):
     assert sorted(os.listdir(tmp_path)) == ["adir", "afile"]
 
 
+def test_a_folder_that_cannot_be_written_in(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root may write anywhere: answer as the kernel would for anyone else
+        monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(locked))
+    for relative, kind in [("locked/model.tflite", "file"), ("locked/run", "folder"), ("locked/a/b", "folder")]:
+        with pytest.raises(ValueError, match=f"Cannot write --output .*{relative}: no permission to write in {locked}"):
+            checks.check_output(tmp_path / relative, kind, what="--output")
+    assert checks.check_output(tmp_path / "free" / "run", "folder") == str(tmp_path / "free" / "run")
+    locked.chmod(0o700)
+    assert os.listdir(locked) == []
+
+
 def test_bad_kind_and_empty_path():
     with pytest.raises(ValueError, match="`kind` should be one of"):
         checks.check_output("x", "archive")
