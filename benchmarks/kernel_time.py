@@ -6,13 +6,15 @@ Runs itself again with `ONEDNN_VERBOSE=1` (oneDNN prints one line per primitive 
 `--calls` calls of `fast.serve` after warm-up, and prints, per call, the wall time and the summed kernel time by
 primitive kind (convolution, pooling, ...): the difference is time spent in TensorFlow between the kernels. The
 verbose printing itself adds a little to the wall time. Batch norms get trained-like statistics, as in
-`performance.py`.
+`performance.py`. `--per-conv` adds a table of the last call's convolutions by shape: time, count and GFLOP/s
+(2 x multiply-adds over oneDNN's own time), to set against the matmul peak `performance.py` measures.
 """
 
 import argparse
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,6 +60,40 @@ def kernel_times(lines):
     return calls
 
 
+def conv_flops(problem):
+    """2 x multiply-adds of a oneDNN convolution problem, e.g. "mb1_ic3oc16_ih224oh224kh7sh1dh0ph3_iw224ow224...".
+
+    Channels are the totals, so a grouped convolution ("g32ic128oc128") divides by its groups.
+    """
+    dims = {key: int(value) for key, value in re.findall(r"([a-z]+)(\d+)", problem)}
+    out_h = dims.get("oh", dims.get("ih"))
+    out_w = dims.get("ow", dims.get("iw", out_h))
+    kernel_h = dims.get("kh", 1)
+    kernel_w = dims.get("kw", kernel_h)
+    return 2 * dims["mb"] * dims["oc"] * out_h * out_w * dims["ic"] * kernel_h * kernel_w / dims.get("g", 1)
+
+
+def per_conv(lines):
+    """`[(problem, count, ms, gflops_per_s)]` of the convolutions in the last marked call, slowest first."""
+    last, current = [], None
+    for line in lines:
+        if line.startswith(MARK):
+            if len(line.split()) == 1:
+                current = []
+            elif current is not None:
+                last, current = current, None
+        elif current is not None and line.startswith("onednn_verbose") and ",exec," in line:
+            fields = line.strip().split(",")
+            if fields[5] == "convolution":
+                current.append((fields[-2], float(fields[-1])))
+    rows = collections.defaultdict(lambda: [0, 0.0])
+    for problem, ms in last:
+        rows[problem][0] += 1
+        rows[problem][1] += ms
+    table = [(problem, n, ms, n * conv_flops(problem) / ms / 1e6) for problem, (n, ms) in rows.items()]
+    return sorted(table, key=lambda row: -row[2])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dla34")
@@ -65,6 +101,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--per-conv", action="store_true", help="a table of the last call's convolutions by shape")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -82,6 +119,10 @@ def main(argv=None):
         inside = sum(kinds.values())
         detail = ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]))
         print(f"wall {wall:6.1f} ms, oneDNN kernels {inside:6.1f} ms ({inside / wall:.0%}): {detail}")
+    if args.per_conv:
+        print(f"{'ms':>7} {'n':>3} {'GFLOP/s':>8}  convolution (oneDNN problem), last call")
+        for problem, n, ms, rate in per_conv(child.stdout.splitlines()):
+            print(f"{ms:7.2f} {n:3d} {rate:8.0f}  {problem}")
     walls = sorted(wall for wall, _ in calls)
     insides = sorted(sum(k.values()) for _, k in calls)
     summary = {"model": args.model, "batch": args.batch, "median_wall_ms": walls[len(walls) // 2]}

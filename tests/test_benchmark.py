@@ -137,6 +137,30 @@ def test_kernel_time_sums_onednn_lines_between_call_markers():
     assert calls == [(5.0, {"convolution": 3.5, "pooling": 0.25}), (2.0, {"pooling": 1.0})]
 
 
+def test_per_conv_reads_the_last_call_and_counts_flops():
+    line = "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,fwd,src dst,,alg,{},{}"
+    stem = "mb1_ic3oc16_ih224oh224kh7sh1dh0ph3_iw224ow224kw7sw1dw0pw3"
+    grouped = "mb2_g32ic128oc128_ih28oh14kh3sh2dh0ph1_iw28ow14kw3sw2dw0pw1"
+    lines = [
+        "KERNEL_TIME_CALL",
+        line.format(stem, 5.0),
+        "KERNEL_TIME_CALL 0.01",
+        "KERNEL_TIME_CALL",
+        line.format(stem, 1.0),
+        line.format(grouped, 0.5),
+        line.format(grouped, 1.5),
+        "onednn_verbose,v1,primitive,exec,cpu,pooling,jit,fwd,src,,alg,mb1ic32,9.0",
+        "KERNEL_TIME_CALL 0.01",
+    ]
+    stem_flops = 2 * 16 * 224 * 224 * 3 * 7 * 7
+    grouped_flops = 2 * 2 * 128 * 14 * 14 * 128 * 3 * 3 / 32
+    assert kernel_time.conv_flops(stem) == stem_flops and kernel_time.conv_flops(grouped) == grouped_flops
+    assert kernel_time.per_conv(lines) == [
+        (grouped, 2, 2.0, 2 * grouped_flops / 2.0 / 1e6),
+        (stem, 1, 1.0, stem_flops / 1.0 / 1e6),
+    ]
+
+
 def test_bad_arguments_are_refused():
     for argv in (["--models", "resnet50"], ["--threads", "0"], ["--batches", "0"], ["--rounds", "0"]):
         with pytest.raises(SystemExit):
