@@ -204,7 +204,11 @@ def _make_input(input_tensor, input_shape, fixed_size):
     if input_tensor is None:
         return layers.Input(shape=input_shape, name="input"), input_shape
     if not keras.backend.is_keras_tensor(input_tensor):
-        return layers.Input(tensor=input_tensor, shape=input_shape, name="input"), input_shape
+        raise ValueError(
+            "`input_tensor` should be a Keras tensor (keras.Input(...) or a layer's output) to build the model on; "
+            "to run a model on data, build it and call `model.predict(data)`. "
+            f"Received: input_tensor of type {type(input_tensor).__name__} with shape {tuple(input_tensor.shape)}"
+        )
     return input_tensor, input_shape
 
 

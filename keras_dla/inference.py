@@ -65,6 +65,14 @@ def _is_functional(model):
     return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
 
 
+def _check_functional(model, caller):
+    if not _is_functional(model):
+        raise ValueError(
+            f"`{caller}` needs a functional keras Model (as the keras_dla builders return). "
+            f"Received: model={type(model).__name__}"
+        )
+
+
 def _is_grouped_conv(layer):
     return type(layer) is keras.layers.Conv2D and layer.groups > 1
 
@@ -77,11 +85,7 @@ def fold_batch_norms(model):
     models (a DLA-Up's backbone) are folded too. Other layers keep their weights. A plain grouped `Conv2D` (of a
     model not built by keras_dla) becomes a `ChunkedGroupConv2D`, as keras_dla's builders make them.
     """
-    if not _is_functional(model):
-        raise ValueError(
-            "`fold_batch_norms` needs a functional keras Model (as the keras_dla builders return). "
-            f"Received: model={type(model).__name__}"
-        )
+    _check_functional(model, "fold_batch_norms")
     pairs = foldable_pairs(model)
     folded_convs = {conv.name: bn_name for bn_name, conv in pairs.items()}
 
@@ -129,6 +133,7 @@ def inference_model(model, *, jit_compile=False):
         lowest-overhead call.
     """
     jit_compile = checks.flag("jit_compile", jit_compile)
+    _check_functional(model, "inference_model")
     folded = fold_batch_norms(model)
     folded.compile(jit_compile=jit_compile)
     folded.trainable = False

@@ -235,6 +235,11 @@ def test_numpy_integers_bad_activation_and_input_tensor_rank():
         keras_dla.DLA46C(weights=None, input_tensor=keras.Input((32, 32)))
     with pytest.raises(ValueError, match=r"`input_tensor` should be a 4D image tensor"):
         keras_dla.DLAUp("dla46_c", classes=3, input_tensor=keras.Input((32, 32)))
+    data = np.zeros((1, 32, 32, 3), "float32")  # data rather than a Keras tensor: one sentence, not the array
+    with pytest.raises(ValueError, match=r"should be a Keras tensor .*type ndarray with shape \(1, 32, 32, 3\)$"):
+        keras_dla.DLA46C(weights=None, input_tensor=data)
+    with pytest.raises(ValueError, match=r"should be a Keras tensor .*type EagerTensor"):
+        keras_dla.DLAUp("dla46_c", classes=3, input_tensor=tf.constant(data))
     with pytest.raises(ValueError, match=r"`include_top` should be True or False. Received: include_top='no'"):
         keras_dla.DLA46C(weights=None, include_top="no")  # was taken as True, as any non-empty string
     assert keras_dla.DLA46C(weights=None, include_top=np.bool_(False), input_shape=(32, 32, 3)).output.ndim == 4

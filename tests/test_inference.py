@@ -107,5 +107,7 @@ def test_a_batch_norm_that_follows_no_conv_or_a_shared_conv_is_kept():
 
 @pytest.mark.parametrize("bad", [keras.Sequential([keras.layers.Dense(2)]), "dla34", None])
 def test_inference_model_refuses_what_is_not_a_functional_model(bad):
-    with pytest.raises(ValueError, match="functional keras Model"):
+    with pytest.raises(ValueError, match="`inference_model` needs a functional keras Model"):
         keras_dla.inference_model(bad)
+    with pytest.raises(ValueError, match="`fold_batch_norms` needs a functional keras Model"):
+        keras_dla.fold_batch_norms(bad)
