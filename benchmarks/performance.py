@@ -217,7 +217,12 @@ def work_tflite(args):
             path = os.path.join(tmp, f"{name.replace(' ', '_')}.tflite")
             start = time.perf_counter()
             export.export_tflite(
-                model, path, quantization=quantization, representative_data=calibration, calibration_steps=8
+                model,
+                path,
+                quantization=quantization,
+                representative_data=calibration,
+                calibration_steps=8,
+                verbose=False,
             )
             result["convert_s"][name] = time.perf_counter() - start
             interpreter = export._tflite_interpreter(path, args.threads)

@@ -196,6 +196,25 @@ def test_int8_with_integer_io(small_model, float32_tflite, tmp_path):
     assert report.max_rel_diff <= 0.15, report.summary()
 
 
+def test_int8_calibration_shows_its_progress(tmp_path, capfd):
+    calibration = np.random.default_rng(0).standard_normal((5, 8, 8, 3)).astype("float32")
+    int8 = dict(input_size=(8, 8), quantization="int8", representative_data=calibration, calibration_steps=4)
+    export.export_tflite(tiny_model(), tmp_path / "shown.tflite", **int8)
+    out = capfd.readouterr().out
+    assert "Calibrating int8 on 4 representative image(s)" in out and "  4/4 images calibrated (" in out
+    export.export_tflite(tiny_model(), tmp_path / "quiet.tflite", verbose=False, **int8)
+    assert "Calibrating" not in capfd.readouterr().out
+    export.export_tflite(tiny_model(), tmp_path / "float.tflite", input_size=(8, 8))  # nothing to calibrate
+    assert "Calibrating" not in capfd.readouterr().out
+    report = export._progress(3, "images calibrated", log_every_s=0)  # a line per image when it is time
+    for done in (1, 2, 3):
+        report(done)
+    lines = capfd.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"  {i}/3 images calibrated" for i in (1, 2, 3)]
+    with pytest.raises(ValueError, match="`verbose` should be True or False. Received: verbose='no'"):
+        export.export_tflite(tiny_model(), tmp_path / "x.tflite", verbose="no", **int8)
+
+
 @pytest.fixture(scope="module")
 def fashion_model():
     """A DLA-46-C trained briefly on real Fashion-MNIST (as the demo: 28 -> 32 padded, RGB, normalised)."""
