@@ -186,6 +186,21 @@ def test_predict_prints_top5_names_and_probabilities(checkpoint, tmp_path, capsy
         assert float(line.split()[-2]) == pytest.approx(probabilities[index], rel=0.05, abs=1e-4)
 
 
+def test_predict_goes_through_many_images_a_batch_at_a_time(checkpoint, tmp_path, capsys, monkeypatch):
+    images = [str(_write_image(tmp_path / f"{i}.png", 230 + 7 * i, 250)) for i in range(5)]
+    argv = ["predict", *images, "--model", VARIANT, "--weights", str(checkpoint[0]), "--top", "2"]
+    assert main(argv) == 0
+    together = capsys.readouterr().out
+    monkeypatch.setattr(predict_command, "BATCH", 2)  # batches of 2, 2 and 1
+    assert main(argv) == 0
+    assert capsys.readouterr().out == together
+    assert together.splitlines()[::3] == [f"{path}:" for path in images]
+    # A missing file anywhere in the list is refused before the model is built and anything is printed.
+    assert main([*argv[:3], str(tmp_path / "gone.png"), *argv[3:]]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no such file. Received: " + str(tmp_path / "gone.png") in captured.err
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
