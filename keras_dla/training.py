@@ -525,15 +525,35 @@ def save_weights_atomically(model, path):
     os.replace(partial, path)
 
 
+class BestWeights(keras.callbacks.Callback):
+    """Saves the weights to `path` whenever `monitor` improves, through a temporary file.
+
+    Keras' `ModelCheckpoint(save_best_only=True)` writes in place: a kill during the write leaves a damaged file
+    where the best weights were. Here the previous best stays until the new file is complete.
+    """
+
+    def __init__(self, path, monitor, mode, best=None):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.best = path, monitor, mode, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best = value
+            save_weights_atomically(self.model, self.path)
+
+
 def make_callbacks(run_dir, monitor, mode, backup_every=None):
     csv_path = run_dir.path("history.csv")
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        run_dir.path("best.weights.h5"), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
-    )
     # A restarted run must not overwrite the best weights with a worse epoch: start from the best logged so far.
-    best = [r[monitor] for r in read_history(csv_path) if monitor in r]
-    if best and os.path.isfile(run_dir.path("best.weights.h5")):
-        checkpoint.best = max(best) if mode == "max" else min(best)
+    logged = [r[monitor] for r in read_history(csv_path) if monitor in r]
+    best = None
+    if logged and os.path.isfile(run_dir.path("best.weights.h5")):
+        best = max(logged) if mode == "max" else min(logged)
+    checkpoint = BestWeights(run_dir.path("best.weights.h5"), monitor, mode, best)
     nan = _nan_callback()
     callbacks = [
         nan,
@@ -542,7 +562,10 @@ def make_callbacks(run_dir, monitor, mode, backup_every=None):
         checkpoint,
         _curves_callback(csv_path, run_dir.path("curves.png")),
         keras.callbacks.TensorBoard(run_dir.path("logs"), update_freq="epoch"),
-        keras.callbacks.BackupAndRestore(run_dir.backup, save_freq=backup_every or "epoch", delete_checkpoint=False),
+        # double_checkpoint: the previous backup is kept as *.bkp and used if a kill damaged the latest one.
+        keras.callbacks.BackupAndRestore(
+            run_dir.backup, save_freq=backup_every or "epoch", delete_checkpoint=False, double_checkpoint=True
+        ),
     ]
     return callbacks, nan
 

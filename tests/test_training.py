@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -280,9 +281,8 @@ def test_nan_loss_stops_with_a_message(tmp_path, folder):
     assert not os.path.exists(tmp_path / "run" / "final.weights.h5")  # NaN weights are not the run's result
 
 
-def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
-    output = str(tmp_path / "run")
-    command = ["train", *TINY, "--dataset", folder, "--epochs", "4", "--steps-per-epoch", "12", "--output", output]
+def _start_and_kill(command, output, after_epoch):
+    """Starts `keras-dla train`, SIGKILLs it once its backup holds epoch `after_epoch`; returns the backup's epoch."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_dla.cli", *command],
@@ -293,11 +293,10 @@ def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
     metadata = os.path.join(output, "backup", "training_metadata.json")
     deadline = time.time() + 500
     try:
-        # Kill it as soon as the backup of its first epoch is on disk (mid-run: 3 epochs left).
         while time.time() < deadline and process.poll() is None:
             if os.path.isfile(metadata):
                 try:
-                    if json.load(open(metadata))["epoch"] >= 1:
+                    if json.load(open(metadata))["epoch"] >= after_epoch:
                         break
                 except (ValueError, KeyError):
                     pass
@@ -306,7 +305,13 @@ def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(30)
-    done = json.load(open(metadata))["epoch"]
+    return json.load(open(metadata))["epoch"]
+
+
+def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--dataset", folder, "--epochs", "4", "--steps-per-epoch", "12", "--output", output]
+    done = _start_and_kill(command, output, after_epoch=1)  # mid-run: 3 epochs left
     assert 1 <= done < 4
     result = keras_dla(command)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -314,6 +319,48 @@ def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
     assert run["epochs_completed"] == 4 and run["epochs_this_run"] == 4 - done
     epochs = history_epochs(output)
     assert sorted(set(epochs)) == [0, 1, 2, 3] and len(epochs) <= 5  # at most the killed epoch logged twice
+
+
+def test_a_backup_damaged_by_a_kill_falls_back_to_the_one_before(tmp_path, folder):
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--dataset", folder, "--epochs", "4", "--steps-per-epoch", "12", "--output", output]
+    done = _start_and_kill(command, output, after_epoch=2)  # from the second backup on, the previous one is kept
+    assert 2 <= done < 4
+    latest = os.path.join(output, "backup", "latest.weights.h5")
+    assert os.path.isfile(latest + ".bkp")
+    with open(latest, "r+b") as f:  # as a kill in the middle of writing it would leave it
+        f.truncate(os.path.getsize(latest) // 2)
+    result = keras_dla(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.load(open(os.path.join(output, "run.json")))
+    assert run["epochs_completed"] == 4 and run["epochs_this_run"] == 4 - (done - 1)
+
+
+def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "best.weights.h5")
+    best = training.BestWeights(path, "val_accuracy", "max")
+    best.set_model(model)
+    for epoch, accuracy in enumerate([0.5, 0.4, 0.7, float("nan"), 0.6]):
+        model.layers[0].kernel.assign([[float(epoch)], [0.0]])
+        best.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    model.load_weights(path)
+    assert best.best == 0.7 and model.layers[0].kernel.numpy()[0, 0] == 2.0  # the weights of epoch 2
+
+    def fail_midway(filepath, **kwargs):
+        open(filepath, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    model.save_weights = fail_midway
+    with pytest.raises(KeyboardInterrupt):
+        best.on_epoch_end(5, {"val_accuracy": 0.9})
+    model.load_weights(path)  # still the complete file of epoch 2
+    assert model.layers[0].kernel.numpy()[0, 0] == 2.0
+    assert sorted(os.listdir(tmp_path)) == [".partial.best.weights.h5", "best.weights.h5"]  # the interrupted one
+    lower = training.BestWeights(str(tmp_path / "loss.weights.h5"), "val_loss", "min", best=0.3)  # as restarted
+    lower.set_model(model)
+    lower.on_epoch_end(0, {"val_loss": 0.35})
+    assert lower.best == 0.3 and not os.path.exists(tmp_path / "loss.weights.h5")
 
 
 def _free_ports(count):
