@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dla import checks, datasets, export, fashion_mnist, training
+from keras_dla import checks, datasets, export, fashion_mnist, run_folder, training
 
 # The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
 # DLA-46-C underfit with the authors' SGD: AdamW with label smoothing reached 92.43% in 10 (see README).
@@ -307,8 +307,8 @@ def run_demo(
     report["export"] = _export_and_check(plain, output, parity_images, timings)
 
     clock = _timer()
-    training.plot_history(
-        training.read_history(os.path.join(config.output, "history.csv")),
+    run_folder.plot_history(
+        run_folder.read_history(os.path.join(config.output, "history.csv")),
         os.path.join(output, "curves.png"),
         title=f"{settings['model']} on {dataset} (validation = test split, monitored only)",
     )

@@ -3,35 +3,20 @@
 `train(TrainConfig(...))` is what `keras-dla train` runs: it picks the strategy (one device, MirroredStrategy over
 the local GPUs or logical CPUs, or MultiWorkerMirroredStrategy from `TF_CONFIG`), checks every argument and the
 data before anything trains, builds and compiles the model inside the strategy's scope (SGD with momentum 0.9 and
-weight decay 1e-4, the authors' learning-rate schedules), and fits it with callbacks that make the run resumable:
-
-    DIR/backup/            BackupAndRestore state: the same command started again resumes where it stopped
-    DIR/best.weights.h5    the weights of the best epoch (validation accuracy, or mean IoU)
-    DIR/final.weights.h5   the weights after the last epoch (not written when a NaN loss stopped the run)
-    DIR/history.csv        one row per epoch (appended across restarts)
-    DIR/logs/              TensorBoard
-    DIR/curves.png         loss and metric curves
-    DIR/run.json           the configuration and the final figures
-
-Under multi-worker training only the chief writes DIR; every other worker keeps its backup in
-DIR/workers/worker-<index>/ (so that it resumes at the same epoch as the chief) and its other files in a temporary
-folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own).
+weight decay 1e-4, the authors' learning-rate schedules), and fits it with the callbacks of
+`keras_dla.run_folder`, which make the run resumable and write its folder.
 """
 
-import csv
 import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_dla import checks, convert, datasets
+from keras_dla import checks, convert, datasets, run_folder
 from keras_dla.dla import DLA, MIN_INPUT_SIZE, MODEL_CONFIGS
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
@@ -404,173 +389,6 @@ def _pixel_accuracy():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Callbacks and the run directory
-
-
-def _nan_callback():
-    class StopOnNaN(keras.callbacks.Callback):
-        """Stops training at the first NaN or infinite loss and remembers where it happened."""
-
-        def __init__(self):
-            super().__init__()
-            self.epoch, self.message = 0, None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(float(loss)):
-                self.message = (
-                    f"The loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}: training stopped. "
-                    "Lower --lr, check the labels, or drop --mixed-precision."
-                )
-                self.model.stop_training = True
-
-    return StopOnNaN()
-
-
-def _curves_callback(csv_path, png_path):
-    class Curves(keras.callbacks.Callback):
-        """Redraws DIR/curves.png from DIR/history.csv after every epoch (so it covers restarted runs)."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            plot_history(read_history(csv_path), png_path)
-
-    return Curves()
-
-
-def read_history(csv_path):
-    """Rows of history.csv as dicts of floats, one per epoch (the last row wins for a repeated epoch)."""
-    if not os.path.isfile(csv_path):
-        return []
-    rows = {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
-            except ValueError:
-                continue
-            if "epoch" in values:
-                rows[int(values["epoch"])] = values
-    return [rows[e] for e in sorted(rows)]
-
-
-def plot_history(rows, png_path, title=None):
-    """Loss and metric curves (train and validation) of `rows` into a PNG; a no-op without rows."""
-    if not rows:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [k for k in rows[0] if k not in ("epoch", "learning_rate") and not k.startswith("val_")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    for ax, name in zip(axes[0], metrics, strict=True):
-        ax.plot(epochs, [r.get(name, math.nan) for r in rows], "o-", label="train")
-        if any(f"val_{name}" in r for r in rows):
-            ax.plot(epochs, [r.get(f"val_{name}", math.nan) for r in rows], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-
-
-class RunDirectory:
-    """Where a worker writes: the chief's files in `output`, a non-chief's in a temporary folder."""
-
-    def __init__(self, output, tf_config=None):
-        self.output = os.path.abspath(output)
-        self.chief = is_chief(tf_config)
-        if self.chief:
-            self.files = self.output
-            self.backup = os.path.join(self.output, "backup")
-        else:
-            index = tf_config["task"]["index"]
-            kind = tf_config["task"]["type"]
-            self.files = tempfile.mkdtemp(prefix=f"keras_dla_{kind}{index}_")
-            self.backup = os.path.join(self.output, "workers", f"{kind}-{index}", "backup")
-        os.makedirs(self.files, exist_ok=True)
-        os.makedirs(self.backup, exist_ok=True)
-
-    def path(self, name):
-        return os.path.join(self.files, name)
-
-    def cleanup(self):
-        if not self.chief:
-            shutil.rmtree(self.files, ignore_errors=True)
-
-    def discard_if_unresumable(self):
-        """Removes the run folder of a new run that failed before its first backup: nothing there to resume.
-
-        Otherwise the folder (its config.json) would make the next run with other settings be refused.
-        """
-        has_backup = any(files for _, _, files in os.walk(self.backup))
-        if self.chief and not has_backup:
-            shutil.rmtree(self.output, ignore_errors=True)
-        self.cleanup()
-
-
-def save_weights_atomically(model, path):
-    """`model.save_weights(path)` through a temporary file, so that a kill never leaves a half-written `path`."""
-    partial = os.path.join(os.path.dirname(path) or ".", ".partial." + os.path.basename(path))
-    model.save_weights(partial)
-    os.replace(partial, path)
-
-
-class BestWeights(keras.callbacks.Callback):
-    """Saves the weights to `path` whenever `monitor` improves, through a temporary file.
-
-    Keras' `ModelCheckpoint(save_best_only=True)` writes in place: a kill during the write leaves a damaged file
-    where the best weights were. Here the previous best stays until the new file is complete.
-    """
-
-    def __init__(self, path, monitor, mode, best=None):
-        super().__init__()
-        self.path, self.monitor, self.mode, self.best = path, monitor, mode, best
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(float(value)):
-            return
-        value = float(value)
-        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
-            self.best = value
-            save_weights_atomically(self.model, self.path)
-
-
-def make_callbacks(run_dir, monitor, mode, backup_every=None):
-    csv_path = run_dir.path("history.csv")
-    # A restarted run must not overwrite the best weights with a worse epoch: start from the best logged so far.
-    logged = [r[monitor] for r in read_history(csv_path) if monitor in r]
-    best = None
-    if logged and os.path.isfile(run_dir.path("best.weights.h5")):
-        best = max(logged) if mode == "max" else min(logged)
-    checkpoint = BestWeights(run_dir.path("best.weights.h5"), monitor, mode, best)
-    nan = _nan_callback()
-    callbacks = [
-        nan,
-        # CSV and curves before the backup: a kill between them repeats an epoch row, which read_history dedups.
-        keras.callbacks.CSVLogger(csv_path, append=True),
-        checkpoint,
-        _curves_callback(csv_path, run_dir.path("curves.png")),
-        keras.callbacks.TensorBoard(run_dir.path("logs"), update_freq="epoch"),
-        # double_checkpoint: the previous backup is kept as *.bkp and used if a kill damaged the latest one.
-        keras.callbacks.BackupAndRestore(
-            run_dir.backup, save_freq=backup_every or "epoch", delete_checkpoint=False, double_checkpoint=True
-        ),
-    ]
-    return callbacks, nan
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -756,9 +574,9 @@ def train(config):
         _mean_scalars_across_workers()
 
     # The run folder is made only now, after every check and the model build (a bad weights file included).
-    run_dir = RunDirectory(config.output, tf_config)
+    run_dir = run_folder.RunDirectory(config.output, tf_config, is_chief(tf_config))
     try:
-        callbacks, nan = make_callbacks(run_dir, monitor, "max", config.backup_every)
+        callbacks, nan = run_folder.make_callbacks(run_dir, monitor, "max", config.backup_every)
         if run_dir.chief:
             with open(run_dir.path("config.json"), "w", encoding="utf-8") as f:
                 json.dump(dataclasses.asdict(config), f, indent=2)
@@ -783,7 +601,7 @@ def train(config):
                 f"Received: dataset={config.dataset!r}"
             ) from e
         raise
-    rows = read_history(run_dir.path("history.csv"))
+    rows = run_folder.read_history(run_dir.path("history.csv"))
     result = {
         "task": config.task,
         "model": config.model,
@@ -798,7 +616,7 @@ def train(config):
     }
     if run_dir.chief:
         if not nan.message:
-            save_weights_atomically(model, run_dir.path("final.weights.h5"))
+            run_folder.save_weights_atomically(model, run_dir.path("final.weights.h5"))
         with open(run_dir.path("run.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
     run_dir.cleanup()

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dla import training
+from keras_dla import run_folder, training
 from keras_dla.cli import build_parser
 from keras_dla.cli import train as cli_train
 from tests.test_data import make_class_folder
@@ -177,9 +177,9 @@ def test_chief_of_a_cluster():
 def test_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n1,0.65,0.8\n2,0.7,0.7\n")
-    rows = training.read_history(str(path))
+    rows = run_folder.read_history(str(path))
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[1]["accuracy"] == 0.65
-    training.plot_history(rows, str(tmp_path / "curves.png"))
+    run_folder.plot_history(rows, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
@@ -339,7 +339,7 @@ def test_a_backup_damaged_by_a_kill_falls_back_to_the_one_before(tmp_path, folde
 def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = str(tmp_path / "best.weights.h5")
-    best = training.BestWeights(path, "val_accuracy", "max")
+    best = run_folder.BestWeights(path, "val_accuracy", "max")
     best.set_model(model)
     for epoch, accuracy in enumerate([0.5, 0.4, 0.7, float("nan"), 0.6]):
         model.layers[0].kernel.assign([[float(epoch)], [0.0]])
@@ -357,7 +357,7 @@ def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
     model.load_weights(path)  # still the complete file of epoch 2
     assert model.layers[0].kernel.numpy()[0, 0] == 2.0
     assert sorted(os.listdir(tmp_path)) == [".partial.best.weights.h5", "best.weights.h5"]  # the interrupted one
-    lower = training.BestWeights(str(tmp_path / "loss.weights.h5"), "val_loss", "min", best=0.3)  # as restarted
+    lower = run_folder.BestWeights(str(tmp_path / "loss.weights.h5"), "val_loss", "min", best=0.3)  # as restarted
     lower.set_model(model)
     lower.on_epoch_end(0, {"val_loss": 0.35})
     assert lower.best == 0.3 and not os.path.exists(tmp_path / "loss.weights.h5")

@@ -1,0 +1,191 @@
+"""The folder a training run writes, and the callbacks that write it and make the run resumable.
+
+    DIR/backup/            BackupAndRestore state: the same command started again resumes where it stopped
+                           (the backup before the latest is kept, for a kill that damages the latest)
+    DIR/best.weights.h5    the weights of the best epoch (validation accuracy, or mean IoU)
+    DIR/final.weights.h5   the weights after the last epoch (not written when a NaN loss stopped the run)
+    DIR/history.csv        one row per epoch (appended across restarts)
+    DIR/logs/              TensorBoard
+    DIR/curves.png         loss and metric curves
+    DIR/run.json           the configuration and the final figures
+
+Under multi-worker training only the chief writes DIR; every other worker keeps its backup in
+DIR/workers/worker-<index>/ (so that it resumes at the same epoch as the chief) and its other files in a temporary
+folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own). Weights files are
+written through a temporary file and renamed, so that a kill never leaves a half-written one.
+"""
+
+import csv
+import math
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first NaN or infinite loss and remembers where it happened (`message`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.message = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.message = (
+                f"The loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}: training stopped. "
+                "Lower --lr, check the labels, or drop --mixed-precision."
+            )
+            self.model.stop_training = True
+
+
+class Curves(keras.callbacks.Callback):
+    """Redraws DIR/curves.png from DIR/history.csv after every epoch (so it covers restarted runs)."""
+
+    def __init__(self, csv_path, png_path):
+        super().__init__()
+        self.csv_path, self.png_path = csv_path, png_path
+
+    def on_epoch_end(self, epoch, logs=None):
+        plot_history(read_history(self.csv_path), self.png_path)
+
+
+def read_history(csv_path):
+    """Rows of history.csv as dicts of floats, one per epoch (the last row wins for a repeated epoch)."""
+    if not os.path.isfile(csv_path):
+        return []
+    rows = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+            except ValueError:
+                continue
+            if "epoch" in values:
+                rows[int(values["epoch"])] = values
+    return [rows[e] for e in sorted(rows)]
+
+
+def plot_history(rows, png_path, title=None):
+    """Loss and metric curves (train and validation) of `rows` into a PNG; a no-op without rows."""
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [k for k in rows[0] if k not in ("epoch", "learning_rate") and not k.startswith("val_")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    for ax, name in zip(axes[0], metrics, strict=True):
+        ax.plot(epochs, [r.get(name, math.nan) for r in rows], "o-", label="train")
+        if any(f"val_{name}" in r for r in rows):
+            ax.plot(epochs, [r.get(f"val_{name}", math.nan) for r in rows], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+class RunDirectory:
+    """Where a worker writes: the chief's files in `output`, a non-chief's in a temporary folder.
+
+    `tf_config` is the parsed TF_CONFIG of a multi-worker run (None otherwise); `chief` says whether this process
+    is its chief (`keras_dla.training.is_chief`).
+    """
+
+    def __init__(self, output, tf_config=None, chief=True):
+        self.output = os.path.abspath(output)
+        self.chief = chief
+        if self.chief:
+            self.files = self.output
+            self.backup = os.path.join(self.output, "backup")
+        else:
+            index = tf_config["task"]["index"]
+            kind = tf_config["task"]["type"]
+            self.files = tempfile.mkdtemp(prefix=f"keras_dla_{kind}{index}_")
+            self.backup = os.path.join(self.output, "workers", f"{kind}-{index}", "backup")
+        os.makedirs(self.files, exist_ok=True)
+        os.makedirs(self.backup, exist_ok=True)
+
+    def path(self, name):
+        return os.path.join(self.files, name)
+
+    def cleanup(self):
+        if not self.chief:
+            shutil.rmtree(self.files, ignore_errors=True)
+
+    def discard_if_unresumable(self):
+        """Removes the run folder of a new run that failed before its first backup: nothing there to resume.
+
+        Otherwise the folder (its config.json) would make the next run with other settings be refused.
+        """
+        has_backup = any(files for _, _, files in os.walk(self.backup))
+        if self.chief and not has_backup:
+            shutil.rmtree(self.output, ignore_errors=True)
+        self.cleanup()
+
+
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` through a temporary file, so that a kill never leaves a half-written `path`."""
+    partial = os.path.join(os.path.dirname(path) or ".", ".partial." + os.path.basename(path))
+    model.save_weights(partial)
+    os.replace(partial, path)
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Saves the weights to `path` whenever `monitor` improves, through a temporary file.
+
+    Keras' `ModelCheckpoint(save_best_only=True)` writes in place: a kill during the write leaves a damaged file
+    where the best weights were. Here the previous best stays until the new file is complete.
+    """
+
+    def __init__(self, path, monitor, mode, best=None):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.best = path, monitor, mode, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best = value
+            save_weights_atomically(self.model, self.path)
+
+
+def make_callbacks(run_dir, monitor, mode, backup_every=None):
+    """The run's callbacks and, separately, its `StopOnNaN` (whose `message` says why a run stopped)."""
+    csv_path = run_dir.path("history.csv")
+    # A restarted run must not overwrite the best weights with a worse epoch: start from the best logged so far.
+    logged = [r[monitor] for r in read_history(csv_path) if monitor in r]
+    best = None
+    if logged and os.path.isfile(run_dir.path("best.weights.h5")):
+        best = max(logged) if mode == "max" else min(logged)
+    checkpoint = BestWeights(run_dir.path("best.weights.h5"), monitor, mode, best)
+    nan = StopOnNaN()
+    callbacks = [
+        nan,
+        # CSV and curves before the backup: a kill between them repeats an epoch row, which read_history dedups.
+        keras.callbacks.CSVLogger(csv_path, append=True),
+        checkpoint,
+        Curves(csv_path, run_dir.path("curves.png")),
+        keras.callbacks.TensorBoard(run_dir.path("logs"), update_freq="epoch"),
+        # double_checkpoint: the previous backup is kept as *.bkp and used if a kill damaged the latest one.
+        keras.callbacks.BackupAndRestore(
+            run_dir.backup, save_freq=backup_every or "epoch", delete_checkpoint=False, double_checkpoint=True
+        ),
+    ]
+    return callbacks, nan
