@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -438,24 +439,29 @@ def check_image_files(paths, dataset):
         )
 
 
-def find_undecodable(paths):
-    """The first of `paths` that TensorFlow cannot decode as an image, else None.
+def find_undecodable(paths, time_limit_s=60.0):
+    """`(path, checked)`: the first of `paths` that TensorFlow cannot read or decode as an image (None if none
+    was found) and how many were checked.
 
     For naming the file after a decode failure mid-fit, which TensorFlow reports without it. Decodes in parallel,
-    in order, up to the first failure.
+    in order, up to the first failure or for at most `time_limit_s` (a large data set takes far longer to decode
+    in full than anyone should wait for an error message).
     """
     decoded = tf.data.Dataset.from_tensor_slices(list(paths)).map(
         lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), expand_animations=False)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    index = 0
+    deadline = time.monotonic() + time_limit_s
+    checked = 0
     try:
         for _ in decoded:
-            index += 1
-    except tf.errors.InvalidArgumentError:
-        return paths[index]
-    return None
+            checked += 1
+            if time.monotonic() > deadline:
+                break
+    except tf.errors.OpError:
+        return paths[checked], checked + 1
+    return None, checked
 
 
 def _decode(path, channels):

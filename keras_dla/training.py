@@ -594,8 +594,14 @@ def train(config):
             run_dir.discard_if_unresumable()
         if isinstance(e, tf.errors.InvalidArgumentError) and "Decode" in e.message:
             reason = checks.op_error_reason(e)
-            damaged = datasets.find_undecodable(info.files + val_info.files)
-            where = f": {damaged}" if damaged else "; a damaged file that starts like an image?"
+            files = info.files + val_info.files
+            damaged, checked = datasets.find_undecodable(files)
+            if damaged:
+                where = f": {damaged}"
+            elif files:
+                where = f"; a damaged file that starts like an image? The first {checked} of {len(files)} decode"
+            else:
+                where = "; a damaged file that starts like an image?"
             raise ValueError(
                 f"An image of the data set could not be decoded during training ({reason}){where}. "
                 f"Received: dataset={config.dataset!r}"

@@ -262,13 +262,16 @@ def test_a_damaged_file_behind_a_valid_header_is_found_by_decoding(tmp_path):
     root = make_class_folder(str(tmp_path / "cls"), per_class=4)
     _, info = datasets.classification_data(root, split="train", batch_size=2)
     assert len(info.files) == info.num_examples == 12
-    assert datasets.find_undecodable(info.files) is None
+    assert datasets.find_undecodable(info.files) == (None, 12)
     png = open(info.files[5], "rb").read()
     with open(info.files[5], "wb") as f:
         f.write(png[: len(png) // 2])  # cut short, as an interrupted copy leaves it
     with open(info.files[7], "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    assert datasets.find_undecodable(info.files) == info.files[5]
+    assert datasets.find_undecodable(info.files) == (info.files[5], 6)
+    assert datasets.find_undecodable(info.files, time_limit_s=0) == (None, 1)  # gave up after the first
+    os.remove(info.files[2])  # gone since the listing: named too
+    assert datasets.find_undecodable(info.files) == (info.files[2], 3)
     seg = make_list_folder(str(tmp_path / "seg"))
     _, seg_info = datasets.segmentation_data(seg, split="train", crop_size=32, batch_size=2, classes=5)
     assert [os.path.basename(p) for p in seg_info.files] == [f"train{i}.png" for i in range(4)] * 2
