@@ -313,8 +313,8 @@ def _progress(total, what, log_every_s=10.0):
 
 
 def _fit(images, size):
-    """Fits grey images to `size` as the classification pipeline does (`keras_dla.datasets.fit_small`)."""
-    from keras_dla.datasets import fit_small
+    """Fits grey images to `size` as the classification pipeline does (`keras_dla.augment.fit_small`)."""
+    from keras_dla.augment import fit_small
 
     return np.clip(np.round(np.asarray(fit_small(images, size))), 0, 255).astype(np.uint8)
 

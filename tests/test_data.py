@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_dla import datasets, fashion_mnist
+from keras_dla import augment, datasets, fashion_mnist
 
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers: data sets made in temporary folders
@@ -279,11 +279,11 @@ def test_a_damaged_file_behind_a_valid_header_is_found_by_decoding(tmp_path):
 
 def test_imagenet_augmentation_and_eval_crop():
     image = tf.random.uniform((60, 80, 3), 0, 255, seed=1)
-    out = datasets.augment_classification(image, tf.constant([1, 2], tf.int64), 32, recipe="imagenet")
+    out = augment.augment_classification(image, tf.constant([1, 2], tf.int64), 32, recipe="imagenet")
     assert out.shape == (32, 32, 3) and float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255
     # Evaluation: shorter side to 32 / 0.875 = 37, centre crop 32: a left/right split image keeps its centre.
     halves = tf.concat([tf.zeros((40, 40, 3)), 255 * tf.ones((40, 40, 3))], axis=1)
-    crop = datasets.centre_crop(halves, 32).numpy()
+    crop = augment.centre_crop(halves, 32).numpy()
     assert crop.shape == (32, 32, 3)
     assert crop[:, :10].max() < 1 and crop[:, -10:].min() > 254
 
@@ -291,11 +291,11 @@ def test_imagenet_augmentation_and_eval_crop():
 def test_small_images_fill_seven_eighths_of_the_canvas():
     garment = np.random.default_rng(3).uniform(1, 255, (28, 28, 1)).astype("float32")
     # 28 in 32: padded by 2 on every side, the pixels untouched.
-    padded = datasets.fit_small(tf.constant(garment), 32).numpy()
+    padded = augment.fit_small(tf.constant(garment), 32).numpy()
     np.testing.assert_array_equal(padded[2:30, 2:30], garment)
     assert padded[:2].max() == 0 and padded[30:].max() == 0 and padded[:, :2].max() == 0 and padded[:, 30:].max() == 0
     # 28 in 64: scaled to 56 (a 2x bilinear upsampling, computed here with numpy), then padded by 4.
-    scaled = datasets.fit_small(tf.constant(garment), 64).numpy()
+    scaled = augment.fit_small(tf.constant(garment), 64).numpy()
     assert scaled.shape == (64, 64, 1)
     assert scaled[:4].max() == 0 and scaled[60:].max() == 0 and scaled[:, :4].max() == 0 and scaled[:, 60:].max() == 0
     centres = (np.arange(56) + 0.5) / 2 - 0.5  # half-pixel centres of the 56 output pixels in input coordinates
@@ -306,20 +306,20 @@ def test_small_images_fill_seven_eighths_of_the_canvas():
     expected = rows[:, low] * (1 - frac)[None, :, None] + rows[:, high] * frac[None, :, None]
     np.testing.assert_allclose(scaled[4:60, 4:60], expected, rtol=1e-5, atol=1e-3)
     # A batch is fitted as its images are; a non-square canvas keeps the garment square; larger images shrink.
-    batch = datasets.fit_small(tf.constant(np.stack([garment, garment[::-1]])), 64).numpy()
+    batch = augment.fit_small(tf.constant(np.stack([garment, garment[::-1]])), 64).numpy()
     np.testing.assert_array_equal(batch[0], scaled)
-    wide = datasets.fit_small(tf.constant(garment), (48, 96)).numpy()
+    wide = augment.fit_small(tf.constant(garment), (48, 96)).numpy()
     rows_on, cols_on = np.nonzero(wide[..., 0])
     assert (rows_on.min(), rows_on.max(), cols_on.min(), cols_on.max()) == (3, 44, 27, 68)  # 42 x 42, centred
-    assert datasets.fit_small(tf.zeros((40, 50, 1)), 32).shape == (32, 32, 1)
+    assert augment.fit_small(tf.zeros((40, 50, 1)), 32).shape == (32, 32, 1)
 
 
 def test_random_erasing_fills_one_rectangle_with_noise_half_the_time():
     image = tf.fill((64, 48, 1), 100.0)
     erased, areas = 0, []
     for i in range(200):
-        out = datasets.random_erasing(image, tf.constant([i, 7], tf.int64)).numpy()[..., 0]
-        np.testing.assert_array_equal(out, datasets.random_erasing(image, tf.constant([i, 7], tf.int64))[..., 0])
+        out = augment.random_erasing(image, tf.constant([i, 7], tf.int64)).numpy()[..., 0]
+        np.testing.assert_array_equal(out, augment.random_erasing(image, tf.constant([i, 7], tf.int64))[..., 0])
         changed = out != 100
         if not changed.any():
             continue
@@ -335,7 +335,7 @@ def test_random_erasing_fills_one_rectangle_with_noise_half_the_time():
     # In the recipe, erasing follows the small-image transform, and evaluation fits the image as "small" does.
     garment = tf.constant(np.random.default_rng(0).uniform(0, 255, (28, 28, 1)), tf.float32)
     seed = tf.constant([3, 4], tf.int64)
-    out = datasets.augment_classification(garment, seed, 32, recipe="small-erasing")
+    out = augment.augment_classification(garment, seed, 32, recipe="small-erasing")
     assert out.shape == (32, 32, 1)
     ds, _ = datasets.classification_data(
         "fashion_mnist", split="validation", image_size=64, batch_size=2, recipe="small-erasing", limit=2
@@ -417,7 +417,7 @@ def _coded_pair(size=(64, 96), block=16):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
 def test_augmentation_keeps_image_and_mask_aligned(seed):
     image, mask = _coded_pair()
-    out_image, out_mask = datasets.augment_segmentation(image, mask, tf.constant([seed, 7], tf.int64), 40)
+    out_image, out_mask = augment.augment_segmentation(image, mask, tf.constant([seed, 7], tf.int64), 40)
     out_image, out_mask = out_image.numpy(), out_mask.numpy()
     assert out_image.shape == (40, 40, 3) and out_mask.shape == (40, 40) and out_mask.dtype == np.uint8
     labelled = out_mask != 255
@@ -425,7 +425,7 @@ def test_augmentation_keeps_image_and_mask_aligned(seed):
     # Bilinear image vs nearest mask differ only on block borders; everything else must carry the same label.
     assert np.mean(decoded[labelled] == out_mask[labelled]) > 0.8
     # The control: the mask of another random transform fails the same comparison.
-    _, other = datasets.augment_segmentation(image, mask, tf.constant([seed + 50, 7], tf.int64), 40)
+    _, other = augment.augment_segmentation(image, mask, tf.constant([seed + 50, 7], tf.int64), 40)
     other = other.numpy()
     keep = labelled & (other != 255)
     assert np.mean(decoded[keep] == other[keep]) < 0.4
@@ -437,7 +437,7 @@ def test_augmentation_keeps_image_and_mask_aligned(seed):
 def test_augmentation_without_resampling_is_exact():
     image, mask = _coded_pair()
     for seed in range(4):
-        out_image, out_mask = datasets.augment_segmentation(
+        out_image, out_mask = augment.augment_segmentation(
             image, mask, tf.constant([seed, 1], tf.int64), 40, scale=None, max_rotation=0
         )
         decoded = np.round((out_image.numpy()[..., 0] - 10.0) / 20.0)
@@ -446,7 +446,7 @@ def test_augmentation_without_resampling_is_exact():
 
 def test_augmentation_pads_small_images_with_ignore_label():
     image, mask = _coded_pair((16, 16), block=4)
-    out_image, out_mask = datasets.augment_segmentation(
+    out_image, out_mask = augment.augment_segmentation(
         image, mask, tf.constant([0, 1], tf.int64), 32, scale=None, max_rotation=0
     )
     assert (out_mask.numpy() == 255).sum() == 32 * 32 - 16 * 16
