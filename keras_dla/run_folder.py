@@ -166,9 +166,23 @@ class BestWeights(keras.callbacks.Callback):
             save_weights_atomically(self.model, self.path)
 
 
+def drop_partial_last_row(csv_path):
+    """Cuts a last line without its newline off `csv_path`: a kill while CSVLogger wrote it.
+
+    The epoch runs again after the restart, and its new row would otherwise be appended to the partial one.
+    """
+    if not os.path.isfile(csv_path):
+        return
+    with open(csv_path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def make_callbacks(run_dir, monitor, mode, backup_every=None):
     """The run's callbacks and, separately, its `StopOnNaN` (whose `message` says why a run stopped)."""
     csv_path = run_dir.path("history.csv")
+    drop_partial_last_row(csv_path)
     # A restarted run must not overwrite the best weights with a worse epoch: start from the best logged so far.
     logged = [r[monitor] for r in read_history(csv_path) if monitor in r]
     best = None

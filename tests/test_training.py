@@ -183,6 +183,19 @@ def test_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_a_row_cut_short_by_a_kill_is_dropped_before_the_run_appends(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6")  # killed while writing epoch 1
+    run_folder.drop_partial_last_row(str(path))
+    with open(path, "a") as f:  # the restarted run logs epoch 1 again
+        f.write("1,0.65,0.8\n")
+    rows = run_folder.read_history(str(path))
+    assert [(r["epoch"], r["accuracy"], r["loss"]) for r in rows] == [(0, 0.5, 1.0), (1, 0.65, 0.8)]
+    run_folder.drop_partial_last_row(str(path))  # a complete file is left alone
+    assert path.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n1,0.65,0.8\n"
+    run_folder.drop_partial_last_row(str(tmp_path / "none.csv"))
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Bad input through the command line: a clear message, exit code 2, and no training
 
