@@ -11,8 +11,8 @@
 
 Under multi-worker training only the chief writes DIR; every other worker keeps its backup in
 DIR/workers/worker-<index>/ (so that it resumes at the same epoch as the chief) and its other files in a temporary
-folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own). Weights files are
-written through a temporary file and renamed, so that a kill never leaves a half-written one.
+folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own). Weights files and
+the curves are written through a temporary file and renamed, so that a kill never leaves a half-written one.
 """
 
 import csv
@@ -95,7 +95,9 @@ def plot_history(rows, png_path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    partial = os.path.join(os.path.dirname(png_path) or ".", ".partial." + os.path.basename(png_path))
+    fig.savefig(partial, dpi=100, format="png")
+    os.replace(partial, png_path)  # a viewer or a kill never sees half a picture
     plt.close(fig)
 
 
