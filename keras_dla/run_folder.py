@@ -95,9 +95,7 @@ def plot_history(rows, png_path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    partial = os.path.join(os.path.dirname(png_path) or ".", ".partial." + os.path.basename(png_path))
-    fig.savefig(partial, dpi=100, format="png")
-    os.replace(partial, png_path)  # a viewer or a kill never sees half a picture
+    write_atomically(png_path, lambda partial: fig.savefig(partial, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -140,11 +138,16 @@ class RunDirectory:
         self.cleanup()
 
 
-def save_weights_atomically(model, path):
-    """`model.save_weights(path)` through a temporary file, so that a kill never leaves a half-written `path`."""
+def write_atomically(path, write):
+    """Calls `write(partial)` on a temporary path beside `path`, then renames it: a kill never leaves half a file."""
     partial = os.path.join(os.path.dirname(path) or ".", ".partial." + os.path.basename(path))
-    model.save_weights(partial)
+    write(partial)
     os.replace(partial, path)
+
+
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` through a temporary file (`write_atomically`)."""
+    write_atomically(path, model.save_weights)
 
 
 class BestWeights(keras.callbacks.Callback):
