@@ -24,6 +24,8 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_dla import files
+
 
 class StopOnNaN(keras.callbacks.Callback):
     """Stops training at the first NaN or infinite loss and remembers where it happened (`message`)."""
@@ -95,7 +97,7 @@ def plot_history(rows, png_path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    write_atomically(png_path, lambda partial: fig.savefig(partial, dpi=100, format="png"))
+    files.write_atomically(png_path, lambda partial: fig.savefig(partial, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -119,6 +121,9 @@ class RunDirectory:
             self.backup = os.path.join(self.output, "workers", f"{kind}-{index}", "backup")
         os.makedirs(self.files, exist_ok=True)
         os.makedirs(self.backup, exist_ok=True)
+        for name in os.listdir(self.files):  # a kill during a write leaves its temporary file behind
+            if name.startswith(".partial."):
+                os.remove(os.path.join(self.files, name))
 
     def path(self, name):
         return os.path.join(self.files, name)
@@ -132,22 +137,15 @@ class RunDirectory:
 
         Otherwise the folder (its config.json) would make the next run with other settings be refused.
         """
-        has_backup = any(files for _, _, files in os.walk(self.backup))
+        has_backup = any(names for _, _, names in os.walk(self.backup))
         if self.chief and not has_backup:
             shutil.rmtree(self.output, ignore_errors=True)
         self.cleanup()
 
 
-def write_atomically(path, write):
-    """Calls `write(partial)` on a temporary path beside `path`, then renames it: a kill never leaves half a file."""
-    partial = os.path.join(os.path.dirname(path) or ".", ".partial." + os.path.basename(path))
-    write(partial)
-    os.replace(partial, path)
-
-
 def save_weights_atomically(model, path):
-    """`model.save_weights(path)` through a temporary file (`write_atomically`)."""
-    write_atomically(path, model.save_weights)
+    """`model.save_weights(path)` through a temporary file (`files.write_atomically`)."""
+    files.write_atomically(path, model.save_weights)
 
 
 class BestWeights(keras.callbacks.Callback):

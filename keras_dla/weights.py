@@ -40,7 +40,7 @@ import warnings
 import h5py
 import numpy as np
 
-from keras_dla import convert, readers
+from keras_dla import convert, files, readers
 
 try:  # POSIX; elsewhere the unique temporary names alone keep concurrent loads correct
     import fcntl
@@ -321,20 +321,12 @@ def _published_sha256(header_sets):
     return None
 
 
-def _temporary(path):
-    """A unique temporary path beside `path`, removed on exit unless it was renamed."""
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part", dir=os.path.dirname(path))
-    os.close(fd)
-    return tmp
-
-
 def _download(url, path, expected):
     """Downloads `url` to `path` (atomically) and verifies it; returns the verified digest."""
     recorder = _RecordRedirects()
     opener = urllib.request.build_opener(recorder)
     request = urllib.request.Request(url, headers={"User-Agent": "keras_dla"})
-    tmp = _temporary(path)
-    try:
+    with files.replaced_on_success(path) as tmp:
         try:
             with opener.open(request, timeout=TIMEOUT_S) as response:
                 length = response.headers.get("Content-Length") or "0"
@@ -363,11 +355,7 @@ def _download(url, path, expected):
             if expected is None:
                 raise _SourceError(f"{url} came without a published sha256, so it cannot be verified")
         _check_digest(digest, expected, url)
-        os.replace(tmp, path)
         return digest
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -424,7 +412,7 @@ def _fetch(source, directory, mirror=None, download=True):
                 continue
             digest = _download(location, cached, source.sha256)
             if source.sha256 is None:
-                _write_atomically(_verified_digest_path(cached), lambda tmp, d=digest: _write_text(tmp, d))
+                files.write_atomically(_verified_digest_path(cached), lambda tmp, d=digest: _write_text(tmp, d))
             return cached
         except _SourceError as e:
             if location == cached:  # a damaged or partial cache file: drop it, fetch again
@@ -462,16 +450,6 @@ def fetch_checkpoint(entry, *, mirror=None, download=True):
 def _write_text(path, text):
     with open(path, "w", encoding="ascii") as f:
         f.write(text + "\n")
-
-
-def _write_atomically(path, write):
-    tmp = _temporary(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
 
 
 # --- the converted cache --------------------------------------------------------------------------------------
@@ -633,7 +611,7 @@ def load_pretrained(model, variant, tag):
                 except ValueError as e:
                     raise _SourceError(f"verified but not loadable: {e}") from None
                 attrs = {"variant": variant, "tag": tag, "source": source.url, "source_sha256": sha256_of(local)}
-                _write_atomically(converted, lambda tmp, m=reference, a=attrs: save_by_layer_name(m, tmp, a))
+                files.write_atomically(converted, lambda tmp, m=reference, a=attrs: save_by_layer_name(m, tmp, a))
                 if reference is model:
                     return
                 del reference

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dla import run_folder, training
+from keras_dla import files, run_folder, training
 from keras_dla.cli import build_parser
 from keras_dla.cli import train as cli_train
 from tests.test_data import make_class_folder
@@ -369,11 +369,18 @@ def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
         best.on_epoch_end(5, {"val_accuracy": 0.9})
     model.load_weights(path)  # still the complete file of epoch 2
     assert model.layers[0].kernel.numpy()[0, 0] == 2.0
-    assert sorted(os.listdir(tmp_path)) == [".partial.best.weights.h5", "best.weights.h5"]  # the interrupted one
+    assert os.listdir(tmp_path) == ["best.weights.h5"]  # the interrupted file is removed
     lower = run_folder.BestWeights(str(tmp_path / "loss.weights.h5"), "val_loss", "min", best=0.3)  # as restarted
     lower.set_model(model)
     lower.on_epoch_end(0, {"val_loss": 0.35})
     assert lower.best == 0.3 and not os.path.exists(tmp_path / "loss.weights.h5")
+
+
+def test_run_directory_removes_what_a_kill_left_mid_write(tmp_path):
+    whole = files.temporary_beside(str(tmp_path / "best.weights.h5"))  # as a SIGKILL during the write leaves it
+    open(tmp_path / "history.csv", "w").write("epoch\n")
+    run_folder.RunDirectory(str(tmp_path))
+    assert not os.path.exists(whole) and sorted(os.listdir(tmp_path)) == ["backup", "history.csv"]
 
 
 def _free_ports(count):
