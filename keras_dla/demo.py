@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dla import checks, datasets, export, fashion_mnist, run_folder, training
+from keras_dla import checks, datasets, export, fashion_mnist, files, run_folder, training
 
 # The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
 # DLA-46-C underfit with the authors' SGD: AdamW with label smoothing reached 92.43% in 10 (see README).
@@ -118,7 +118,7 @@ def _plot_confusion(matrix, names, path):
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -140,7 +140,7 @@ def _plot_samples(images, labels, predictions, names, path, count=24):
         ax.set_title(f"{names[predictions[i]]}\n({names[labels[i]]})", fontsize=7, color="green" if ok else "red")
     fig.suptitle("predicted (true)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -165,7 +165,7 @@ def _plot_segmentation_samples(images, masks, predictions, path, count=6):
             if i == 0:
                 ax.set_title(title, fontsize=8, loc="left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -302,7 +302,7 @@ def run_demo(
         else (lambda: training.build_classifier(config.model, info.num_classes, (size, size, 1), "none"))
     )
     plain = _plain_copy(model, builder)
-    plain.save_weights(os.path.join(output, "model.weights.h5"))
+    run_folder.save_weights_atomically(plain, os.path.join(output, "model.weights.h5"))
     parity_images = np.concatenate([x.numpy() for x, _ in test_ds.take(-(-PARITY_IMAGES // 250))])[:PARITY_IMAGES]
     report["export"] = _export_and_check(plain, output, parity_images, timings)
 
@@ -328,10 +328,8 @@ def run_demo(
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
-    with open(os.path.join(output, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(output, "report.md"), "w", encoding="utf-8") as f:
-        f.write(format_report(report))
+    files.write_text(os.path.join(output, "report.json"), json.dumps(report, indent=2))
+    files.write_text(os.path.join(output, "report.md"), format_report(report))
     return report
 
 

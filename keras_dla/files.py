@@ -34,3 +34,13 @@ def write_atomically(path, write):
     """Calls `write(temporary)` and renames the temporary file to `path` (see `replaced_on_success`)."""
     with replaced_on_success(path) as temporary:
         write(temporary)
+
+
+def write_text(path, text):
+    """Writes `text` to `path` as UTF-8 through `write_atomically`."""
+
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    write_atomically(path, write)

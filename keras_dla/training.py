@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_dla import checks, convert, datasets, run_folder
+from keras_dla import checks, convert, datasets, files, run_folder
 from keras_dla.dla import DLA, MIN_INPUT_SIZE, MODEL_CONFIGS
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
@@ -578,8 +578,7 @@ def train(config):
     try:
         callbacks, nan = run_folder.make_callbacks(run_dir, monitor, "max", config.backup_every)
         if run_dir.chief:
-            with open(run_dir.path("config.json"), "w", encoding="utf-8") as f:
-                json.dump(dataclasses.asdict(config), f, indent=2)
+            files.write_text(run_dir.path("config.json"), json.dumps(dataclasses.asdict(config), indent=2))
         history = model.fit(
             train_ds,
             epochs=config.epochs,
@@ -594,12 +593,12 @@ def train(config):
             run_dir.discard_if_unresumable()
         if isinstance(e, tf.errors.InvalidArgumentError) and "Decode" in e.message:
             reason = checks.op_error_reason(e)
-            files = info.files + val_info.files
-            damaged, checked = datasets.find_undecodable(files)
+            image_files = info.files + val_info.files
+            damaged, checked = datasets.find_undecodable(image_files)
             if damaged:
                 where = f": {damaged}"
-            elif files:
-                where = f"; a damaged file that starts like an image? The first {checked} of {len(files)} decode"
+            elif image_files:
+                where = f"; a damaged file that starts like an image? The first {checked} of {len(image_files)} decode"
             else:
                 where = "; a damaged file that starts like an image?"
             raise ValueError(
@@ -623,8 +622,7 @@ def train(config):
     if run_dir.chief:
         if not nan.message:
             run_folder.save_weights_atomically(model, run_dir.path("final.weights.h5"))
-        with open(run_dir.path("run.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        files.write_text(run_dir.path("run.json"), json.dumps(result, indent=2))
     run_dir.cleanup()
     if nan.message:
         raise FloatingPointError(nan.message)

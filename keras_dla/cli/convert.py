@@ -66,17 +66,9 @@ def convert_to_file(model, output):
     """Saves `model`'s weights atomically to `output` (.weights.h5); returns a one-line summary."""
     import numpy as np
 
-    from keras_dla import weights
+    from keras_dla import files, weights
 
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    # Keras insists on the suffix, so the temporary file keeps it.
-    tmp = os.path.join(directory, f".{os.path.basename(output)}.{os.getpid()}.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    files.write_atomically(output, model.save_weights)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     return f"{trainable:,} parameters, sha256 {weights.sha256_of(output)}"
