@@ -412,7 +412,7 @@ def _fetch(source, directory, mirror=None, download=True):
                 continue
             digest = _download(location, cached, source.sha256)
             if source.sha256 is None:
-                files.write_atomically(_verified_digest_path(cached), lambda tmp, d=digest: _write_text(tmp, d))
+                files.write_text(_verified_digest_path(cached), digest + "\n")
             return cached
         except _SourceError as e:
             if location == cached:  # a damaged or partial cache file: drop it, fetch again
@@ -445,11 +445,6 @@ def fetch_checkpoint(entry, *, mirror=None, download=True):
         f"No verified checkpoint for the {entry.tag!r} weights of {entry.variant} ({' | '.join(problems)}). "
         f"Received: mirror={mirror!r}, download={download}"
     )
-
-
-def _write_text(path, text):
-    with open(path, "w", encoding="ascii") as f:
-        f.write(text + "\n")
 
 
 # --- the converted cache --------------------------------------------------------------------------------------
