@@ -22,6 +22,7 @@ def _load(name):
 performance = _load("performance")
 kernel_time = _load("kernel_time")
 flip_tta_accuracy = _load("flip_tta_accuracy")
+winograd = _load("winograd")
 
 
 def test_flops_match_the_published_multiply_adds():
@@ -183,3 +184,32 @@ def test_flip_averaging_mirrors_the_width_and_adds_the_softmax_outputs():
     image[0, :, 0], image[0, :, 2], image[0, :, 3] = 1.0, 1.0, 1.25
     plain, flipped = flip_tta_accuracy.flip_tta_accuracy(model, image, np.array([0]))
     assert (plain, flipped) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("height, width", [(6, 6), (7, 5)])
+def test_winograd_convolution_equals_the_direct_one(height, width):
+    # Odd sides exercise the padding to whole 2x2 tiles and the crop back.
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, height, width, 3)).astype("float32")
+    kernel = rng.standard_normal((3, 3, 3, 5)).astype("float32")
+    bias = rng.standard_normal(5).astype("float32")
+    got = winograd.winograd_conv(
+        tf.constant(x),
+        tf.constant(winograd.transformed_kernel(kernel)),
+        tf.constant(bias),
+        tf.constant(winograd.input_transform_filter(3)),
+        tf.constant(winograd.output_transform_matrix()),
+    ).numpy()
+    want = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME") + bias).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_winograd_refuses_a_batch_of_zero(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["winograd.py", "--batches", "0"])
+    with pytest.raises(SystemExit):
+        winograd.main()
+    assert "should be positive" in capsys.readouterr().err
