@@ -98,7 +98,8 @@ def iou_per_class(matrix):
         return np.where(union > 0, tp / union, np.nan)
 
 
-def _plot_confusion(matrix, names, path):
+def plot_confusion(matrix, names, path):
+    """A PNG of `matrix` (rows the true class): counts, each cell shaded by its share of the row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +313,7 @@ def run_demo(
         os.path.join(output, "curves.png"),
         title=f"{settings['model']} on {dataset} (validation = test split, monitored only)",
     )
-    _plot_confusion(matrix, names, os.path.join(output, "confusion_matrix.png"))
+    plot_confusion(matrix, names, os.path.join(output, "confusion_matrix.png"))
     raw = np.concatenate([x.numpy() for x, _ in test_ds.take(1)])[..., 0] * info.std[0] + info.mean[0]
     if segmentation:
         _plot_segmentation_samples(raw, labels, predictions, os.path.join(output, "samples.png"))

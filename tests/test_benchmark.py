@@ -182,8 +182,43 @@ def test_flip_averaging_mirrors_the_width_and_adds_the_softmax_outputs():
     model.layers[-1].set_weights([kernel.reshape(16, 2), np.zeros(2, "float32")])
     image = np.zeros((1, 4, 4, 1), "float32")
     image[0, :, 0], image[0, :, 2], image[0, :, 3] = 1.0, 1.0, 1.25
-    plain, flipped = flip_tta_accuracy.flip_tta_accuracy(model, image, np.array([0]))
-    assert (plain, flipped) == (0.0, 1.0)
+    plain, flipped = flip_tta_accuracy.flip_tta_predictions(model, image)
+    assert (plain.tolist(), flipped.tolist()) == ([1], [0])
+
+
+def test_flip_tta_script_prints_both_accuracies_and_draws_the_confusion_matrix(tmp_path, monkeypatch, capsys):
+    # Trained-from-nothing weights on the first 500 real test images: the accuracies printed must be the ones of the
+    # predictions, and the matrix the single view's.
+    import keras
+    import numpy as np
+
+    from keras_dla import datasets, training
+
+    weights = str(tmp_path / "model.weights.h5")
+    training.build_classifier("dla46_c", 10, (32, 32, 1), None).save_weights(weights)
+    real = datasets.classification_data
+    monkeypatch.setattr(datasets, "classification_data", lambda *a, **k: real(*a, **k, limit=500))
+    drawn = {}
+    monkeypatch.setattr(flip_tta_accuracy.demo, "plot_confusion", lambda m, names, path: drawn.update(m=m, path=path))
+    flip_tta_accuracy.main([weights, "dla46_c", "32", "--confusion", str(tmp_path / "c.png")])
+
+    model = training.build_classifier("dla46_c", 10, (32, 32, 1), weights)
+    test, _ = real("fashion_mnist", split="validation", batch_size=250, image_size=32, limit=500)
+    images, labels = (np.concatenate(p) for p in zip(*[(a.numpy(), b.numpy()) for a, b in test], strict=True))
+    plain, flipped = flip_tta_accuracy.flip_tta_predictions(model, images)
+    out = capsys.readouterr().out
+    assert (
+        f"500 test images; accuracy {np.mean(plain == labels):.4f} single view, {np.mean(flipped == labels):.4f}" in out
+    )
+    np.testing.assert_array_equal(drawn["m"], np.bincount(labels * 10 + plain, minlength=100).reshape(10, 10))
+    assert drawn["path"] == str(tmp_path / "c.png")
+    keras.backend.clear_session()
+
+
+def test_flip_tta_script_refuses_a_size_of_zero(capsys):
+    with pytest.raises(SystemExit):
+        flip_tta_accuracy.parse_args(["w.weights.h5", "dla46_c", "0"])
+    assert "image size should be positive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("height, width", [(6, 6), (7, 5)])
