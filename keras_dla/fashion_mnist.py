@@ -110,7 +110,14 @@ def load_data(data_dir=None):
     if directory is None:
         import keras
 
-        return keras.datasets.fashion_mnist.load_data()
+        try:
+            return keras.datasets.fashion_mnist.load_data()
+        except Exception as e:  # keras' get_file raises a bare Exception when the download fails
+            raise FileNotFoundError(
+                f"Fashion-MNIST is not on this machine and could not be downloaded ({e}). Install the Debian "
+                f"package dataset-fashion-mnist (files in {DEBIAN_DIR}), or set ${ENV_VAR} to a folder with "
+                f"the four IDX files ({', '.join(s for p in FILES.values() for s in p)}, optionally .gz)."
+            ) from e
     splits = []
     for split in ("train", "test"):
         images_stem, labels_stem = FILES[split]

@@ -100,6 +100,20 @@ def test_load_data_from_a_folder(tmp_path):
         fashion_mnist.load_data(str(tmp_path / "missing"))
 
 
+def test_fashion_mnist_failed_download_says_where_the_files_go(tmp_path, monkeypatch):
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://example.invalid/train-labels-idx1-ubyte.gz")
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path))
+    monkeypatch.delenv(fashion_mnist.ENV_VAR, raising=False)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*KERAS_DLA_FASHION_MNIST") as caught:
+        fashion_mnist.load_data()
+    assert "URL fetch failure" in str(caught.value)
+
+
 def test_real_fashion_mnist_is_available():
     """The demo's data: the Debian package's files (CI installs dataset-fashion-mnist)."""
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
