@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from keras_dla import datasets, export, training
+from keras_dla import datasets, export, export_verify, training
 
 
 def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
@@ -36,7 +36,7 @@ def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
             calibration_steps=len(representative),
         )
         convert_s = time.perf_counter() - start
-        interpreter = export._tflite_interpreter(path, 2)
+        interpreter = export_verify.tflite_interpreter(path, 2)
         interpreter.allocate_tensors()
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         int8_top1 = np.empty(len(x), dtype=np.int64)

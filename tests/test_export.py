@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import dla, dla_up, export, fashion_mnist
+from keras_dla import dla, dla_up, export, export_verify, fashion_mnist
 from keras_dla.imagenet import preprocess_input
 
 SIZE = 32  # the smallest input DLA takes: TFLite conversion time grows with the graph, not the pixels
@@ -152,7 +152,7 @@ def test_uint8_signature_builds_the_preprocessing_in(small_model, tmp_path):
 
 
 def _tflite_details(path):
-    interpreter = export._tflite_interpreter(os.fspath(path), None)
+    interpreter = export_verify.tflite_interpreter(os.fspath(path), None)
     return interpreter.get_input_details()[0], interpreter.get_output_details()[0], interpreter.get_tensor_details()
 
 
@@ -249,7 +249,7 @@ def test_int8_keeps_top1_on_real_images(fashion_model, tmp_path):
     assert report.top1_agreement >= 0.95, report.summary()
 
     keras_accuracy = np.mean(np.argmax(model.predict(np.asarray(normalise(test_pixels)), verbose=0), -1) == labels)
-    runner = export._Runner(path, None)
+    runner = export_verify._Runner(path, None)
     int8_predictions = [np.argmax(next(iter(runner(test_pixels[i : i + 1]).values()))) for i in range(1000)]
     int8_accuracy = np.mean(np.asarray(int8_predictions) == labels)
     assert keras_accuracy > 0.6  # a model that learned something, so agreement means something

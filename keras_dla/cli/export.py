@@ -139,9 +139,9 @@ def run(args):
 
     import numpy as np
 
-    from keras_dla import export
+    from keras_dla import export, preprocessing
 
-    preprocess = export._resolve_preprocess(args.preprocess)
+    preprocess = preprocessing.resolve_preprocess(args.preprocess)
     model = build_model(
         args.model,
         weights,
