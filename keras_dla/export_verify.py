@@ -48,12 +48,16 @@ class ExportReport:
     keras_latency_ms: float
     input_dtype: str
 
-    def summary(self):
-        agreement = ""
+    def agreement(self):
+        """`"top-1 agreement 99.61%"` or `"pixel agreement ..."`, whichever the outputs have; `""` for neither."""
         if self.top1_agreement is not None:
-            agreement = f", top-1 agreement {100 * self.top1_agreement:.2f}%"
+            return f"top-1 agreement {100 * self.top1_agreement:.2f}%"
         if self.pixel_agreement is not None:
-            agreement = f", pixel agreement {100 * self.pixel_agreement:.2f}%"
+            return f"pixel agreement {100 * self.pixel_agreement:.2f}%"
+        return ""
+
+    def summary(self):
+        agreement = f", {self.agreement()}" if self.agreement() else ""
         return (
             f"{self.format} {self.path}: {self.size_bytes / 2**20:.2f} MiB, {self.samples} images, "
             f"max abs diff {self.max_abs_diff:.3g} (relative {self.max_rel_diff:.3g}){agreement}, "

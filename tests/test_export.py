@@ -424,3 +424,15 @@ def test_failure_midway_leaves_no_partial_saved_model(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export.export_saved_model(tiny_model(), tmp_path / "sm")
     assert os.listdir(tmp_path) == []
+
+
+def test_report_names_the_agreement_its_outputs_have():
+    fields = dict(path="m.tflite", format="tflite", size_bytes=2**20, samples=4, max_abs_diff=1e-6, max_rel_diff=1e-7)
+    fields.update(latency_ms=1.0, keras_latency_ms=2.0, input_dtype="float32")
+    classifier = export_verify.ExportReport(top1_agreement=0.75, pixel_agreement=None, **fields)
+    segmenter = export_verify.ExportReport(top1_agreement=None, pixel_agreement=0.5, **fields)
+    neither = export_verify.ExportReport(top1_agreement=None, pixel_agreement=None, **fields)
+    assert classifier.agreement() == "top-1 agreement 75.00%" and "top-1 agreement 75.00%," in classifier.summary()
+    assert segmenter.agreement() == "pixel agreement 50.00%" and "pixel agreement 50.00%," in segmenter.summary()
+    assert neither.agreement() == "" and "agreement" not in neither.summary()
+    assert neither.summary().startswith("tflite m.tflite: 1.00 MiB, 4 images, max abs diff 1e-06 (relative 1e-07), ")

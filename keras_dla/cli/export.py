@@ -194,11 +194,7 @@ def run(args):
     checks.append((f"{args.samples} random images", as_input(pixels)))
     for label, inputs in checks:
         report = export.verify_export(model, path, inputs, preprocess=preprocess)
-        agreement = ""
-        if report.top1_agreement is not None:
-            agreement = f"  top-1 agreement {100 * report.top1_agreement:.2f}%"
-        elif report.pixel_agreement is not None:
-            agreement = f"  pixel agreement {100 * report.pixel_agreement:.2f}%"
+        agreement = f"  {report.agreement()}" if report.agreement() else ""
         print(
             f"parity on {label}: max abs diff {report.max_abs_diff:.3g} (relative {report.max_rel_diff:.3g}){agreement}"
         )
