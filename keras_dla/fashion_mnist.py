@@ -36,6 +36,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+_FILE_LIST = ", ".join(stem for pair in FILES.values() for stem in pair)  # for error messages
 # Pixel statistics of the 60,000 train images on [0, 1] (the usual normalisation of Fashion-MNIST).
 MEAN = 0.2860
 STD = 0.3530
@@ -93,8 +94,7 @@ def find_files(data_dir=None):
             return directory
     if data_dir:
         raise FileNotFoundError(
-            f"No Fashion-MNIST IDX files ({', '.join(s for p in FILES.values() for s in p)}, optionally .gz) "
-            f"in the folder. Received: data_dir={data_dir!r}"
+            f"No Fashion-MNIST IDX files ({_FILE_LIST}, optionally .gz) in the folder. Received: data_dir={data_dir!r}"
         )
     return None
 
@@ -116,7 +116,7 @@ def load_data(data_dir=None):
             raise FileNotFoundError(
                 f"Fashion-MNIST is not on this machine and could not be downloaded ({e}). Install the Debian "
                 f"package dataset-fashion-mnist (files in {DEBIAN_DIR}), or set ${ENV_VAR} to a folder with "
-                f"the four IDX files ({', '.join(s for p in FILES.values() for s in p)}, optionally .gz)."
+                f"the four IDX files ({_FILE_LIST}, optionally .gz)."
             ) from e
     splits = []
     for split in ("train", "test"):
