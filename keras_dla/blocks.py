@@ -1,8 +1,9 @@
 """The building blocks of DLA: conv-BN-ReLU, residual blocks, aggregation roots and HDA trees.
 
-Every function here takes a symbolic Keras tensor and returns one, creating layers whose names are the
-PyTorch module paths of the authors' `dla.py` (and timm's `dla.py`), e.g. `level3.tree1.root.conv`. The
-PyTorch checkpoint key of a weight is then `<layer name>.<tensor name>`, which is what `convert.py` walks.
+Every function here takes a symbolic Keras tensor and returns one, creating Keras' own layers named after the
+PyTorch module paths of the authors' `dla.py` (and timm's `dla.py`) with underscores for dots
+(`level3.tree1.root.conv` -> `level3_tree1_root_conv`, see `keras_dla.names`). The PyTorch checkpoint key of a
+weight is then `<module path>.<tensor name>`, which is what `convert.py` walks.
 
 Numerics follow PyTorch: BatchNorm epsilon 1e-5, and strided convolutions padded symmetrically with an
 explicit `ZeroPadding2D` (Keras `padding="same"` pads bottom/right only at stride 2). Stride-1 convolutions
@@ -13,25 +14,19 @@ import math
 
 from keras import layers, ops
 
-from keras_dla.layers import ChunkedGroupConv2D, FusedBatchNormalization
-
 # PyTorch's BatchNorm2d defaults; Keras' own default epsilon is 1e-3.
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # = 1 - PyTorch's momentum of 0.1
 
 
 def conv2d(x, filters, kernel_size, *, stride=1, groups=1, use_bias=False, name):
-    """A Conv2D with PyTorch's symmetric padding of (kernel_size - 1) // 2 on every side.
-
-    Grouped convs are `ChunkedGroupConv2D`s: the same weights, but fast on a CPU under TensorFlow.
-    """
+    """A Conv2D with PyTorch's symmetric padding of (kernel_size - 1) // 2 on every side."""
     pad = (kernel_size - 1) // 2
     padding = "same"
     if stride > 1 and pad > 0:
-        x = layers.ZeroPadding2D(pad, name=f"{name}.pad")(x)
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         padding = "valid"
-    conv = ChunkedGroupConv2D if groups > 1 else layers.Conv2D
-    return conv(
+    return layers.Conv2D(
         filters,
         kernel_size,
         strides=stride,
@@ -43,8 +38,8 @@ def conv2d(x, filters, kernel_size, *, stride=1, groups=1, use_bias=False, name)
 
 
 def batch_norm(x, *, name):
-    """A Keras `BatchNormalization` (PyTorch's epsilon and momentum) run by TensorFlow's fused kernel."""
-    return FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    """A Keras `BatchNormalization` with PyTorch's epsilon and momentum."""
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
 def relu(x, *, name):
@@ -54,12 +49,12 @@ def relu(x, *, name):
 def conv_level(x, filters, convs, *, stride, name):
     """`level0` / `level1`: `convs` x (3x3 conv, BN, ReLU), the first with `stride`.
 
-    Mirrors an `nn.Sequential` of [conv, bn, relu] * convs, so the layers are `name.0`, `name.1`, ...
+    Mirrors an `nn.Sequential` of [conv, bn, relu] * convs, so the layers are `name_0`, `name_1`, ...
     """
     for i in range(convs):
-        x = conv2d(x, filters, 3, stride=stride if i == 0 else 1, name=f"{name}.{3 * i}")
-        x = batch_norm(x, name=f"{name}.{3 * i + 1}")
-        x = relu(x, name=f"{name}.{3 * i + 2}")
+        x = conv2d(x, filters, 3, stride=stride if i == 0 else 1, name=f"{name}_{3 * i}")
+        x = batch_norm(x, name=f"{name}_{3 * i + 1}")
+        x = relu(x, name=f"{name}_{3 * i + 2}")
     return x
 
 
@@ -69,31 +64,31 @@ def bottleneck_width(filters, groups, base_width):
 
 
 def _residual_out(x, shortcut, *, name):
-    x = layers.Add(name=f"{name}.add")([x, shortcut])
-    return relu(x, name=f"{name}.relu")
+    x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return relu(x, name=f"{name}_relu")
 
 
 def basic_block(x, shortcut, filters, *, stride, name, **_):
     """Two 3x3 convs; the tree supplies the shortcut (a projection of the downsampled input)."""
-    y = conv2d(x, filters, 3, stride=stride, name=f"{name}.conv1")
-    y = batch_norm(y, name=f"{name}.bn1")
-    y = relu(y, name=f"{name}.relu1")
-    y = conv2d(y, filters, 3, name=f"{name}.conv2")
-    y = batch_norm(y, name=f"{name}.bn2")
+    y = conv2d(x, filters, 3, stride=stride, name=f"{name}_conv1")
+    y = batch_norm(y, name=f"{name}_bn1")
+    y = relu(y, name=f"{name}_relu1")
+    y = conv2d(y, filters, 3, name=f"{name}_conv2")
+    y = batch_norm(y, name=f"{name}_bn2")
     return _residual_out(y, shortcut, name=name)
 
 
 def bottleneck_block(x, shortcut, filters, *, stride, groups, base_width, name, **_):
     """1x1 reduce, 3x3 grouped conv carrying the stride, 1x1 expand (DLA and DLA-X)."""
     width = bottleneck_width(filters, groups, base_width)
-    y = conv2d(x, width, 1, name=f"{name}.conv1")
-    y = batch_norm(y, name=f"{name}.bn1")
-    y = relu(y, name=f"{name}.relu1")
-    y = conv2d(y, width, 3, stride=stride, groups=groups, name=f"{name}.conv2")
-    y = batch_norm(y, name=f"{name}.bn2")
-    y = relu(y, name=f"{name}.relu2")
-    y = conv2d(y, filters, 1, name=f"{name}.conv3")
-    y = batch_norm(y, name=f"{name}.bn3")
+    y = conv2d(x, width, 1, name=f"{name}_conv1")
+    y = batch_norm(y, name=f"{name}_bn1")
+    y = relu(y, name=f"{name}_relu1")
+    y = conv2d(y, width, 3, stride=stride, groups=groups, name=f"{name}_conv2")
+    y = batch_norm(y, name=f"{name}_bn2")
+    y = relu(y, name=f"{name}_relu2")
+    y = conv2d(y, filters, 1, name=f"{name}_conv3")
+    y = batch_norm(y, name=f"{name}_bn3")
     return _residual_out(y, shortcut, name=name)
 
 
@@ -106,27 +101,27 @@ def res2net_block(x, shortcut, filters, *, stride, groups, base_width, scale, na
     """
     width = bottleneck_width(filters, groups, base_width)
     is_first = stride > 1
-    y = conv2d(x, width * scale, 1, name=f"{name}.conv1")
-    y = batch_norm(y, name=f"{name}.bn1")
-    y = relu(y, name=f"{name}.relu1")
+    y = conv2d(x, width * scale, 1, name=f"{name}_conv1")
+    y = batch_norm(y, name=f"{name}_bn1")
+    y = relu(y, name=f"{name}_relu1")
     splits = ops.split(y, scale, axis=-1)
     outputs = []
     sp = None
     for i in range(max(1, scale - 1)):
-        sp = splits[i] if i == 0 or is_first else layers.Add(name=f"{name}.sum{i}")([sp, splits[i]])
-        sp = conv2d(sp, width, 3, stride=stride, groups=groups, name=f"{name}.convs.{i}")
-        sp = batch_norm(sp, name=f"{name}.bns.{i}")
-        sp = relu(sp, name=f"{name}.relu_s{i}")
+        sp = splits[i] if i == 0 or is_first else layers.Add(name=f"{name}_sum{i}")([sp, splits[i]])
+        sp = conv2d(sp, width, 3, stride=stride, groups=groups, name=f"{name}_convs_{i}")
+        sp = batch_norm(sp, name=f"{name}_bns_{i}")
+        sp = relu(sp, name=f"{name}_relu_s{i}")
         outputs.append(sp)
     if scale > 1:
         last = splits[-1]
         if is_first:
-            last = layers.ZeroPadding2D(1, name=f"{name}.pool.pad")(last)
-            last = layers.AveragePooling2D(3, strides=stride, name=f"{name}.pool")(last)
+            last = layers.ZeroPadding2D(1, name=f"{name}_pool_pad")(last)
+            last = layers.AveragePooling2D(3, strides=stride, name=f"{name}_pool")(last)
         outputs.append(last)
-    y = layers.Concatenate(name=f"{name}.cat")(outputs)
-    y = conv2d(y, filters, 1, name=f"{name}.conv3")
-    y = batch_norm(y, name=f"{name}.bn3")
+    y = layers.Concatenate(name=f"{name}_cat")(outputs)
+    y = conv2d(y, filters, 1, name=f"{name}_conv3")
+    y = batch_norm(y, name=f"{name}_bn3")
     return _residual_out(y, shortcut, name=name)
 
 
@@ -139,12 +134,12 @@ BLOCKS = {
 
 def root(children, filters, *, residual, name):
     """Aggregation node: 1x1 conv over the concatenated children, BN, (+ first child), ReLU."""
-    x = layers.Concatenate(name=f"{name}.cat")(children)
-    x = conv2d(x, filters, 1, name=f"{name}.conv")
-    x = batch_norm(x, name=f"{name}.bn")
+    x = layers.Concatenate(name=f"{name}_cat")(children)
+    x = conv2d(x, filters, 1, name=f"{name}_conv")
+    x = batch_norm(x, name=f"{name}_bn")
     if residual:
-        x = layers.Add(name=f"{name}.add")([x, children[0]])
-    return relu(x, name=f"{name}.relu")
+        x = layers.Add(name=f"{name}_add")([x, children[0]])
+    return relu(x, name=f"{name}_relu")
 
 
 def tree(
@@ -174,18 +169,18 @@ def tree(
     children = [] if children is None else children
     bottom = x
     if stride > 1:
-        bottom = layers.MaxPooling2D(stride, strides=stride, padding="same", name=f"{name}.downsample")(x)
+        bottom = layers.MaxPooling2D(stride, strides=stride, padding="same", name=f"{name}_downsample")(x)
     if level_root:
         children.append(bottom)
     if levels == 1:
         shortcut = bottom
         if in_channels != out_channels:
-            shortcut = conv2d(bottom, out_channels, 1, name=f"{name}.project.0")
-            shortcut = batch_norm(shortcut, name=f"{name}.project.1")
+            shortcut = conv2d(bottom, out_channels, 1, name=f"{name}_project_0")
+            shortcut = batch_norm(shortcut, name=f"{name}_project_1")
         block_fn = BLOCKS[block]
-        x1 = block_fn(x, shortcut, out_channels, stride=stride, name=f"{name}.tree1", **block_args)
-        x2 = block_fn(x1, x1, out_channels, stride=1, name=f"{name}.tree2", **block_args)
-        return root([x2, x1, *children], out_channels, residual=residual_root, name=f"{name}.root")
+        x1 = block_fn(x, shortcut, out_channels, stride=stride, name=f"{name}_tree1", **block_args)
+        x2 = block_fn(x1, x1, out_channels, stride=1, name=f"{name}_tree2", **block_args)
+        return root([x2, x1, *children], out_channels, residual=residual_root, name=f"{name}_root")
     x1 = tree(
         x,
         levels - 1,
@@ -195,7 +190,7 @@ def tree(
         stride=stride,
         level_root=False,
         residual_root=residual_root,
-        name=f"{name}.tree1",
+        name=f"{name}_tree1",
         block_args=block_args,
     )
     children.append(x1)
@@ -208,7 +203,7 @@ def tree(
         stride=1,
         level_root=False,
         residual_root=residual_root,
-        name=f"{name}.tree2",
+        name=f"{name}_tree2",
         block_args=block_args,
         children=children,
     )

@@ -1,9 +1,9 @@
 """PyTorch state dict -> Keras weights, by name, with every key accounted for.
 
-Keras layer names are PyTorch module paths, so a checkpoint key is `<layer name>.<tensor name>`. The
-converter walks the model's layers, takes the keys each one needs, and then checks that every key of the
-checkpoint was used or is on the list of keys that have no Keras counterpart (`ignored_keys`). Anything
-else is an error naming the key: loading is never silently partial.
+Keras layer names are PyTorch module paths with underscores for dots (`keras_dla.names`), so a checkpoint
+key is `<module path of the layer>.<tensor name>`. The converter walks the model's layers, takes the keys each
+one needs, and then checks that every key of the checkpoint was used or is on the list of keys that have no Keras
+counterpart (`ignored_keys`). Anything else is an error naming the key: loading is never silently partial.
 """
 
 import os
@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_dla import readers
+from keras_dla import names, readers, resampling
 from keras_dla.layers import DepthwiseConv2DTranspose
 
 DEAD_KEYS_NOTE = (
@@ -53,6 +53,9 @@ def _tensor_map(layer):
         pairs = [("weight", _dense_kernel), ("bias", None)]
     elif isinstance(layer, DepthwiseConv2DTranspose):
         pairs = [("weight", _depthwise_transpose_kernel)]
+    elif isinstance(layer, layers.DepthwiseConv2D) and not layer.use_bias:
+        # DLA-Up's upsampling (`resampling.depthwise_conv_transpose`): a ConvTranspose2d weight as a phase kernel.
+        pairs = [("weight", resampling.phase_kernel_from_torch)]
     else:
         raise TypeError(f"No PyTorch mapping for layer {layer.name!r} of type {type(layer).__name__}")
     if len(pairs) != len(layer.weights):
@@ -85,14 +88,15 @@ def dead_project_keys(config):
 def named_layers(model, prefix=""):
     """`(checkpoint key prefix, layer)` for every layer of `model`, entering nested models.
 
-    A nested model is a PyTorch sub-module: its name joins the path, so the layer `level3.tree1.conv1` of
-    the sub-model `base` reads the key `base.level3.tree1.conv1.weight`.
+    The prefix is the layer's PyTorch module path (`names.module_path`). A nested model is a PyTorch sub-module:
+    its name joins the path, so the layer `level3_tree1_conv1` of the sub-model `base` reads the key
+    `base.level3.tree1.conv1.weight`.
     """
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from named_layers(layer, f"{prefix}{layer.name}.")
+            yield from named_layers(layer, f"{prefix}{names.module_path(layer.name)}.")
         else:
-            yield f"{prefix}{layer.name}", layer
+            yield f"{prefix}{names.module_path(layer.name)}", layer
 
 
 def ignored_keys(state_dict, model, dead_prefixes, ignored_prefixes=None):

@@ -2,7 +2,8 @@
 
 Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018; the authors' `ucbdrive/dla` code
-and timm's port. Layer names are the PyTorch module paths, so `fc`, `level3.tree1.root.conv`, ...
+and timm's port. Layer names are the PyTorch module paths with underscores for dots (`fc`,
+`level3_tree1_root_conv`, ...; `keras_dla.names` maps them both ways).
 """
 
 import numbers
@@ -11,7 +12,7 @@ import os
 import keras
 from keras import layers
 
-from keras_dla import blocks, checks, convert
+from keras_dla import blocks, checks, convert, fast_paths
 from keras_dla import weights as pretrained
 
 # levels: blocks per level (level0/1 count convs, level2..5 are trees of that depth); channels per level.
@@ -245,9 +246,9 @@ def DLA(
     if "scale" in config:
         block_args["scale"] = config["scale"]
 
-    x = blocks.conv2d(img_input, channels[0], 7, name="base_layer.0")
-    x = blocks.batch_norm(x, name="base_layer.1")
-    x = blocks.relu(x, name="base_layer.2")
+    x = blocks.conv2d(img_input, channels[0], 7, name="base_layer_0")
+    x = blocks.batch_norm(x, name="base_layer_1")
+    x = blocks.relu(x, name="base_layer_2")
     features = {}
     x = features["level0"] = blocks.conv_level(x, channels[0], levels[0], stride=1, name="level0")
     x = features["level1"] = blocks.conv_level(x, channels[1], levels[1], stride=2, name="level1")
@@ -281,7 +282,7 @@ def DLA(
         outputs = x
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, outputs, name=name or variant)
+    model = fast_paths.attach(keras.Model(inputs, outputs, name=name or variant))
 
     if pretrained.find(variant, weights) is not None:
         # Fetched, verified and converted once; later loads read the converted cache.
@@ -296,11 +297,12 @@ BASE_DOCSTRING = """Instantiates the {title} architecture (Deep Layer Aggregatio
     Reference:
     - [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484) (CVPR 2018)
 
-    The model computes what the authors' PyTorch `{variant}` computes: layer names are the PyTorch
-    module paths (`level3.tree1.root.conv`) and a PyTorch checkpoint in the authors' or timm's layout
-    loads through `weights=<path>`. Inputs are RGB images normalised with
-    `keras_dla.preprocess_input` (scale to [0, 1], ImageNet mean and std). Any height and width
-    >= 32 works, odd sizes included.
+    The model computes what the authors' PyTorch `{variant}` computes, on every Keras backend: layer
+    names are the PyTorch module paths with underscores for dots (`level3_tree1_root_conv`, see
+    `keras_dla.names`) and a PyTorch checkpoint in the authors' or timm's layout loads through
+    `weights=<path>`. The layers are Keras' own: a saved `.keras` file loads with plain Keras.
+    Inputs are RGB images normalised with `keras_dla.preprocess_input` (scale to [0, 1], ImageNet
+    mean and std). Any height and width >= 32 works, odd sizes included.
 
     Args:
         include_top: whether to include the global average pool and the `fc` classifier.

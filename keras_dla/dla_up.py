@@ -2,10 +2,11 @@
 
 Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018, section 4, and the authors'
-`dla_up.py` (`DLASeg`, `DLAUp`, `IDAUp`). Layer names are the PyTorch module paths of `DLASeg`:
-the backbone is the sub-model `base` (`base.level3.tree1.conv1`), the decoder's layers are
-`dla_up.ida_{i}.{proj,up,node}_{k}`, then `fc.0` and the frozen bilinear `up`. A state dict of the
-authors' model therefore loads by name, every key accounted for.
+`dla_up.py` (`DLASeg`, `DLAUp`, `IDAUp`). Layer names are the PyTorch module paths of `DLASeg` with
+underscores for dots (`keras_dla.names`): the backbone is the sub-model `base` (`base.level3.tree1.conv1` is its
+layer `level3_tree1_conv1`), the decoder's layers are `dla_up_ida_{i}_{proj,up,node}_{k}`, then `fc_0` and the
+frozen bilinear `up`. A state dict of the authors' model therefore loads by name, every key accounted for. Every
+layer is one of Keras' own (`keras_dla.resampling` builds the upsampling and the padding from them).
 """
 
 import math
@@ -15,8 +16,7 @@ import re
 import keras
 from keras import layers
 
-from keras_dla import blocks, convert, dla, readers
-from keras_dla.layers import CropLike, DepthwiseConv2DTranspose, PadToMultiple
+from keras_dla import blocks, convert, dla, fast_paths, readers, resampling
 
 DOWN_RATIOS = (2, 4, 8, 16)
 # The deepest level (level5) has stride 32: every level is twice the next only at multiples of 32.
@@ -53,9 +53,9 @@ def _conv(x, filters, kernel_size, *, name, use_bias=False):
 
 def _conv_bn_relu(x, filters, kernel_size, *, name):
     """An `nn.Sequential(Conv2d, BatchNorm2d, ReLU)`: layers `name.0`, `name.1`, `name.2`."""
-    x = _conv(x, filters, kernel_size, name=f"{name}.0")
-    x = blocks.batch_norm(x, name=f"{name}.1")
-    return blocks.relu(x, name=f"{name}.2")
+    x = _conv(x, filters, kernel_size, name=f"{name}_0")
+    x = blocks.batch_norm(x, name=f"{name}_1")
+    return blocks.relu(x, name=f"{name}_2")
 
 
 def ida_up(features, filters, up_factors, *, name, node_kernel=3):
@@ -72,15 +72,15 @@ def ida_up(features, filters, up_factors, *, name, node_kernel=3):
     upsampled = []
     for k, (x, factor) in enumerate(zip(features, up_factors, strict=True)):
         if x.shape[-1] != filters:
-            x = _conv_bn_relu(x, filters, 1, name=f"{name}.proj_{k}")
+            x = _conv_bn_relu(x, filters, 1, name=f"{name}_proj_{k}")
         if factor > 1:
-            x = DepthwiseConv2DTranspose(factor, name=f"{name}.up_{k}")(x)
+            x = resampling.depthwise_conv_transpose(x, factor, name=f"{name}_up_{k}")
         upsampled.append(x)
     x = upsampled[0]
     nodes = []
     for k in range(1, len(upsampled)):
-        x = layers.Concatenate(name=f"{name}.node_{k}.cat")([x, upsampled[k]])
-        x = _conv_bn_relu(x, filters, node_kernel, name=f"{name}.node_{k}")
+        x = layers.Concatenate(name=f"{name}_node_{k}_cat")([x, upsampled[k]])
+        x = _conv_bn_relu(x, filters, node_kernel, name=f"{name}_node_{k}")
         nodes.append(x)
     return nodes
 
@@ -104,7 +104,7 @@ def dla_up(features, *, name="dla_up"):
     for i in range(len(features) - 1):
         j = len(features) - 2 - i
         factors = [scale // scales[j] for scale in scales[j:]]
-        features[j + 1 :] = ida_up(features[j:], features[j].shape[-1], factors, name=f"{name}.ida_{i}")
+        features[j + 1 :] = ida_up(features[j:], features[j].shape[-1], factors, name=f"{name}_ida_{i}")
         scales[j + 1 :] = [scales[j]] * (len(scales) - j - 1)
     return features[-1]
 
@@ -233,7 +233,7 @@ def DLAUp(
         state_dict = _read_dlaseg_state_dict(os.fspath(weights), backbone, classes, down_ratio)
 
     first_level = int(math.log2(down_ratio))
-    x = PadToMultiple(SIZE_MULTIPLE, name="pad")(img_input)
+    x = resampling.pad_to_multiple(img_input, SIZE_MULTIPLE, name="pad")
     base = dla.DLA(
         backbone,
         include_top=False,
@@ -244,15 +244,15 @@ def DLAUp(
     )
     levels = base(x)
     x = dla_up([levels[f"level{i}"] for i in range(first_level, 6)], name="dla_up")
-    x = _conv(x, classes, 1, use_bias=True, name="fc.0")
+    x = _conv(x, classes, 1, use_bias=True, name="fc_0")
     # Fixed bilinear upsampling to the input resolution, frozen as upstream (`up.weight.requires_grad = False`).
-    x = DepthwiseConv2DTranspose(down_ratio, trainable=False, name="up")(x)
-    x = CropLike(name="crop")([x, img_input])
+    x = resampling.depthwise_conv_transpose(x, down_ratio, trainable=False, name="up")
+    x = resampling.crop_like(x, img_input)
     if activation is not None:
         x = layers.Activation(activation, dtype="float32", name="predictions")(x)
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=name or f"{backbone}up")
+    model = fast_paths.attach(keras.Model(inputs, x, name=name or f"{backbone}up"))
 
     if state_dict is not None:
         dead = tuple(f"base.{prefix}" for prefix in convert.dead_project_keys(dla.MODEL_CONFIGS[backbone]))
@@ -275,9 +275,10 @@ BASE_DOCSTRING = """Instantiates DLA-Up segmentation on the {title} backbone (th
 
     The model computes what the authors' PyTorch `DLASeg('{variant}', classes, down_ratio)` computes:
     the backbone levels `log2(down_ratio)` to 5 are fused by iterative deep aggregation (`dla_up`), a
-    1x1 conv (`fc.0`) scores the classes at stride `down_ratio`, and a frozen bilinear depthwise
+    1x1 conv (`fc_0`) scores the classes at stride `down_ratio`, and a frozen bilinear depthwise
     transposed conv (`up`) brings the scores to the input resolution. Layer names are the PyTorch module
-    paths, so a state dict of the authors' model loads through `weights=<path>`. Inputs are RGB images
+    paths with underscores for dots (`keras_dla.names`), so a state dict of the authors' model loads through
+    `weights=<path>`; the layers are Keras' own, so a saved `.keras` file loads with plain Keras. Inputs are RGB images
     normalised with `keras_dla.preprocess_input`. Any height and width >= 32 works: the model pads to a
     multiple of 32 inside and crops the output back (the authors' model needs multiples of 32).
 

@@ -27,7 +27,7 @@ import time
 import keras
 import numpy as np
 
-from keras_dla import checks, layers
+from keras_dla import checks, fast_paths
 from keras_dla.datasets import IMAGE_EXTENSIONS
 from keras_dla.export_verify import SERVING_SIGNATURE, ExportReport, verify_export
 from keras_dla.preprocessing import PREPROCESSING, resolve_preprocess
@@ -427,7 +427,7 @@ def export_tflite(
     options["target_spec"] = {**options.get("target_spec", {}), "supported_ops": ops}
 
     # TFLite has grouped convolutions: trace DLA-X's as such, not as the CPU's block-diagonal chunks.
-    with _atomic_target(target, overwrite, is_dir=False) as tmp, layers.native_grouped_convs():
+    with _atomic_target(target, overwrite, is_dir=False) as tmp, fast_paths.native_grouped_convs():
         try:
             export_model.export(
                 tmp, format="litert", input_signature=_input_signature(shape, dtype), verbose=False, **options

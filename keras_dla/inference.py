@@ -2,23 +2,22 @@
 
 A trained DLA spends a large share of its CPU inference time in batch norm: Keras 3 computes it as separate
 multiply and add passes over every feature map. In inference a batch norm is an affine map per channel, so it
-folds exactly into the convolution before it (scaled kernel, new bias), and TensorFlow's graph optimiser then fuses
-each convolution with its bias, residual add and ReLU into a single oneDNN call.
+folds exactly into the convolution before it (scaled kernel, new bias), and (on TensorFlow) the graph optimiser then
+fuses each convolution with its bias, residual add and ReLU into a single oneDNN call.
 
     model = keras_dla.DLA34(weights="imagenet")
     fast = keras_dla.inference_model(model)   # same outputs within float32 rounding, no BatchNormalization left
     probabilities = fast.predict(images)      # or fast(images), or fast.serve(images) at a fixed signature
 
+On TensorFlow `serve` is a frozen graph, on JAX a jitted function, on PyTorch a call without autograd.
 `benchmarks/performance.py` measures this path against `model.predict`, TFLite, timm and ONNX Runtime.
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras.src.models.functional import Functional
 
-from keras_dla import checks
-from keras_dla.layers import ChunkedGroupConv2D
+from keras_dla import checks, fast_paths
 
 
 def _producer(layer):
@@ -73,17 +72,13 @@ def _check_functional(model, caller):
         )
 
 
-def _is_grouped_conv(layer):
-    return type(layer) is keras.layers.Conv2D and layer.groups > 1
-
-
 def fold_batch_norms(model):
     """A copy of the functional `model` with every foldable batch norm merged into the Conv2D before it.
 
     The copy has the same layer names (less the folded batch norms), inputs and outputs; the folded convolutions
     gain a bias. It computes what `model(x, training=False)` computes, up to float rounding. Nested functional
-    models (a DLA-Up's backbone) are folded too. Other layers keep their weights. A plain grouped `Conv2D` (of a
-    model not built by keras_dla) becomes a `ChunkedGroupConv2D`, as keras_dla's builders make them.
+    models (a DLA-Up's backbone) are folded too. Other layers keep their weights. Every layer is a plain Keras one,
+    with the TensorFlow fast paths attached (`keras_dla.fast_paths`), as keras_dla's builders make them.
     """
     _check_functional(model, "fold_batch_norms")
     pairs = foldable_pairs(model)
@@ -96,8 +91,6 @@ def fold_batch_norms(model):
         if layer.name in folded_convs:
             config["use_bias"] = True
             config["bias_initializer"] = "zeros"
-        if _is_grouped_conv(layer):
-            return ChunkedGroupConv2D.from_config(config)
         return layer.__class__.from_config(config)
 
     def call(layer, *args, **kwargs):
@@ -115,7 +108,7 @@ def fold_batch_norms(model):
             layer.set_weights(list(_folded_weights(source, originals[folded_convs[layer.name]])))
         elif not isinstance(layer, keras.Model):
             layer.set_weights(source.get_weights())
-    return folded
+    return fast_paths.attach(folded)
 
 
 def inference_model(model, *, jit_compile=False):
@@ -123,20 +116,88 @@ def inference_model(model, *, jit_compile=False):
 
     Args:
         model: a functional keras_dla model (classifier, backbone or DLA-Up), trained or with pretrained weights.
-        jit_compile: compile `predict` with XLA. On CPU the oneDNN graph path measured faster (see README,
-            "Performance"), so the default is False; on a GPU XLA usually wins.
+        jit_compile: compile `predict` (and on TensorFlow `serve`) with XLA. On a CPU TensorFlow's oneDNN graph
+            path measured faster (README, "Performance"), so the default is False; on a GPU XLA usually wins. JAX
+            always compiles `serve`.
 
     Returns:
         A new `keras.Model` with the same inputs, outputs and layer names less the folded batch norms, compiled
-        for `predict`. Its `serve` attribute is a graph over a batch of any size with the weights frozen in as
-        constants (a snapshot taken here), as SavedModel export would trace it; `fast.serve(images)` is the
-        lowest-overhead call.
+        for `predict`. Its `serve` attribute is the lowest-overhead call of the backend over a batch of any size,
+        with the weights taken as constants (a snapshot taken here: later changes to the model's weights do not
+        reach it), returning backend tensors: on TensorFlow a graph with the weights frozen in, as SavedModel
+        export would trace it; on JAX a jitted function; on PyTorch the model called without autograd.
     """
     jit_compile = checks.flag("jit_compile", jit_compile)
     _check_functional(model, "inference_model")
     folded = fold_batch_norms(model)
     folded.compile(jit_compile=jit_compile)
     folded.trainable = False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        folded.serve = _tensorflow_serve(folded, jit_compile)
+    elif backend == "jax":
+        folded.serve = _jax_serve(folded)
+    elif backend == "torch":
+        folded.serve = _torch_serve(folded)
+    else:
+        raise ValueError(f"`inference_model` supports the tensorflow, jax and torch backends. Received: {backend!r}")
+    return folded
+
+
+def _check_inputs(inputs, shapes):
+    """Raises unless `inputs` are one array per model input, each of a compatible shape."""
+    if len(inputs) != len(shapes):
+        raise ValueError(f"`serve` takes {len(shapes)} input(s). Received: {len(inputs)}")
+    for x, shape in zip(inputs, shapes, strict=True):
+        got = tuple(x.shape)
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got, strict=True)):
+            raise ValueError(f"`serve` takes inputs of shape {shape} (None: any size). Received: shape {got}")
+
+
+def _input_shapes(model):
+    return [(None,) + tuple(t.shape[1:]) for t in model.inputs]
+
+
+def _jax_serve(folded):
+    import jax
+
+    shapes = _input_shapes(folded)
+    dtypes = [t.dtype for t in folded.inputs]
+    trainable = [v.value for v in folded.trainable_variables]
+    non_trainable = [v.value for v in folded.non_trainable_variables]
+
+    @jax.jit
+    def run(*inputs):
+        outputs, _ = folded.stateless_call(
+            trainable, non_trainable, inputs[0] if len(inputs) == 1 else list(inputs), training=False
+        )
+        return outputs
+
+    def serve(*inputs):
+        _check_inputs(inputs, shapes)
+        return run(*(jax.numpy.asarray(x, dtype) for x, dtype in zip(inputs, dtypes, strict=True)))
+
+    return serve
+
+
+def _torch_serve(folded):
+    import torch
+
+    shapes = _input_shapes(folded)
+    dtypes = [t.dtype for t in folded.inputs]
+
+    def serve(*inputs):
+        _check_inputs(inputs, shapes)
+        tensors = [keras.ops.convert_to_tensor(x, dtype) for x, dtype in zip(inputs, dtypes, strict=True)]
+        with torch.inference_mode():
+            return folded(tensors[0] if len(tensors) == 1 else tensors, training=False)
+
+    return serve
+
+
+def _tensorflow_serve(folded, jit_compile):
+    import tensorflow as tf
+
     specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in folded.inputs]
     traced = tf.function(
         lambda *inputs: folded(inputs[0] if len(inputs) == 1 else list(inputs), training=False),
@@ -144,18 +205,17 @@ def inference_model(model, *, jit_compile=False):
         jit_compile=jit_compile,
         autograph=False,
     )
-    folded.serve = _frozen(traced.get_concrete_function())
-    return folded
+    return _frozen(traced.get_concrete_function())
 
 
 def _frozen(concrete):
     """`concrete` with its variables turned into constants, called like a function of the model's inputs.
 
     With constant kernels TensorFlow's oneDNN convolutions keep their kernels in oneDNN's own layout between
-    calls instead of reordering every kernel at every call: in a one-off A/B timing, DLA-34 at batch 1 on the
-    2-core CPU went from 19.2 to 24.7 images/s (29.4 -> 29.6 at batch 8, 28.3 -> 32.3 at 32). The constants are a
-    snapshot: later changes to the model's weights do not reach `serve`.
+    calls instead of reordering every kernel at every call (faster at every batch size, most at batch 1).
     """
+    import tensorflow as tf
+
     # Not in TensorFlow's public API; it is what SavedModel-to-TFLite conversion freezes graphs with.
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 

@@ -49,7 +49,8 @@ except ImportError:  # pragma: no cover
 
 MIRROR_ENV = "KERAS_DLA_WEIGHTS_MIRROR"
 CACHE_SUFFIX = ".keras_dla.h5"
-CACHE_FORMAT = "keras_dla-weights-by-layer-name-2"
+# 3: layer names with underscores for dots (`keras_dla.names`); a cache of an earlier format is converted again.
+CACHE_FORMAT = "keras_dla-weights-by-layer-name-3"
 TIMEOUT_S = 30
 MAX_DOWNLOAD_BYTES = 2 << 30  # the largest DLA checkpoint is 0.2 GB; a host streaming more is broken
 _CHUNK = 1 << 20
@@ -481,7 +482,9 @@ def load_by_layer_name(model, path, variant):
         ValueError: the file is not a keras_dla weights file of `variant` or does not fit `model`.
     """
     with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != CACHE_FORMAT or f.attrs.get("variant") != variant:
+        if f.attrs.get("format") != CACHE_FORMAT:
+            raise ValueError(f"it is in the format {f.attrs.get('format')!r}, not {CACHE_FORMAT!r}")
+        if f.attrs.get("variant") != variant:
             raise ValueError(f"{path} is not a keras_dla weights file of {variant}")
         index = json.loads(f.attrs["index"])
         flat = f["values"][()]
@@ -568,7 +571,11 @@ def _load_cached(model, path, variant):
     except _DoesNotFitError as e:
         raise ValueError(f"{e}. Received: weights file {path!r}") from None
     except (OSError, KeyError, ValueError) as e:
-        warnings.warn(f"Cached weights {path} are damaged ({e}); converting them again", WeightsWarning, stacklevel=4)
+        warnings.warn(
+            f"Cached weights {path} are damaged or out of date ({e}); converting them again",
+            WeightsWarning,
+            stacklevel=4,
+        )
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         return False
