@@ -25,7 +25,7 @@ _JOINED = re.compile(r"(base_layer|dla_up|(?:ida|proj|up|node)_\d+)(?=_|$)")
 
 
 def keras_name(path):
-    """The keras_dla layer name of the PyTorch module `path`: `"level3.tree1.root.conv"` -> `"level3_tree1_root_conv"`."""
+    """The keras_dla layer name of the PyTorch module `path` (`level3.tree1.root.conv` -> `level3_tree1_root_conv`)."""
     if not isinstance(path, str) or not path or ".." in path or path.startswith(".") or path.endswith("."):
         raise ValueError(f"A module path is a dotted name such as 'level3.tree1.root.conv'. Received: path={path!r}")
     return path.replace(".", SEPARATOR)
