@@ -1,0 +1,246 @@
+"""The backend contract: every model on the Keras backend this process runs (TensorFlow, JAX or PyTorch).
+
+CI runs this file once per backend (`KERAS_BACKEND=tensorflow|jax|torch`): every classifier and every named
+DLA-Up against its PyTorch reference at an odd input size, through every checkpoint format keras_dla reads;
+`.keras` and `.weights.h5` files loaded by plain Keras, without keras_dla, on all three backends; `fit`;
+`inference_model(...).serve`; and on JAX and PyTorch, that none of it imports TensorFlow. Nothing here imports
+TensorFlow itself.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+import keras_dla
+from keras_dla.dla import BUILDERS
+from keras_dla.dla_up import UP_BUILDERS
+from tests import reference, torch_dla_up
+
+BACKEND = keras.backend.backend()
+BACKENDS = ("tensorflow", "jax", "torch")
+RTOL = ATOL = 1e-4
+# Odd sizes: the strided convs round up and the max-pool shortcut pads (see blocks.tree). The authors' graph runs
+# only at sizes 32k and 32k - 1, so odd means 32k - 1 against it; DLA-Up pads any size to a multiple of 32 inside.
+SIZE = (63, 95)
+SEGMENTATION_SIZE = (45, 61)
+# Each variant's reference weights reach the model through one of the formats keras_dla reads, so every format
+# is used on every backend: the authors' layout (dead `project` tensors) or timm's, in safetensors, a zip `.pth`,
+# a legacy (pre-zip) `.pth`, a Keras `.weights.h5`, or a tag given to register_weights (downloaded from a local
+# file, converted into the cache, then read back from the cache).
+FORMATS = ("safetensors", "pth-zip", "pth-legacy", "weights.h5", "registered")
+
+
+def images(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def write_checkpoint(state, path, fmt):
+    """Writes the PyTorch state dict `{key: numpy array}` to `path` in `fmt`; returns the path."""
+    if fmt == "safetensors":
+        return reference.save_safetensors(state, path)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    torch.save(tensors, path, _use_new_zipfile_serialization=fmt != "pth-legacy")
+    return path
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def load_into_builder(builder, state, fmt, tmp_path, monkeypatch, **kwargs):
+    """`builder(weights=...)` with `state` delivered in `fmt` (see FORMATS)."""
+    if fmt == "weights.h5":
+        donor = builder(weights=write_checkpoint(state, tmp_path / "donor.safetensors", "safetensors"), **kwargs)
+        donor.save_weights(tmp_path / "model.weights.h5")
+        return builder(weights=str(tmp_path / "model.weights.h5"), **kwargs)
+    if fmt == "registered":
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+        path = write_checkpoint(state, tmp_path / "mine.pth", "pth-zip")
+        keras_dla.register_weights(builder, "mine", str(path), sha256(path))
+        builder(weights="mine", **kwargs)  # fetched, verified and converted into the cache
+        converted = [f for f in os.listdir(tmp_path / "keras_home" / "models") if f.endswith(".keras_dla.h5")]
+        assert len(converted) == 1
+        os.remove(path)  # the second load reads the converted cache alone
+        return builder(weights="mine", **kwargs)
+    suffix = ".safetensors" if fmt == "safetensors" else ".pth"
+    return builder(weights=str(write_checkpoint(state, tmp_path / f"model{suffix}", fmt)), **kwargs)
+
+
+@pytest.mark.parametrize("variant", list(BUILDERS))
+def test_classifier_equals_timm(variant, tmp_path, monkeypatch):
+    timm_model = reference.make_timm_model(variant)
+    fmt = FORMATS[list(BUILDERS).index(variant) % len(FORMATS)]
+    layout = reference.authors_state_dict if list(BUILDERS).index(variant) % 2 else _timm_layout
+    state = layout(timm_model, variant)
+    model = load_into_builder(
+        BUILDERS[variant], state, fmt, tmp_path, monkeypatch, input_shape=(None, None, 3), classifier_activation=None
+    )
+    x = images((2, *SIZE, 3))
+    expected, _ = reference.timm_outputs(timm_model, x)
+    np.testing.assert_allclose(numpy(model(x, training=False)), expected, rtol=RTOL, atol=ATOL)
+
+
+def _timm_layout(model, variant):
+    return reference.timm_state_dict(model)
+
+
+@pytest.mark.parametrize("variant", list(UP_BUILDERS))
+def test_dla_up_equals_the_authors_dlaseg(variant, tmp_path):
+    torch_model = torch_dla_up.make_dlaseg(variant, classes=3, down_ratio=4 if variant == "dla34" else 2)
+    state = torch_dla_up.authors_state_dict(torch_model, variant)
+    path = reference.save_safetensors(state, tmp_path / "dlaseg.safetensors")
+    ratio = 4 if variant == "dla34" else 2
+    model = UP_BUILDERS[variant](classes=3, down_ratio=ratio, weights=str(path), activation=None)
+    height, width = SEGMENTATION_SIZE
+    x = images((1, height, width, 3), seed=1)
+    padded = np.zeros((1, 64, 64, 3), "float32")  # the authors' model on the zero-padded image, cropped back
+    padded[:, :height, :width] = x
+    expected = torch_dla_up.logits(torch_model, padded)[:, :height, :width]
+    np.testing.assert_allclose(numpy(model(x, training=False)), expected, rtol=RTOL, atol=ATOL)
+
+
+def _small_models():
+    """A grouped-conv classifier and a DLA-Up, the two kinds of graph keras_dla builds, with random weights."""
+    classifier = keras_dla.DLA46XC(weights=None, classes=5, input_shape=(None, None, 3))
+    segmenter = keras_dla.DLAUp("dla46_c", classes=3, down_ratio=4, weights=None)
+    return {"classifier": classifier, "segmenter": segmenter}
+
+
+LOAD_ELSEWHERE = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    folder = sys.argv[1]
+    x = np.load(f"{folder}/x.npy")
+    out = {}
+    for name in ("classifier", "segmenter"):
+        model = keras.models.load_model(f"{folder}/{name}.keras")  # safe_mode left on
+        out[name] = keras.ops.convert_to_numpy(model(x, training=False))
+        model.load_weights(f"{folder}/{name}_other.weights.h5")
+        out[name + "_other"] = keras.ops.convert_to_numpy(model(x, training=False))
+    np.savez(f"{folder}/out_{keras.backend.backend()}.npz", **out)
+    print(json.dumps({"keras_dla": "keras_dla" in sys.modules, "tensorflow": "tensorflow" in sys.modules}))
+    """
+)
+
+
+def _run_elsewhere(script, backend, *args):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600, cwd="/"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_files_load_with_plain_keras_on_every_backend(tmp_path):
+    """`.keras` and `.weights.h5` files of this backend load in processes without keras_dla, on all backends."""
+    x = images((1, *SIZE, 3), seed=2)
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for name, model in _small_models().items():
+        assert "keras_dla" not in json.dumps(model.get_config())
+        model.save(tmp_path / f"{name}.keras")
+        expected[name] = numpy(model(x, training=False))
+        other = _small_models()[name]
+        other.save_weights(tmp_path / f"{name}_other.weights.h5")
+        expected[name + "_other"] = numpy(other(x, training=False))
+        assert not np.allclose(expected[name], expected[name + "_other"])
+    for backend in BACKENDS:
+        modules = _run_elsewhere(LOAD_ELSEWHERE, backend, str(tmp_path))
+        assert not modules["keras_dla"]
+        if backend != "tensorflow":
+            assert not modules["tensorflow"], f"loading on {backend} imported TensorFlow"
+        got = np.load(tmp_path / f"out_{backend}.npz")
+        for key, value in expected.items():
+            np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{key} on {backend}")
+
+
+def test_fit_trains_and_round_trips(tmp_path):
+    model = keras_dla.DLA46XC(weights=None, classes=3, input_shape=(32, 32, 3))
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
+    before = [numpy(w).copy() for w in model.trainable_weights]
+    x, y = images((8, 32, 32, 3), seed=3), np.arange(8) % 3
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and len(losses) == 2
+    assert any(not np.allclose(b, numpy(w)) for b, w in zip(before, model.trainable_weights, strict=True))
+    model.save_weights(tmp_path / "trained.weights.h5")
+    again = keras_dla.DLA46XC(weights=str(tmp_path / "trained.weights.h5"), classes=3, input_shape=(32, 32, 3))
+    np.testing.assert_allclose(numpy(again(x, training=False)), numpy(model(x, training=False)), rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "segmenter"])
+def test_inference_model_serve_equals_the_model(kind):
+    model = _small_models()[kind]
+    fast = keras_dla.inference_model(model)
+    for shape in ((1, *SIZE, 3), (3, 64, 48, 3)):
+        x = images(shape, seed=4)
+        expected = numpy(model(x, training=False))
+        np.testing.assert_allclose(numpy(fast.serve(x)), expected, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(fast.predict(x, verbose=0), expected, rtol=RTOL, atol=ATOL)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in fast.layers)
+    with pytest.raises(ValueError, match="Received: shape"):
+        fast.serve(images((1, *SIZE, 4)))
+
+
+NO_TENSORFLOW = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    import keras_dla
+    folder = sys.argv[1]
+    x = np.zeros((2, 32, 32, 3), "float32")
+    model = keras_dla.DLA46XC(weights=f"{folder}/w.safetensors", classes=3)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(x, np.array([0, 1]), epochs=1, verbose=0)
+    model.predict(x, verbose=0)
+    keras_dla.DLAUp("dla46_c", classes=3, weights=None).predict(x, verbose=0)
+    model.save_weights(f"{folder}/w.weights.h5")
+    keras_dla.DLA46XC(weights=f"{folder}/w.weights.h5", classes=3)
+    keras.models.load_model(f"{folder}/m.keras")
+    print(json.dumps({"tensorflow": "tensorflow" in sys.modules}))
+    """
+)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the TensorFlow backend imports TensorFlow by definition")
+def test_jax_and_torch_never_import_tensorflow(tmp_path):
+    """Import, build, load every kind of file, fit and predict, in a fresh process: TensorFlow is never imported."""
+    timm_model = reference.make_timm_model("dla46x_c")
+    state = {k: v for k, v in reference.timm_state_dict(timm_model).items() if not k.startswith("fc.")}
+    reference.save_safetensors(state, tmp_path / "w.safetensors")
+    keras_dla.DLA46XC(weights=None, classes=3).save(tmp_path / "m.keras")
+    assert not _run_elsewhere(NO_TENSORFLOW, BACKEND, str(tmp_path))["tensorflow"]
+
+
+def test_layer_names_map_to_every_checkpoint_key():
+    """Every weight of a DLA-Up (backbone included) has a PyTorch key, and the names map back and forth exactly."""
+    from keras_dla import convert, names
+
+    model = keras_dla.DLA34Up(classes=3, weights=None)
+    for _, layer in convert.named_layers(model):
+        assert "." not in layer.name
+        assert names.keras_name(names.module_path(layer.name)) == layer.name
+    torch_model = torch_dla_up.make_dlaseg("dla34", classes=3)
+    # The backbone's ImageNet classifier `base.fc` is built upstream but never run (dla_up.BASE_FC_NOTE).
+    keys = [
+        k for k in torch_model.state_dict() if not k.endswith("num_batches_tracked") and not k.startswith("base.fc.")
+    ]
+    expected = {k.rsplit(".", 1)[0] for k in keys}
+    got = {path for path, layer in convert.named_layers(model) if layer.weights}
+    assert got == expected
