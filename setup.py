@@ -43,6 +43,8 @@ setup(
             "torch==2.14.1",
             "torchvision==0.29.1",
             "timm",
+            # The other Keras backends, for the backend contract (tests/test_backends.py).
+            "jax[cpu]",
         ],
         # benchmarks/performance.py: timm's model exported to ONNX and run by ONNX Runtime, peak memory.
         "bench": ["onnx", "onnxscript", "onnxruntime"],

@@ -19,6 +19,8 @@ Paths timed (images per second):
 - `timm eager`: timm's model under `torch.inference_mode()`.
 - `onnxruntime`: timm's model exported with `torch.onnx.export`, run by ONNX Runtime (all graph optimisations).
 - training: one SGD step at batch 16, keras_dla `model.fit` against timm forward/backward/step.
+- `(jax)` / `(torch)`: the same keras_dla paths (`serve`, `predict`, the `fit` step) on Keras' JAX and PyTorch
+  backends, each job in a process with that `KERAS_BACKEND`; TensorFlow's jobs run with KERAS_BACKEND=tensorflow.
 The matmul peak is TensorFlow's float32 matmul at its best square size; the ceiling of a model is that peak over the
 model's FLOPs per image (2 x multiply-adds of its convolutions and dense layers).
 
@@ -356,16 +358,82 @@ def work_onnxruntime(args):
     return result
 
 
+def _threads(threads):
+    """The thread count for the backend Keras runs on (JAX's CPU client uses every core; it has no setting)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    elif keras.backend.backend() == "tensorflow":
+        _tf_threads(threads)
+
+
+def work_backend_inference(args):
+    """`inference_model(model).serve` and `predict` on the backend of KERAS_BACKEND (set by `run_worker`)."""
+    import keras
+
+    import keras_dla
+
+    backend = keras.backend.backend()
+    _threads(args.threads)
+    model, build_s = _keras_model(args)
+    result = {"build_s": build_s, "rates": {}}
+    fast = keras_dla.inference_model(model)
+    for batch in args.batches:
+        x = random_images(batch, args.size)
+        result["rates"].setdefault(f"keras_dla fast ({backend})", {})[batch] = batch / time_call(
+            lambda x=x: keras.ops.convert_to_numpy(fast.serve(x)), min_calls=args.calls, min_seconds=args.seconds
+        )
+        result["rates"].setdefault(f"keras_dla predict ({backend})", {})[batch] = batch / time_call(
+            lambda x=x: model.predict(x, batch_size=len(x), verbose=0), min_calls=args.calls, min_seconds=args.seconds
+        )
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def work_backend_train(args):
+    """One SGD step of `model.fit` at batch TRAIN_BATCH on the backend of KERAS_BACKEND, from NumPy arrays."""
+    import keras
+    import numpy as np
+
+    _threads(args.threads)
+    model, _ = _keras_model(args)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+    steps = max(args.calls, 3) + 2
+    x = np.concatenate([random_images(TRAIN_BATCH, args.size)] * steps)
+    y = np.random.default_rng(1).integers(0, CLASSES, len(x))
+    durations = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # waits for the step to finish
+            durations.append(time.perf_counter() - self.start)
+
+    model.fit(x, y, batch_size=TRAIN_BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[StepTimer()])
+    return {"train_step_s": statistics.median(durations[2:]), "peak_rss_mib": peak_rss_mib()}
+
+
 WORKERS = {
     "matmul": work_matmul,
     "keras_inference": work_keras_inference,
     "keras_train": work_keras_train,
+    "jax_inference": work_backend_inference,
+    "jax_train": work_backend_train,
+    "torch_inference": work_backend_inference,
+    "torch_train": work_backend_train,
     "tflite": work_tflite,
     "timm_inference": work_timm_inference,
     "timm_train": work_timm_train,
     "onnxruntime": work_onnxruntime,
 }
 CPU_ONLY = ("tflite", "onnxruntime")
+# The Keras backend of each job that runs keras_dla; every other job leaves KERAS_BACKEND as it is.
+BACKEND_OF_JOB = {"jax_inference": "jax", "jax_train": "jax", "torch_inference": "torch", "torch_train": "torch"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -378,6 +446,7 @@ def run_worker(job, model, args):
     command += ["--seconds", str(args.seconds), "--batches", *map(str, args.batches)]
     command += ["--gpu"] * bool(args.gpu) + ["--quick"] * bool(args.quick) + ["--jit"] * bool(args.jit)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(args.threads))
+    env["KERAS_BACKEND"] = BACKEND_OF_JOB.get(job, "tensorflow")
     if not args.gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     start = time.perf_counter()
@@ -476,10 +545,12 @@ def train_rows(results):
     for model, jobs in results["models"].items():
         keras_step = (jobs.get("keras_train") or {}).get("train_step_s")
         timm_step = (jobs.get("timm_train") or {}).get("train_step_s")
+        backend_steps = {b: (jobs.get(f"{b}_train") or {}).get("train_step_s") for b in ("jax", "torch")}
         rows.append(
             {
                 "model": model,
                 "keras_dla_images_per_s": TRAIN_BATCH / keras_step if keras_step else None,
+                **{f"keras_dla_{b}_images_per_s": TRAIN_BATCH / t if t else None for b, t in backend_steps.items()},
                 "timm_images_per_s": TRAIN_BATCH / timm_step if timm_step else None,
                 "vs_timm": timm_step / keras_step if keras_step and timm_step else None,
                 "keras_dla_peak_rss_mib": (jobs.get("keras_train") or {}).get("peak_rss_mib"),
@@ -503,20 +574,29 @@ def print_tables(results):
             f"{_fmt(r['vs_onnxruntime'], '7.2f')} {_fmt(r['of_matmul_ceiling'], '8.0%')}"
         )
     print(f"\ntraining step, batch {TRAIN_BATCH} (images/s)")
-    print(f"{'model':8s} {'keras_dla':>10s} {'timm':>8s} {'x timm':>7s} {'RSS MiB':>9s} {'timm RSS':>9s}")
+    print(
+        f"{'model':8s} {'keras_dla':>10s} {'jax':>6s} {'torch':>6s} {'timm':>8s} {'x timm':>7s} "
+        f"{'RSS MiB':>9s} {'timm RSS':>9s}"
+    )
     for r in results["training"]:
         print(
-            f"{r['model']:8s} {_fmt(r['keras_dla_images_per_s'], '10.1f')} {_fmt(r['timm_images_per_s'], '8.1f')} "
+            f"{r['model']:8s} {_fmt(r['keras_dla_images_per_s'], '10.1f')} "
+            f"{_fmt(r.get('keras_dla_jax_images_per_s'), '6.1f')} "
+            f"{_fmt(r.get('keras_dla_torch_images_per_s'), '6.1f')} "
+            f"{_fmt(r['timm_images_per_s'], '8.1f')} "
             f"{_fmt(r['vs_timm'], '7.2f')} {_fmt(r['keras_dla_peak_rss_mib'], '9.0f')} "
             f"{_fmt(r['timm_peak_rss_mib'], '9.0f')}"
         )
     print("\nbuild time and inference peak memory")
-    header = (("GFLOP", 6), ("keras s", 8), ("timm s", 7), ("keras MiB", 10), ("timm MiB", 9), ("ORT MiB", 8))
+    header = (("GFLOP", 6), ("keras s", 8), ("jax s", 6), ("torch s", 7), ("timm s", 7))
+    header += (("keras MiB", 10), ("timm MiB", 9), ("ORT MiB", 8))
     print(f"{'model':8s} " + " ".join(f"{h:>{w}s}" for h, w in header))
     for model, jobs in results["models"].items():
         k, t, o = (jobs.get(j) or {} for j in ("keras_inference", "timm_inference", "onnxruntime"))
+        j, p = (jobs.get(j) or {} for j in ("jax_inference", "torch_inference"))
         print(
             f"{model:8s} {_fmt(k.get('flops') and k['flops'] / 1e9, '6.2f')} {_fmt(k.get('build_s'), '8.2f')} "
+            f"{_fmt(j.get('build_s'), '6.2f')} {_fmt(p.get('build_s'), '7.2f')} "
             f"{_fmt(t.get('build_s'), '7.2f')} {_fmt(k.get('peak_rss_mib'), '10.0f')} "
             f"{_fmt(t.get('peak_rss_mib'), '9.0f')} {_fmt(o.get('peak_rss_mib'), '8.0f')}"
         )

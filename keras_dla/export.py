@@ -78,6 +78,17 @@ def _single_input_shape(model):
     return tuple(inputs[0].shape)
 
 
+def _require_tensorflow(format_name):
+    """SavedModel and TFLite are TensorFlow's formats: on another backend, say which way works."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            f"{format_name} export runs on the TensorFlow backend. Save the weights (`model.save_weights("
+            f"'model.weights.h5')`) and export them from a process with KERAS_BACKEND=tensorflow "
+            f"(`keras-dla export` does this whatever KERAS_BACKEND is set). Received: backend {backend!r}"
+        )
+
+
 def _static_shape(model, input_size, batch_size):
     """The full input shape `(batch, height, width, channels)` of the exported signature."""
     batch_size = checks.positive_int("batch_size", batch_size, optional=True)
@@ -209,6 +220,7 @@ def export_saved_model(
     serve = tf.saved_model.load("dla34_savedmodel").signatures["serving_default"]
     ```
     """
+    _require_tensorflow("SavedModel")
     uint8_input, overwrite = checks.flag("uint8_input", uint8_input), checks.flag("overwrite", overwrite)
     shape = _static_shape(model, input_size, batch_size)
     target = _check_target(path, overwrite, "folder")
@@ -387,6 +399,7 @@ def export_tflite(
     Raises:
         ValueError: bad arguments, or a model with ops that TFLite's builtin op set lacks (Flex ops).
     """
+    _require_tensorflow("TFLite")
     import tensorflow as tf
 
     if quantization not in QUANTIZATIONS:

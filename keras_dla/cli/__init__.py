@@ -2,11 +2,14 @@
 
 A sub-command module defines `register(subparsers)`, which adds its parser and sets `func` (called with
 the parsed arguments, returning an exit code). The sub-commands' own modules (training, data, export) are
-imported inside `func`; TensorFlow itself comes with the `keras_dla` package, so `--help` takes a few seconds.
+imported inside `func`. A module that sets `NEEDS_TENSORFLOW = True` (tf.data pipelines, SavedModel and TFLite)
+runs on the TensorFlow backend whatever `KERAS_BACKEND` the shell sets: the command starts itself again with
+`KERAS_BACKEND=tensorflow`.
 """
 
 import argparse
 import importlib
+import os
 import sys
 
 # Sub-command modules of keras_dla.cli, in the order `--help` lists them.
@@ -38,6 +41,8 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if _needs_tensorflow(args.command):
+        _restart_on_tensorflow(args.command, sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as e:
@@ -52,6 +57,23 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"keras-dla {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _needs_tensorflow(command):
+    return getattr(importlib.import_module(f"keras_dla.cli.{command}"), "NEEDS_TENSORFLOW", False)
+
+
+def _restart_on_tensorflow(command, argv):
+    """Runs `keras-dla <argv>` again with KERAS_BACKEND=tensorflow, unless Keras already runs on TensorFlow."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    print(f"keras-dla {command}: runs on the TensorFlow backend (KERAS_BACKEND is {backend!r})", file=sys.stderr)
+    sys.stdout.flush()
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    os.execve(sys.executable, [sys.executable, "-m", "keras_dla.cli", *argv], env)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ The output folder receives report.md / report.json (accuracy, timings, export pa
 
 import argparse
 
+# tf.data pipelines, SavedModel and TFLite: run on the TensorFlow backend (see keras_dla.cli).
+NEEDS_TENSORFLOW = True
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows the defaults, except `None` (the help text then says what the default is, per task)."""

@@ -8,6 +8,9 @@ gives them (images the int8 calibration did not use), and always on random ones.
 import os
 import zipfile
 
+# tf.data pipelines, SavedModel and TFLite: run on the TensorFlow backend (see keras_dla.cli).
+NEEDS_TENSORFLOW = True
+
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("float16", "dynamic", "int8")
 UP_SUFFIX = "up"

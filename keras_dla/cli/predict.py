@@ -3,6 +3,8 @@
 RESIZE = 256  # shorter side, bilinear: crop_pct 0.875 of the authors' evaluation
 CROP = 224
 BATCH = 32  # images decoded and classified at a time: memory stays flat and results print as they come
+# Images are decoded and resized by TensorFlow: run on the TensorFlow backend (see keras_dla.cli).
+NEEDS_TENSORFLOW = True
 
 
 def register(subparsers):

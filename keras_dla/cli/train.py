@@ -5,6 +5,9 @@ Started again with the same command, a killed run resumes from the last epoch it
 
 import argparse
 
+# tf.data pipelines, SavedModel and TFLite: run on the TensorFlow backend (see keras_dla.cli).
+NEEDS_TENSORFLOW = True
+
 # The choices of keras_dla.training, repeated here (a test keeps them equal) so that building the parser does not
 # import the training and data modules.
 TASKS = ("classification", "segmentation")

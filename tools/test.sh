@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test suite as CI runs it: everything on the TensorFlow backend, then the backend contract
+# (tests/test_backends.py) again on JAX and on PyTorch, one process per backend. Extra arguments go to the
+# first pass instead of `-m "not slow"`: `bash tools/test.sh tests` runs everything, the slow-marked cases (the
+# large variants' extra checks) included; `bash tools/test.sh tests/test_dla.py` one file. Uses .venv's Python
+# where there is one (tools/setup.sh makes it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=python
+[ -x .venv/bin/python ] && python=.venv/bin/python
+if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+KERAS_BACKEND=tensorflow $python -m pytest -q "$@"
+for backend in jax torch; do
+  KERAS_BACKEND=$backend $python -m pytest -q -m "not slow" tests/test_backends.py
+done
