@@ -1,12 +1,16 @@
-"""Training DLA classifiers and DLA-Up segmenters with `model.fit` under a `tf.distribute` strategy.
+"""Training DLA classifiers and DLA-Up segmenters with `model.fit` under a `tf.distribute` strategy or, on JAX and
+PyTorch, a `keras.distribution`.
 
-`train(TrainConfig(...))` is what `keras-dla train` runs: it picks the strategy (one device, MirroredStrategy over
-the local GPUs or logical CPUs, or MultiWorkerMirroredStrategy from `TF_CONFIG`), checks every argument and the
+`train(TrainConfig(...))` is what `keras-dla train` runs: it picks the strategy (on TensorFlow one device,
+MirroredStrategy over the local GPUs or logical CPUs, or MultiWorkerMirroredStrategy from `TF_CONFIG`; on JAX
+`keras.distribution.DataParallel` over the local devices, the CPU split into host devices where there is no
+GPU; on PyTorch one device), checks every argument and the
 data before anything trains, builds and compiles the model inside the strategy's scope (SGD with momentum 0.9 and
 weight decay 1e-4, the authors' learning-rate schedules), and fits it with the callbacks of
 `keras_dla.run_folder`, which make the run resumable and write its folder.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -141,14 +145,91 @@ def is_chief(tf_config):
     return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0 and "chief" not in cluster)
 
 
-def make_strategy(name="auto", devices=None):
-    """The `tf.distribute` strategy and the parsed TF_CONFIG (None unless multi-worker).
+class KerasDistribution:
+    """JAX's and PyTorch's counterpart of a `tf.distribute` strategy, as far as `train` uses one.
 
-    `"auto"` is multi-worker when TF_CONFIG is set, else MirroredStrategy over every local GPU (or every
-    logical CPU device when there is no GPU).
+    On JAX with more than one device, `keras.distribution.DataParallel` over `devices` is set (Keras then splits
+    every batch over them and averages the gradients); the model needs no scope.
+    """
+
+    def __init__(self, devices):
+        self.devices = devices
+        self.name = "DataParallel" if len(devices) > 1 else "OneDevice"
+        if len(devices) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+
+    @property
+    def num_replicas_in_sync(self):
+        return len(self.devices)
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def _jax_devices(devices):
+    """The first `devices` local JAX devices; on a CPU, the host split into that many devices first."""
+    if devices is not None and (not isinstance(devices, int) or devices < 1):
+        raise ValueError(f"`devices` should be a positive integer. Received: devices={devices!r}")
+    if devices and devices > 1:
+        # Read when JAX starts its CPU client, which no keras_dla import does: a GPU machine ignores it.
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    import jax
+
+    local = jax.local_devices()
+    if devices and devices > len(local):
+        raise ValueError(
+            f"JAX sees {len(local)} device(s) (on a CPU, JAX had started before the host could be split). "
+            f"Received: devices={devices}"
+        )
+    return local[: devices or len(local)]
+
+
+def _keras_distribution(name, devices):
+    backend = keras.backend.backend()
+    if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
+        raise ValueError(
+            "Multi-worker training runs on the TensorFlow backend (MultiWorkerMirroredStrategy, TF_CONFIG); run "
+            f"with KERAS_BACKEND=tensorflow. Received: KERAS_BACKEND={backend!r}"
+        )
+    if backend == "jax":
+        local = _jax_devices(devices)
+        return KerasDistribution(local[:1] if name == "one-device" else local)
+    if devices not in (None, 1):
+        raise ValueError(
+            f"On the {backend} backend keras-dla train runs on one device; use KERAS_BACKEND=jax or tensorflow "
+            f"for several. Received: devices={devices}"
+        )
+    return KerasDistribution([f"{backend}:0"])
+
+
+def has_gpu():
+    """Whether the backend Keras runs on sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.local_devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def make_strategy(name="auto", devices=None):
+    """The strategy and the parsed TF_CONFIG (None unless multi-worker).
+
+    On TensorFlow a `tf.distribute` strategy: `"auto"` is multi-worker when TF_CONFIG is set, else MirroredStrategy
+    over every local GPU (or every logical CPU device when there is no GPU). On JAX and PyTorch a
+    `KerasDistribution`: every local device (`devices` of them) on JAX, one device on PyTorch.
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy; expected one of {STRATEGIES}. Received: strategy={name!r}")
+    if keras.backend.backend() != "tensorflow":
+        return _keras_distribution(name, devices), None
     if name == "auto":
         name = "multiworker" if os.environ.get("TF_CONFIG") else "mirrored"
     tf_config = parse_tf_config() if name == "multiworker" else None
@@ -498,7 +579,8 @@ def train(config):
     validate(config)
     strategy, tf_config = make_strategy(config.strategy, config.devices)
     replicas = strategy.num_replicas_in_sync
-    if config.jit and tf_config is None and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    if on_tensorflow and config.jit and tf_config is None and replicas > 1 and not has_gpu():
         # XLA compiles the whole replicated step for the first logical CPU device, which then cannot read the
         # other replicas' variables (TensorFlow fails mid-fit with "Trying to access resource ... from device").
         raise ValueError(
@@ -512,8 +594,7 @@ def train(config):
         )
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
-        gpu = bool(tf.config.list_logical_devices("GPU"))
-        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+        keras.mixed_precision.set_global_policy("mixed_float16" if has_gpu() else "mixed_bfloat16")
 
     multiworker = tf_config is not None
     if config.task == "classification":
@@ -612,7 +693,10 @@ def train(config):
         "model": config.model,
         "dataset": config.dataset,
         "replicas": replicas,
-        "strategy": "MultiWorkerMirroredStrategy" if multiworker else type(strategy).__name__,
+        "strategy": "MultiWorkerMirroredStrategy"
+        if multiworker
+        else (strategy.name if isinstance(strategy, KerasDistribution) else type(strategy).__name__),
+        "backend": keras.backend.backend(),
         "epochs_completed": len(rows),
         "epochs_this_run": len(history.epoch),
         "final": rows[-1] if rows else {},

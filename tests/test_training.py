@@ -294,9 +294,9 @@ def test_nan_loss_stops_with_a_message(tmp_path, folder):
     assert not os.path.exists(tmp_path / "run" / "final.weights.h5")  # NaN weights are not the run's result
 
 
-def _start_and_kill(command, output, after_epoch):
+def _start_and_kill(command, output, after_epoch, env=None):
     """Starts `keras-dla train`, SIGKILLs it once its backup holds epoch `after_epoch`; returns the backup's epoch."""
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_dla.cli", *command],
         stdout=subprocess.DEVNULL,
@@ -332,6 +332,28 @@ def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
     assert run["epochs_completed"] == 4 and run["epochs_this_run"] == 4 - done
     epochs = history_epochs(output)
     assert sorted(set(epochs)) == [0, 1, 2, 3] and len(epochs) <= 5  # at most the killed epoch logged twice
+
+
+@pytest.mark.parametrize("backend, devices", [("jax", 2), ("torch", 1)])
+def test_other_backends_train_and_resume_a_killed_run(tmp_path, folder, backend, devices):
+    """`keras-dla train` on JAX (DataParallel over 2 host devices) and PyTorch: killed, resumed, same run folder."""
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "3", "--output", output]
+    command += ["--devices", str(devices)]
+    env = {"KERAS_BACKEND": backend}
+    done = _start_and_kill(command, output, after_epoch=1, env=env)
+    assert 1 <= done < 3
+    result = keras_dla(command, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.load(open(os.path.join(output, "run.json")))
+    assert run["backend"] == backend and run["replicas"] == devices
+    assert run["strategy"] == ("DataParallel" if devices > 1 else "OneDevice")
+    assert run["epochs_completed"] == 3 and run["epochs_this_run"] == 3 - done
+    assert sorted(set(history_epochs(output))) == [0, 1, 2]
+    for name in ("best.weights.h5", "final.weights.h5", "history.csv", "curves.png", "config.json"):
+        assert os.path.isfile(os.path.join(output, name)), name
+    assert os.listdir(os.path.join(output, "logs"))
+    assert np.isfinite(run["final"]["loss"])
 
 
 def test_a_backup_damaged_by_a_kill_falls_back_to_the_one_before(tmp_path, folder):

@@ -1,12 +1,9 @@
-"""`keras-dla train`: train a DLA classifier or a DLA-Up segmenter with model.fit under a tf.distribute strategy.
+"""`keras-dla train`: train a DLA classifier or DLA-Up segmenter with model.fit, on any Keras backend.
 
 Started again with the same command, a killed run resumes from the last epoch it completed (OUTPUT/backup).
 """
 
 import argparse
-
-# tf.data pipelines, SavedModel and TFLite: run on the TensorFlow backend (see keras_dla.cli).
-NEEDS_TENSORFLOW = True
 
 # The choices of keras_dla.training, repeated here (a test keeps them equal) so that building the parser does not
 # import the training and data modules.
@@ -40,7 +37,12 @@ def register(subparsers):
     parser.add_argument("--weights", default="none", help="none | imagenet | a weights file")
     parser.add_argument("--output", default="runs/dla", help="run folder (backup, best weights, logs, curves)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    parser.add_argument("--devices", type=int, default=None, help="use N GPUs, or split the CPU into N devices")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="use N GPUs, or split the CPU into N devices (TensorFlow, JAX; PyTorch: 1)",
+    )
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument(
