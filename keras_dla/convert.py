@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_dla import names, readers, resampling
+from keras_dla import legacy_weights, names, readers, resampling
 from keras_dla.layers import DepthwiseConv2DTranspose
 
 DEAD_KEYS_NOTE = (
@@ -205,6 +205,15 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
                 f"Not a Keras weights file: {path!r} is not in the HDF5 format that `model.save_weights` writes. "
                 f"Received: weights={path!r}"
             )
+        if legacy_weights.is_legacy(path):
+            try:
+                legacy_weights.load(model, path)
+            except ValueError as e:
+                raise ValueError(
+                    f"Could not load {path!r}, a weights file of keras_dla 0.1, into {model.name}: {e}. Is it a "
+                    f"weights file of another DLA variant or class count? Received: weights={path!r}"
+                ) from None
+            return {}
         # Keras warns once per unmatched sublayer before it raises; those warnings are noise in front of
         # the one error that explains the failure, so they are only passed on when the load succeeds.
         with warnings.catch_warnings(record=True) as caught:

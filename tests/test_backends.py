@@ -243,3 +243,33 @@ def test_layer_names_map_to_every_checkpoint_key():
     expected = {k.rsplit(".", 1)[0] for k in keys}
     got = {path for path, layer in convert.named_layers(model) if layer.weights}
     assert got == expected
+
+
+def test_weights_files_of_keras_dla_0_1_still_load(tmp_path):
+    """A `.weights.h5` of keras_dla 0.1 (its own batch-norm and grouped-conv classes) loads into today's model.
+
+    Keras names the stored weights after each layer's class: giving a model's layers 0.1's class names makes Keras
+    write the file exactly as 0.1 did (checked once against 0.1's own code, DLA-Up's upsampling too).
+    """
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        pass
+
+    class ChunkedGroupConv2D(keras.layers.Conv2D):
+        pass
+
+    old = keras_dla.DLA46XC(weights=None, classes=7, input_shape=(None, None, 3))
+    for i, weight in enumerate(old.weights):
+        weight.assign(images(weight.shape, seed=i) * 0.1 + (1.0 if "variance" in weight.path else 0.0))
+    x = images((1, *SIZE, 3), seed=5)
+    expected = numpy(old(x, training=False))
+    for layer in old.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.__class__ = FusedBatchNormalization
+        elif isinstance(layer, keras.layers.Conv2D) and layer.groups > 1:
+            layer.__class__ = ChunkedGroupConv2D
+    old.save_weights(tmp_path / "old.weights.h5")
+    model = keras_dla.DLA46XC(weights=str(tmp_path / "old.weights.h5"), classes=7, input_shape=(None, None, 3))
+    np.testing.assert_allclose(numpy(model(x, training=False)), expected, rtol=RTOL, atol=1e-6)
+    with pytest.raises(ValueError, match="a weights file of keras_dla 0.1"):
+        keras_dla.DLA46XC(weights=str(tmp_path / "old.weights.h5"), classes=8, input_shape=(None, None, 3))
