@@ -273,3 +273,33 @@ def test_weights_files_of_keras_dla_0_1_still_load(tmp_path):
     np.testing.assert_allclose(numpy(model(x, training=False)), expected, rtol=RTOL, atol=1e-6)
     with pytest.raises(ValueError, match="a weights file of keras_dla 0.1"):
         keras_dla.DLA46XC(weights=str(tmp_path / "old.weights.h5"), classes=8, input_shape=(None, None, 3))
+
+
+EXPORT_ON_THIS_BACKEND = textwrap.dedent(
+    """
+    import json, sys
+    import keras_dla, keras_dla.export
+    model = keras_dla.DLA46C(weights=None, classes=3, input_shape=(32, 32, 3))
+    try:
+        keras_dla.export.export_tflite(model, sys.argv[1] + "/m.tflite")
+        said = None
+    except ValueError as e:
+        said = str(e)
+    print(json.dumps({"said": said, "tensorflow": "tensorflow" in sys.modules}))
+    """
+)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="exports are TensorFlow's: this is about the other backends")
+def test_export_says_what_works_and_the_cli_exports_anyway(tmp_path):
+    said = _run_elsewhere(EXPORT_ON_THIS_BACKEND, BACKEND, str(tmp_path))["said"]
+    assert said and "runs on the TensorFlow backend" in said and f"Received: backend {BACKEND!r}" in said
+    assert "\n" not in said
+    command = [sys.executable, "-m", "keras_dla.cli", "export", "--model", "dla46_c", "--weights", "none"]
+    command += ["--format", "saved_model", "--input-size", "32", "32", "--classes", "3", "--samples", "1"]
+    command += ["--output", str(tmp_path / "saved")]
+    env = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"runs on the TensorFlow backend (KERAS_BACKEND is {BACKEND!r})" in done.stderr
+    assert (tmp_path / "saved" / "saved_model.pb").is_file()
