@@ -227,6 +227,28 @@ def test_jax_and_torch_never_import_tensorflow(tmp_path):
     assert not _run_elsewhere(NO_TENSORFLOW, BACKEND, str(tmp_path))["tensorflow"]
 
 
+INFERENCE_MODEL = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras_dla
+    fast = keras_dla.inference_model(keras_dla.DLA46C(weights=None, classes=3, input_shape=(32, 32, 3)))
+    fast.serve(np.zeros((1, 32, 32, 3), "float32"))
+    print(json.dumps({"tensorflow": "tensorflow" in sys.modules}))
+    """
+)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the TensorFlow backend imports TensorFlow by definition")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Keras' own get_config imports TensorFlow wherever it is installed (serialization_lib checks for "
+    "tf.TensorShape), and inference_model copies the model through keras.models.clone_model, which calls it",
+)
+def test_inference_model_imports_no_tensorflow(tmp_path):
+    assert not _run_elsewhere(INFERENCE_MODEL, BACKEND, str(tmp_path))["tensorflow"]
+
+
 def test_layer_names_map_to_every_checkpoint_key():
     """Every weight of a DLA-Up (backbone included) has a PyTorch key, and the names map back and forth exactly."""
     from keras_dla import convert, names
