@@ -17,9 +17,11 @@ from keras_dla.dla import (
     DLA60Res2NeXt,
 )
 from keras_dla.dla_up import DLA34Up, DLA60Up, DLA102Up, DLA169Up, DLAUp
+from keras_dla.fast_paths import attach as attach_fast_paths
 from keras_dla.imagenet import decode_predictions, preprocess_input
 from keras_dla.inference import fold_batch_norms, inference_model
 from keras_dla.layers import DepthwiseConv2DTranspose
+from keras_dla.names import keras_name, module_path
 from keras_dla.segmentation import (
     CITYSCAPES_PALETTE,
     SegmentationCrossEntropy,
@@ -53,6 +55,9 @@ __all__ = [
     "DepthwiseConv2DTranspose",
     "inference_model",
     "fold_batch_norms",
+    "attach_fast_paths",
+    "keras_name",
+    "module_path",
     "SegmentationCrossEntropy",
     "SegmentationMeanIoU",
     "predict_multiscale",
