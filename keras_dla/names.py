@@ -14,7 +14,7 @@ module path of `DLA` and `DLASeg`. A checkpoint key is `<module path>.<tensor na
 `keras_dla.convert` walks the layers of a model with `module_path`.
 
     model.get_layer(keras_name("level3.tree1.root.conv"))
-    module_path(model.layers[5].name)  # "base_layer.1"
+    module_path("dla_up_ida_0_proj_1_0")  # "dla_up.ida_0.proj_1.0"
 """
 
 import re

@@ -1,5 +1,6 @@
 """The DLA classifiers against the keras.applications contract and the PyTorch reference (timm)."""
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,9 @@ import timm
 import torch
 
 import keras_dla
+from keras_dla import fast_paths
 from keras_dla.dla import BUILDERS
+from keras_dla.names import keras_name
 from tests import reference
 
 VARIANTS = list(BUILDERS)
@@ -50,11 +53,12 @@ def count(weights):
 
 
 def level_output_names(variant):
-    """The layer ending each level, by PyTorch module path: a conv level's last ReLU, a tree's last root."""
+    """The layer ending each level, named after its PyTorch module path: a conv level's last ReLU, a tree's last
+    root."""
     levels = keras_dla.MODEL_CONFIGS[variant]["levels"]
-    names = [f"level{i}.{3 * levels[i] - 1}" for i in range(2)]
-    names += [f"level{i}." + "tree2." * (levels[i] - 1) + "root.relu" for i in range(2, 6)]
-    return names
+    paths = [f"level{i}.{3 * levels[i] - 1}" for i in range(2)]
+    paths += [f"level{i}." + "tree2." * (levels[i] - 1) + "root.relu" for i in range(2, 6)]
+    return [keras_name(path) for path in paths]
 
 
 def logits_and_levels(classifier, variant):
@@ -79,8 +83,19 @@ def test_parameter_count_and_top(variant):
     assert model.output_shape == (None, 1000)
     assert model.get_layer("predictions").get_config()["activation"] == "softmax"
     # Same module paths as the PyTorch model: each level's last layer, and each kind of weighted layer.
-    for layer in level_output_names(variant) + ["base_layer.0", "level5.tree1.conv1", "level5.project.0", "fc"]:
+    for path in ("base_layer.0", "level5.tree1.conv1", "level5.project.0", "fc"):
+        model.get_layer(keras_name(path))
+    for layer in level_output_names(variant):
         model.get_layer(layer)
+    # Keras' own layers only, with TensorFlow's fast paths bound to the batch norms and the grouped convs.
+    assert all(type(layer).__module__.startswith("keras.") for layer in model.layers)
+    fast = [layer for layer in model.layers if fast_paths.attached(layer)]
+    assert fast and fast == [
+        layer
+        for layer in model.layers
+        if type(layer) is keras.layers.BatchNormalization
+        or (type(layer) is keras.layers.Conv2D and layer.groups > 1)
+    ]
 
 
 @pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
@@ -153,10 +168,15 @@ def test_save_load_and_config_round_trip(variant, tmp_path):
     expected = run(model, x)
     path = tmp_path / "model.keras"
     model.save(path)
-    np.testing.assert_array_equal(run(keras.saving.load_model(path), x), expected)
+    assert "keras_dla" not in json.dumps(model.get_config())
+    # Plain Keras loads the file (no keras_dla class in it), without TensorFlow's fast paths: the same function
+    # up to float rounding; with them attached again, the same computation.
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(run(loaded, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(run(keras_dla.attach_fast_paths(loaded), x), expected)
     clone = keras.Model.from_config(model.get_config())
     clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(run(clone, x), expected)
+    np.testing.assert_array_equal(run(keras_dla.attach_fast_paths(clone), x), expected)
 
 
 def test_keras_weights_file_round_trip(tmp_path):
@@ -204,7 +224,7 @@ def test_checkpoint_without_fc_needs_include_top_false(tmp_path):
     headless = {k: v for k, v in state.items() if not k.startswith("fc.")}
     path = reference.save_safetensors(headless, tmp_path / "headless.safetensors")
     model = keras_dla.DLA46XC(weights=path, include_top=False)
-    assert model.get_layer("level5.root.bn").get_weights()[0].shape == (256,)
+    assert model.get_layer(keras_name("level5.root.bn")).get_weights()[0].shape == (256,)
     with pytest.raises(ValueError, match=r"no tensor 'fc.weight'"):
         keras_dla.DLA46XC(weights=path)
     # ... and a full checkpoint loads into a headless model: only fc.* is ignored.
@@ -252,7 +272,8 @@ def test_weights_file_of_another_variant(tmp_path, recwarn):
         keras_dla.DLA46C(weights=path)
     # Keras' message prints whole variables; the sentence keeps the layer count, a few names and one shape clash.
     message = str(caught.value)
-    assert re.search(r"68 layer\(s\) did not fit: level2\.tree1\.conv1, .* and 62 more\. For example", message)
+    # 60: the layers whose weights differ in shape between the two variants.
+    assert re.search(r"60 layer\(s\) did not fit: level2_tree1_conv1, .* and 54 more\. For example", message)
     assert len(message) < 600
     # The error alone, without Keras' per-sublayer warnings in front of it.
     assert not [w for w in recwarn if "saving" in w.filename]
@@ -336,8 +357,16 @@ def test_model_code_is_backend_agnostic():
 
     package = os.path.dirname(keras_dla.__file__)
     backend_import = re.compile(r"^\s*(import|from)\s+(tensorflow|torch)\b", re.MULTILINE)
-    for module in ("blocks.py", "dla.py", "convert.py", "readers.py", "imagenet.py"):
+    model_code = ("blocks.py", "dla.py", "dla_up.py", "layers.py", "resampling.py", "names.py", "convert.py")
+    for module in (*model_code, "legacy_weights.py", "readers.py", "imagenet.py"):
         with open(os.path.join(package, module), encoding="utf-8") as f:
             source = f.read()
         assert not backend_import.search(source), module
         assert "tf." not in source, module
+    # TensorFlow's fast paths and the TensorFlow `serve` import TensorFlow inside the functions that run on that
+    # backend only, never when the module is imported.
+    top_level_import = re.compile(r"^(import|from)\s+(tensorflow|torch)\b", re.MULTILINE)
+    for module in ("fast_paths.py", "inference.py"):
+        with open(os.path.join(package, module), encoding="utf-8") as f:
+            source = f.read()
+        assert not top_level_import.search(source), module

@@ -2,9 +2,12 @@
 
 import atexit
 import functools
+import json
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -13,8 +16,8 @@ import timm
 import torch
 
 import keras_dla
-from keras_dla import convert, dla_up, readers
-from keras_dla.layers import BilinearKernel
+from keras_dla import convert, dla_up, fast_paths, readers, resampling
+from keras_dla.names import keras_name
 from tests import reference, torch_dla_up
 
 # The authors' `sum(p.numel() for p in model.parameters())` for 19 classes and down_ratio 2 (REFERENCE.md §4):
@@ -146,11 +149,14 @@ def test_parameter_counts_of_the_authors_variants(variant):
     model = builder(classes=19, weights=None)
     assert model.name == f"{variant}up"
     assert torch_parameters(model) == AUTHORS_PARAMETERS[variant] - unbuilt_parameters(variant)
-    # Module paths of the authors' DLASeg.
-    for layer in ("dla_up.ida_0.proj_1.0", "dla_up.ida_0.up_1", "dla_up.ida_0.node_1.0", "dla_up.ida_3.node_4.1"):
-        model.get_layer(layer)
-    model.get_layer("fc.0")
-    assert model.get_layer("base").get_layer("level5.root.conv") is not None
+    # Named after the module paths of the authors' DLASeg.
+    for path in ("dla_up.ida_0.proj_1.0", "dla_up.ida_0.up_1", "dla_up.ida_0.node_1.0", "dla_up.ida_3.node_4.1"):
+        model.get_layer(keras_name(path))
+    model.get_layer(keras_name("fc.0"))
+    assert model.get_layer("base").get_layer(keras_name("level5.root.conv")) is not None
+    # TensorFlow's fused batch norm is bound in the backbone (a nested model) and in the decoder alike.
+    assert fast_paths.attached(model.get_layer("base").get_layer(keras_name("level5.root.bn")))
+    assert fast_paths.attached(model.get_layer(keras_name("dla_up.ida_3.node_4.1")))
     assert [w.path for w in model.get_layer("up").weights] == ["up/kernel"]
     assert not model.get_layer("up").trainable
 
@@ -169,7 +175,7 @@ def test_other_backbones_equal_reference(variant):
 
 def test_any_size_pads_and_crops():
     model = keras_dla.DLA34Up(classes=3, down_ratio=4, activation=None)
-    padded_model = keras.Model(model.input, model.get_layer("up").output)
+    padded_model = keras.Model(model.input, model.get_layer("up_crop").output)  # the upsampling, before crop_like
     for height, width in ((33, 47), (63, 95), (70, 41), (32, 32)):
         x = images((1, height, width, 3), seed=height)
         out = run(model, x)
@@ -200,9 +206,15 @@ def test_keras_and_weights_file_round_trips(tmp_path):
 
     keras_path = str(tmp_path / "dla34up.keras")
     model.save(keras_path)
+    with zipfile.ZipFile(keras_path) as archive:
+        assert "keras_dla" not in archive.read("config.json").decode()  # only Keras' own layers and ops
+    assert "keras_dla" not in json.dumps(model.get_config())
+    # Plain Keras loads it, without TensorFlow's fast paths: the same function up to float rounding; with them
+    # attached again, the same computation.
     loaded = keras.saving.load_model(keras_path)
-    np.testing.assert_array_equal(run(loaded, x), expected)
-    assert not loaded.get_layer("up").trainable and loaded.get_layer("dla_up.ida_0.up_1").trainable
+    np.testing.assert_allclose(run(loaded, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(run(keras_dla.attach_fast_paths(loaded), x), expected)
+    assert not loaded.get_layer("up").trainable and loaded.get_layer(keras_name("dla_up.ida_0.up_1")).trainable
 
     weights_path = str(tmp_path / "dla34up.weights.h5")
     model.save_weights(weights_path)
@@ -212,19 +224,29 @@ def test_keras_and_weights_file_round_trips(tmp_path):
 
 def test_initialisation_as_upstream():
     model = keras_dla.DLAUp("dla34", classes=19, down_ratio=4)
-    ups = [layer for layer in model.layers if layer.name == "up" or ".up_" in layer.name]
+    ups = [layer for layer in model.layers if layer.name == "up" or re.fullmatch(r"dla_up_ida_\d+_up_\d+", layer.name)]
     assert len(ups) == 1 + 3 + 2 + 1  # `up` and the ups of ida_0..ida_2
     for layer in ups:
-        np.testing.assert_array_equal(layer.kernel.numpy(), BilinearKernel()(layer.kernel.shape).numpy())
+        assert type(layer) is keras.layers.DepthwiseConv2D
+        # The phase kernel of the authors' bilinear fill (made by the PyTorch reference) of the upsampling's
+        # (C, 1, 2f, 2f) ConvTranspose2d weight; C from the input of the layer's padding, f^2 C the kernel's width.
+        channels = model.get_layer(f"{layer.name}_pad").input.shape[-1]
+        factor = int(np.sqrt(layer.kernel.shape[2] // channels))
+        assert factor * factor * channels == layer.kernel.shape[2] and factor in (2, 4, 8)
+        bilinear = torch_dla_up.bilinear_(torch.empty(channels, 1, 2 * factor, 2 * factor)).numpy()
+        np.testing.assert_allclose(layer.kernel.numpy(), resampling.phase_kernel_from_torch(bilinear), atol=1e-7)
+        filled = keras.ops.convert_to_numpy(resampling.phase_kernel(resampling.bilinear_kernel(2 * factor, channels)))
+        filled = filled.astype("float32")
+        np.testing.assert_array_equal(layer.kernel.numpy(), filled)
         assert layer.trainable == (layer.name != "up")
     for layer in model.layers:
-        if layer.name.startswith("dla_up.") and isinstance(layer, keras.layers.Conv2D):
+        if layer.name.startswith("dla_up_") and isinstance(layer, keras.layers.Conv2D):
             kernel = layer.kernel.numpy()
             fan_out = kernel.shape[0] * kernel.shape[1] * kernel.shape[3]
             assert abs(kernel.std() / np.sqrt(2 / fan_out) - 1) < 0.1, layer.name
-        if layer.name.startswith("dla_up.") and isinstance(layer, keras.layers.BatchNormalization):
+        if layer.name.startswith("dla_up_") and isinstance(layer, keras.layers.BatchNormalization):
             assert (layer.gamma.numpy() == 1).all() and (layer.beta.numpy() == 0).all()
-    bias = model.get_layer("fc.0").bias.numpy()
+    bias = model.get_layer(keras_name("fc.0")).bias.numpy()
     assert np.abs(bias).max() <= 1 / np.sqrt(64) and bias.std() > 0
 
 

@@ -45,7 +45,7 @@ def trained_looking(model, size, seed=0):
         bn.moving_mean.assign(bn.moving_mean.numpy() + 0.1 * rng.standard_normal(shape).astype("float32"))
         bn.moving_variance.assign(bn.moving_variance.numpy() * rng.uniform(0.8, 1.25, shape).astype("float32"))
         basic_end = bn.name.endswith("bn2") and f"{bn.name[:-3]}bn3" not in names
-        if bn.name.endswith(("bn3", "root.bn")) or basic_end:
+        if bn.name.endswith(("bn3", "root_bn")) or basic_end:  # layer names: module paths, "_" for "."
             bn.gamma.assign(rng.uniform(0.05, 0.3, bn.gamma.shape).astype("float32"))
     return model
 

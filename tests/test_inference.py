@@ -4,13 +4,15 @@ Every variant is compared with trained-looking weights (random batch-norm statis
 so a folding mistake in scale, shift or channel order shows in the logits.
 """
 
+import json
+
 import keras
 import numpy as np
 import pytest
 
 import keras_dla
-from keras_dla import dla, dla_up, inference
-from keras_dla.layers import ChunkedGroupConv2D
+from keras_dla import dla, dla_up, fast_paths, inference
+from keras_dla.names import keras_name
 from tests.test_export import classifier, images, trained_looking
 
 TOLERANCE = 1e-4  # the issue's bound on the folded model's float32 outputs
@@ -40,21 +42,30 @@ def test_folded_classifier_equals_the_model(variant):
     assert np.abs(expected).max() > 0.1  # logits, not a degenerate all-zero output
     names = {layer.name for layer in fast.layers}
     convs = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
-    assert "base_layer.0" in convs and convs <= names and "base_layer.1" not in names  # names kept, batch norms gone
-    # The grouped convs (DLA-X) stay chunked.
-    chunked = sum(isinstance(layer, ChunkedGroupConv2D) for layer in fast.layers)
-    assert chunked == sum(getattr(layer, "groups", 1) > 1 for layer in model.layers)
+    stem_conv, stem_bn = keras_name("base_layer.0"), keras_name("base_layer.1")
+    assert stem_conv in convs and convs <= names and stem_bn not in names  # names kept, batch norms gone
+    # The grouped convs (DLA-X) stay plain Conv2D layers with the fast path attached.
+    grouped = [layer for layer in fast.layers if getattr(layer, "groups", 1) > 1]
+    assert len(grouped) == sum(getattr(layer, "groups", 1) > 1 for layer in model.layers)
+    assert all(type(layer) is keras.layers.Conv2D and fast_paths.attached(layer) for layer in grouped)
 
 
-def test_a_plain_grouped_conv_becomes_chunked():
+def test_a_plain_grouped_conv_stays_plain_with_the_fast_path_attached():
+    # A model not built by keras_dla (nothing attached): the folded copy's grouped conv is still a plain Conv2D,
+    # with TensorFlow's fast path bound to it, and computes what the model computes.
     inputs = keras.Input((6, 6, 8))
     x = keras.layers.Conv2D(8, 3, padding="same", groups=4, use_bias=False, name="g")(inputs)
     model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    model.get_layer("g").kernel.assign(np.random.default_rng(2).standard_normal((3, 3, 2, 8)).astype("float32"))
     model.get_layer("bn").moving_variance.assign(np.full(8, 3.0, "float32"))
-    fast = keras_dla.inference_model(model)
-    assert isinstance(fast.get_layer("g"), ChunkedGroupConv2D) and fast.get_layer("g").groups == 4
-    x = np.random.default_rng(1).standard_normal((2, 6, 6, 8)).astype("float32")
-    np.testing.assert_allclose(fast(x).numpy(), model(x, training=False).numpy(), rtol=0, atol=1e-5)
+    assert not fast_paths.attached(model.get_layer("g"))
+    for fast in (keras_dla.fold_batch_norms(model), keras_dla.inference_model(model)):
+        g = fast.get_layer("g")
+        assert type(g) is keras.layers.Conv2D and g.groups == 4 and g.use_bias and fast_paths.attached(g)
+        assert "bn" not in {layer.name for layer in fast.layers}
+        x = np.random.default_rng(1).standard_normal((2, 6, 6, 8)).astype("float32")
+        np.testing.assert_allclose(fast(x).numpy(), model(x, training=False).numpy(), rtol=0, atol=1e-5)
+    assert "keras_dla" not in json.dumps(fast.get_config())
 
 
 def test_serve_takes_any_batch_and_size():

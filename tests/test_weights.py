@@ -6,6 +6,7 @@ Every test runs with its own `KERAS_HOME`, so the cache starts empty and is insp
 import collections
 import hashlib
 import http.server
+import json
 import os
 import pickle
 import subprocess
@@ -13,13 +14,15 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 import keras_dla
-from keras_dla import weights
+from keras_dla import names, weights
 from tests.reference import authors_state_dict, make_timm_model, save_safetensors, timm_outputs, timm_state_dict
 
 VARIANT = "dla46x_c"  # the smallest variant: dead `project` keys in the authors' layout, grouped convs
@@ -300,6 +303,35 @@ def test_corrupt_cache_files_are_detected_and_fetched_again(server, reference, i
     assert "damaged" in messages and "sha256 mismatch" in messages
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[path] == 2
+
+
+def test_cache_of_an_earlier_format_is_converted_again(server, reference, isolated, blank):
+    # Format 2 named the layers by their dotted module paths; such a cache is refused, reported as out of date and
+    # converted again from the verified source file (no download), as format 3 with the underscore names.
+    url, sha = _serve(server, reference, "legacy", "authors")
+    path = url[url.index("/files") :]
+    keras_dla.register_weights(VARIANT, "mine", url, sha)
+    _load(blank, "mine")
+    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{weights.CACHE_SUFFIX}"
+    assert weights.CACHE_FORMAT == "keras_dla-weights-by-layer-name-3"
+    with h5py.File(converted, "r+") as f:
+        assert f.attrs["format"] == weights.CACHE_FORMAT
+        index = json.loads(f.attrs["index"])
+        assert "level2_tree1_conv1" in {name for name, _ in index}
+        f.attrs["format"] = "keras_dla-weights-by-layer-name-2"
+        f.attrs["index"] = json.dumps([[names.module_path(name), shapes] for name, shapes in index])
+    with pytest.raises(ValueError, match="format 'keras_dla-weights-by-layer-name-2', not .*-name-3'"):
+        weights.load_by_layer_name(blank, converted, VARIANT)
+    with pytest.warns(weights.WeightsWarning, match="are damaged or out of date.*format"):
+        model = _load(blank, "mine")
+    np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
+    assert server.requests[path] == 1
+    with h5py.File(converted, "r") as f:
+        assert f.attrs["format"] == weights.CACHE_FORMAT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", weights.WeightsWarning)
+        model = _load(blank, "mine")  # and the new cache loads without a warning
+    np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
 
 def test_concurrent_loads_in_two_processes(server, reference, tmp_path):
