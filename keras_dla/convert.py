@@ -205,25 +205,24 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
                 f"Not a Keras weights file: {path!r} is not in the HDF5 format that `model.save_weights` writes. "
                 f"Received: weights={path!r}"
             )
-        if legacy_weights.is_legacy(path):
-            try:
-                legacy_weights.load(model, path)
-            except ValueError as e:
-                raise ValueError(
-                    f"Could not load {path!r}, a weights file of keras_dla 0.1, into {model.name}: {e}. Is it a "
-                    f"weights file of another DLA variant or class count? Received: weights={path!r}"
-                ) from None
-            return {}
         # Keras warns once per unmatched sublayer before it raises; those warnings are noise in front of
         # the one error that explains the failure, so they are only passed on when the load succeeds.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model.load_weights(path)
+                if legacy_weights.is_legacy(path):
+                    legacy_weights.load(model, path)
+                else:
+                    model.load_weights(path)
             except OSError as e:  # h5py: an HDF5 file cut short (an interrupted copy or download)
                 raise ValueError(
                     f"Cannot read the weights file {path!r}; is it incomplete? h5py said: {e}. "
                     f"Received: weights={path!r}"
+                ) from None
+            except legacy_weights.LegacyWeightsError as e:
+                raise ValueError(
+                    f"Could not load {path!r}, a weights file of keras_dla 0.1, into {model.name}: {e}. Is it a "
+                    f"weights file of another DLA variant or class count? Received: weights={path!r}"
                 ) from None
             except ValueError as e:
                 raise ValueError(

@@ -20,6 +20,10 @@ _CHUNKED_CONV = "chunked_group_conv2d"
 _TRANSPOSED_CONV = "depthwise_conv2d_transpose"
 
 
+class LegacyWeightsError(ValueError):
+    """A keras_dla 0.1 weights file that does not hold the model's weights."""
+
+
 def is_legacy(path):
     """Whether the `.weights.h5` file at `path` was written from a keras_dla 0.1 model."""
     with h5py.File(path, "r") as f:
@@ -56,13 +60,13 @@ def _assignments(model, group, prefix):
         if not layer.weights:
             continue
         if path not in group:
-            raise ValueError(f"it has no weights at {path!r} for layer {layer.name!r}")
+            raise LegacyWeightsError(f"it has no weights at {path!r} for layer {layer.name!r}")
         values = [np.asarray(group[f"{path}/vars/{i}"]) for i in range(len(group[f"{path}/vars"]))]
         if name == _TRANSPOSED_CONV:
             # (2f, 2f, C, 1) as the transposed conv's taps -> the phase kernel today's DepthwiseConv2D holds.
             values = [keras.ops.convert_to_numpy(resampling.phase_kernel(values[0]))]
         if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
-            raise ValueError(
+            raise LegacyWeightsError(
                 f"the weights at {path!r} have shapes {[v.shape for v in values]}, layer {layer.name!r} "
                 f"{[tuple(w.shape) for w in layer.weights]}"
             )
@@ -74,7 +78,7 @@ def load(model, path):
     """Loads the keras_dla 0.1 `.weights.h5` file at `path` into `model`; every weight must be there.
 
     Raises:
-        ValueError: the file does not hold `model`'s weights (another variant or class count).
+        LegacyWeightsError: the file does not hold `model`'s weights (another variant or class count).
     """
     with h5py.File(path, "r") as f:
         pairs = _assignments(model, f, "layers")

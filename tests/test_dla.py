@@ -93,8 +93,7 @@ def test_parameter_count_and_top(variant):
     assert fast and fast == [
         layer
         for layer in model.layers
-        if type(layer) is keras.layers.BatchNormalization
-        or (type(layer) is keras.layers.Conv2D and layer.groups > 1)
+        if type(layer) is keras.layers.BatchNormalization or (type(layer) is keras.layers.Conv2D and layer.groups > 1)
     ]
 
 

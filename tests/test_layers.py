@@ -586,5 +586,5 @@ def test_fused_batch_norm_falls_back_and_round_trips(tmp_path, keras_batch_norm_
     model.save(path)
     assert "keras_dla" not in saved_config(path)
     restored = keras.saving.load_model(path)
-    assert type(restored.get_layer("bn")) is keras.layers.BatchNormalization and restored.get_layer("bn").epsilon == 1e-5
-    assert not fast_paths.attached(restored.get_layer("bn"))
+    bn = restored.get_layer("bn")
+    assert type(bn) is keras.layers.BatchNormalization and bn.epsilon == 1e-5 and not fast_paths.attached(bn)
