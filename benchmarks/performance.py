@@ -189,6 +189,14 @@ def work_keras_train(args):
     y = np.random.default_rng(1).integers(0, CLASSES, TRAIN_BATCH)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
 
+    step_s = _median_step_s(model, x=data, steps_per_epoch=max(args.calls, 3) + 2)
+    return {"train_step_s": step_s, "peak_rss_mib": peak_rss_mib()}
+
+
+def _median_step_s(model, **fit_args):
+    """The median seconds of one `model.fit` step over an epoch of `fit_args`, the first two steps left out."""
+    import keras
+
     durations = []
 
     class StepTimer(keras.callbacks.Callback):
@@ -199,10 +207,8 @@ def work_keras_train(args):
             float(logs["loss"])  # waits for the step to finish
             durations.append(time.perf_counter() - self.start)
 
-    steps = max(args.calls, 3)
-    model.fit(data, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[StepTimer()])
-    timed = durations[2:]  # the first steps trace and warm up
-    return {"train_step_s": statistics.median(timed), "peak_rss_mib": peak_rss_mib()}
+    model.fit(epochs=1, verbose=0, callbacks=[StepTimer()], **fit_args)
+    return statistics.median(durations[2:])  # the first steps trace and warm up
 
 
 def work_tflite(args):
@@ -404,18 +410,8 @@ def work_backend_train(args):
     steps = max(args.calls, 3) + 2
     x = np.concatenate([random_images(TRAIN_BATCH, args.size)] * steps)
     y = np.random.default_rng(1).integers(0, CLASSES, len(x))
-    durations = []
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])  # waits for the step to finish
-            durations.append(time.perf_counter() - self.start)
-
-    model.fit(x, y, batch_size=TRAIN_BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[StepTimer()])
-    return {"train_step_s": statistics.median(durations[2:]), "peak_rss_mib": peak_rss_mib()}
+    step_s = _median_step_s(model, x=x, y=y, batch_size=TRAIN_BATCH, shuffle=False)
+    return {"train_step_s": step_s, "peak_rss_mib": peak_rss_mib()}
 
 
 WORKERS = {

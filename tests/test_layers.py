@@ -127,6 +127,16 @@ def test_bilinear_start_is_bilinear_interpolation(factor):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(out)[inner], resized[inner], atol=1e-5)
 
 
+def assert_first_learns_second_is_frozen(model):
+    """A training step of `model` (4x4x8 in, 32x32x8 out) changes its first weight and leaves its second."""
+    before = [w.numpy() for w in model.weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
+    model.train_on_batch(random((2, 4, 4, 8)), random((2, 32, 32, 8), seed=1))
+    after = [w.numpy() for w in model.weights]
+    assert not np.allclose(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+
+
 def test_weights_are_depthwise_and_trainable_switch():
     # One (2f, 2f, C, 1) kernel, no dense C x C one; `trainable=False` freezes it through a training step.
     inputs = keras.Input((4, 4, 8))
@@ -135,12 +145,7 @@ def test_weights_are_depthwise_and_trainable_switch():
     model = keras.Model(inputs, frozen(learned(inputs)))
     assert [tuple(w.shape) for w in model.weights] == [(8, 8, 8, 1), (4, 4, 8, 1)]
     assert [w.path for w in model.trainable_weights] == ["learned/kernel"]
-    before = [w.numpy() for w in model.weights]
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
-    model.train_on_batch(random((2, 4, 4, 8)), random((2, 32, 32, 8), seed=1))
-    after = [w.numpy() for w in model.weights]
-    assert not np.allclose(before[0], after[0])
-    np.testing.assert_array_equal(before[1], after[1])
+    assert_first_learns_second_is_frozen(model)
 
 
 def test_keras_round_trip(tmp_path):
@@ -219,12 +224,7 @@ def test_keras_layers_upsampling_layers_and_trainable_switch():
         model.get_layer(name)
     assert [tuple(w.shape) for w in model.weights] == [(2, 2, 16 * 8, 1), (2, 2, 4 * 8, 1)]
     assert [w.path for w in model.trainable_weights] == ["learned/kernel"]
-    before = [w.numpy() for w in model.weights]
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
-    model.train_on_batch(random((2, 4, 4, 8)), random((2, 32, 32, 8), seed=1))
-    after = [w.numpy() for w in model.weights]
-    assert not np.allclose(before[0], after[0])
-    np.testing.assert_array_equal(before[1], after[1])
+    assert_first_learns_second_is_frozen(model)
 
 
 def test_keras_layers_upsampling_file_is_plain_keras(tmp_path):
