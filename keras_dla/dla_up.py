@@ -52,7 +52,7 @@ def _conv(x, filters, kernel_size, *, name, use_bias=False):
 
 
 def _conv_bn_relu(x, filters, kernel_size, *, name):
-    """An `nn.Sequential(Conv2d, BatchNorm2d, ReLU)`: layers `name.0`, `name.1`, `name.2`."""
+    """An `nn.Sequential(Conv2d, BatchNorm2d, ReLU)`: layers `name_0`, `name_1`, `name_2`."""
     x = _conv(x, filters, kernel_size, name=f"{name}_0")
     x = blocks.batch_norm(x, name=f"{name}_1")
     return blocks.relu(x, name=f"{name}_2")
