@@ -4,7 +4,7 @@
                            (the backup before the latest is kept, for a kill that damages the latest)
     DIR/best.weights.h5    the weights of the best epoch (validation accuracy, or mean IoU)
     DIR/final.weights.h5   the weights after the last epoch (not written when a NaN loss stopped the run)
-    DIR/history.csv        one row per epoch (appended across restarts)
+    DIR/history.csv        one row per completed epoch (rewritten to the resumed epochs, then appended to)
     DIR/logs/              TensorBoard
     DIR/curves.png         loss and metric curves
     DIR/run.json           the configuration and the final figures
@@ -182,6 +182,89 @@ def drop_partial_last_row(csv_path):
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def _is_value(text):
+    """Whether `text` is a value CSVLogger writes: a number, "NA", nothing, or a bracketed list."""
+    if text in ("", "NA") or (text.startswith("[") and text.endswith("]")):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _epoch_of(line, width, column):
+    """The epoch of one whole history line, or None for a line a kill or damage left (cut short, garbled)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        fields = next(csv.reader([line]))
+    except (csv.Error, StopIteration):
+        return None
+    if len(fields) != width or not all(_is_value(v) for v in fields):
+        return None
+    epoch = fields[column]
+    return int(epoch) if epoch.isascii() and epoch.isdigit() else None
+
+
+def rewrite_history(csv_path, before_epoch):
+    """Rewrites `csv_path` to hold each epoch before `before_epoch` once, in order, before rows are appended.
+
+    A killed run leaves rows the restarted run writes again: the row of an epoch finished after the last backup
+    (the epoch runs again), a row cut short by the kill, and the duplicates an older restart appended. The last
+    whole row of each epoch is kept (as `read_history` reads it) and the header as it is; a file without a whole
+    header line is removed, so that the logger writes a new one. The file is replaced atomically.
+    """
+    if not os.path.isfile(csv_path):
+        return
+    with open(csv_path, encoding="utf-8", errors="replace", newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    header = lines[0] if lines and lines[0].endswith("\n") else None
+    fields = next(csv.reader([header]), []) if header else []
+    if "epoch" not in fields:
+        os.remove(csv_path)
+        return
+    width, column = len(fields), fields.index("epoch")
+    rows = {}
+    for line in lines[1:]:
+        epoch = _epoch_of(line, width, column)
+        if epoch is not None and epoch < before_epoch:
+            rows[epoch] = line
+    kept = header + "".join(rows[e] for e in sorted(rows))
+    if kept != "".join(lines):
+
+        def write(partial):
+            with open(partial, "w", encoding="utf-8", newline="") as f:
+                f.write(kept)
+
+        files.write_atomically(csv_path, write)
+
+
+class HistoryLog(keras.callbacks.CSVLogger):
+    """`CSVLogger(append=True)` that first rewrites the file to the epochs the run resumes after (`rewrite_history`).
+
+    The first epoch a run starts is the one its backup restored (`BackupAndRestore` sets it in its own
+    `on_train_begin`, which may run after this one), so the file is opened at the first `on_epoch_begin`.
+    """
+
+    def __init__(self, filename):
+        super().__init__(filename, append=True)
+        self._opened = False
+
+    def on_train_begin(self, logs=None):
+        self._opened = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._opened:
+            rewrite_history(self.filename, epoch)
+            super().on_train_begin()
+            self._opened = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._opened:
+            super().on_epoch_end(epoch, logs)
+
+
 def make_callbacks(run_dir, monitor, mode, backup_every=None):
     """The run's callbacks and, separately, its `StopOnNaN` (whose `message` says why a run stopped)."""
     csv_path = run_dir.path("history.csv")
@@ -195,8 +278,9 @@ def make_callbacks(run_dir, monitor, mode, backup_every=None):
     nan = StopOnNaN()
     callbacks = [
         nan,
-        # CSV and curves before the backup: a kill between them repeats an epoch row, which read_history dedups.
-        keras.callbacks.CSVLogger(csv_path, append=True),
+        # The row before the backup: a kill between them leaves a row for an epoch that runs again, which
+        # HistoryLog drops when the run resumes (a row missing for a backed-up epoch could not be made again).
+        HistoryLog(csv_path),
         checkpoint,
         Curves(csv_path, run_dir.path("curves.png")),
         keras.callbacks.TensorBoard(run_dir.path("logs"), update_freq="epoch"),
