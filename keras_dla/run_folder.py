@@ -4,6 +4,7 @@
                            (the backup before the latest is kept, for a kill that damages the latest)
     DIR/best.weights.h5    the weights of the best epoch (validation accuracy, or mean IoU)
     DIR/final.weights.h5   the weights after the last epoch (not written when a NaN loss stopped the run)
+                           (no weights file is ever written with a NaN or infinite value: FiniteWeights)
     DIR/history.csv        one row per completed epoch (rewritten to the resumed epochs, then appended to)
     DIR/logs/              TensorBoard
     DIR/curves.png         loss and metric curves
@@ -28,11 +29,15 @@ from keras_dla import files
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first NaN or infinite loss and remembers where it happened (`message`)."""
+    """Stops training at the first NaN or infinite loss and remembers where it happened (`message`).
+
+    `finite` is the run's `FiniteWeights`, which every weights file of the run is checked with.
+    """
 
     def __init__(self):
         super().__init__()
         self.epoch, self.message = 0, None
+        self.finite = FiniteWeights()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -148,6 +153,55 @@ def save_weights_atomically(model, path):
     files.write_atomically(path, model.save_weights)
 
 
+def non_finite_variable(model):
+    """The path of the first variable of `model` or its optimizer holding a NaN or an infinity, else None."""
+    variables = list(model.variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        variables += list(optimizer.variables)
+    for variable in variables:
+        value = np.asarray(keras.ops.convert_to_numpy(variable))
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return getattr(variable, "path", None) or variable.name
+    return None
+
+
+class FiniteWeights:
+    """Keeps every weights file of a run finite: `allows(model, what)` says whether `what` may be written.
+
+    A weights file holding a NaN or an infinity (a diverged run) would be taken for a result, or resumed from;
+    it is not written, and the first refusal of a run says so (once: later ones would repeat it every epoch).
+    """
+
+    def __init__(self):
+        self.skipped = []
+
+    def allows(self, model, what):
+        variable = non_finite_variable(model)
+        if variable is None:
+            return True
+        if not self.skipped:
+            print(
+                f"keras-dla train: the weights hold a NaN or an infinite value ({variable}): {what} is not written, "
+                "nor any weights file of this run from now on.",
+                flush=True,
+            )
+        self.skipped.append(what)
+        return False
+
+
+class FiniteBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that keeps its previous backup rather than write weights that are not finite."""
+
+    def __init__(self, backup_dir, finite, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.finite = finite
+
+    def _save_model(self):
+        if self.finite.allows(self.model, "the backup"):
+            super()._save_model()
+
+
 class BestWeights(keras.callbacks.Callback):
     """Saves the weights to `path` whenever `monitor` improves, through a temporary file.
 
@@ -155,9 +209,10 @@ class BestWeights(keras.callbacks.Callback):
     where the best weights were. Here the previous best stays until the new file is complete.
     """
 
-    def __init__(self, path, monitor, mode, best=None):
+    def __init__(self, path, monitor, mode, best=None, finite=None):
         super().__init__()
         self.path, self.monitor, self.mode, self.best = path, monitor, mode, best
+        self.finite = finite or FiniteWeights()
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -165,8 +220,9 @@ class BestWeights(keras.callbacks.Callback):
             return
         value = float(value)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
-            self.best = value
-            save_weights_atomically(self.model, self.path)
+            if self.finite.allows(self.model, os.path.basename(self.path)):
+                self.best = value
+                save_weights_atomically(self.model, self.path)
 
 
 def drop_partial_last_row(csv_path):
@@ -266,7 +322,11 @@ class HistoryLog(keras.callbacks.CSVLogger):
 
 
 def make_callbacks(run_dir, monitor, mode, backup_every=None):
-    """The run's callbacks and, separately, its `StopOnNaN` (whose `message` says why a run stopped)."""
+    """The run's callbacks and, separately, its `StopOnNaN` (whose `message` says why a run stopped).
+
+    The best weights and the backup are written only while the weights are finite (`StopOnNaN.finite`, which
+    the final weights are checked with too).
+    """
     csv_path = run_dir.path("history.csv")
     drop_partial_last_row(csv_path)
     # A restarted run must not overwrite the best weights with a worse epoch: start from the best logged so far.
@@ -274,8 +334,9 @@ def make_callbacks(run_dir, monitor, mode, backup_every=None):
     best = None
     if logged and os.path.isfile(run_dir.path("best.weights.h5")):
         best = max(logged) if mode == "max" else min(logged)
-    checkpoint = BestWeights(run_dir.path("best.weights.h5"), monitor, mode, best)
     nan = StopOnNaN()
+    finite = nan.finite
+    checkpoint = BestWeights(run_dir.path("best.weights.h5"), monitor, mode, best, finite)
     callbacks = [
         nan,
         # The row before the backup: a kill between them leaves a row for an epoch that runs again, which
@@ -285,8 +346,12 @@ def make_callbacks(run_dir, monitor, mode, backup_every=None):
         Curves(csv_path, run_dir.path("curves.png")),
         keras.callbacks.TensorBoard(run_dir.path("logs"), update_freq="epoch"),
         # double_checkpoint: the previous backup is kept as *.bkp and used if a kill damaged the latest one.
-        keras.callbacks.BackupAndRestore(
-            run_dir.backup, save_freq=backup_every or "epoch", delete_checkpoint=False, double_checkpoint=True
+        FiniteBackup(
+            run_dir.backup,
+            finite,
+            save_freq=backup_every or "epoch",
+            delete_checkpoint=False,
+            double_checkpoint=True,
         ),
     ]
     return callbacks, nan

@@ -704,7 +704,7 @@ def train(config):
         "stopped": nan.message,
     }
     if run_dir.chief:
-        if not nan.message:
+        if not nan.message and nan.finite.allows(model, "final.weights.h5"):
             run_folder.save_weights_atomically(model, run_dir.path("final.weights.h5"))
         files.write_text(run_dir.path("run.json"), json.dumps(result, indent=2))
     run_dir.cleanup()

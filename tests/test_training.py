@@ -339,6 +339,21 @@ def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder):
     assert other.returncode == 2 and "other settings (epochs)" in other.stderr
 
 
+def non_finite_datasets(path):
+    """The float datasets of an HDF5 file that hold a NaN or an infinity."""
+    import h5py
+
+    bad = []
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not np.isfinite(item[()]).all():
+            bad.append(name)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return bad
+
+
 def test_nan_loss_stops_with_a_message(tmp_path, folder):
     result = keras_dla(
         ["train", *TINY[:-4], "--lr", "1e30", "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4"]
@@ -347,6 +362,50 @@ def test_nan_loss_stops_with_a_message(tmp_path, folder):
     assert result.returncode == 3, result.stderr[-2000:]
     assert "The loss became" in result.stdout and "training stopped" in result.stdout
     assert not os.path.exists(tmp_path / "run" / "final.weights.h5")  # NaN weights are not the run's result
+    # No weights file of the run (best, backup, the backup before it) holds a NaN or an infinity.
+    written = [os.path.join(d, n) for d, _, names in os.walk(tmp_path / "run") for n in names if ".weights.h5" in n]
+    assert {path: non_finite_datasets(path) for path in written} == {path: [] for path in written}
+    assert result.stdout.count("the weights hold a NaN or an infinite value") <= 1  # said once, not every epoch
+
+
+def _dense_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0)  # builds the optimizer's variables
+    return model
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["kernel", "bias", "momentum"])
+def test_weights_that_are_not_finite_are_never_written(tmp_path, capsys, value, where):
+    model = _dense_model()
+    finite = run_folder.FiniteWeights()
+    best = run_folder.BestWeights(str(tmp_path / "best.weights.h5"), "val_accuracy", "max", finite=finite)
+    backup = run_folder.FiniteBackup(str(tmp_path / "backup"), finite, double_checkpoint=True)
+    for callback in (best, backup):
+        callback.set_model(model)
+    best.on_epoch_end(0, {"val_accuracy": 0.5})
+    backup.on_epoch_end(0)
+    kept = {name: (tmp_path / name).read_bytes() for name in ("best.weights.h5", "backup/latest.weights.h5")}
+    assert run_folder.non_finite_variable(model) is None and finite.skipped == []
+
+    dense = model.layers[0]
+    variable = {"kernel": dense.kernel, "bias": dense.bias}.get(where)
+    if variable is None:
+        variable = next(v for v in model.optimizer.variables if "momentum" in v.path and v.shape == (2, 1))
+    poisoned = np.array(keras.ops.convert_to_numpy(variable))
+    poisoned.flat[-1] = value
+    variable.assign(poisoned)
+    assert run_folder.non_finite_variable(model) == variable.path
+    for epoch in (1, 2):  # better epochs: each would have been written
+        best.on_epoch_end(epoch, {"val_accuracy": 0.5 + epoch / 10})
+        backup.on_epoch_end(epoch)
+    assert best.best == 0.5  # the finite weights stay the best ones
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    assert not (tmp_path / "backup" / "latest.weights.h5.bkp").exists()
+    assert finite.skipped == ["best.weights.h5", "the backup"] * 2
+    out = capsys.readouterr().out
+    assert out.count("the weights hold a NaN or an infinite value") == 1 and variable.path in out
 
 
 def _start_and_kill(command, output, after_epoch, env=None):
