@@ -300,6 +300,45 @@ def check_image_files(paths, dataset):
         )
 
 
+def check_class_labels(labels, classes, dataset, split, class_names=(), limited=False):
+    """Raises ValueError when classification labels cannot train (or be scored by) a `classes`-way classifier.
+
+    Refused: fewer than 2 classes, a label that is not an integer in [0, `classes`), and a training split whose
+    labels are all one class (the loss is 0 from the first step: nothing is learnt). A validation split may hold
+    fewer classes than the model. `limited`: the labels are the first of a split (`limit`), which the message
+    names as a possible cause.
+    """
+    names = f" ({', '.join(map(str, class_names))})" if class_names else ""
+    if classes < 2:
+        raise ValueError(
+            f"A classifier needs at least 2 classes; the data set has {classes}{names}. Received: dataset={dataset!r}"
+        )
+    labels = np.asarray(labels)
+    if not labels.size:
+        return
+    if labels.dtype.kind not in "iub":
+        whole = labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all()
+        if not whole:
+            raise ValueError(
+                f"Class labels should be integers; the {split} split has labels of type {labels.dtype}. "
+                f"Received: dataset={dataset!r}"
+            )
+    values = np.unique(labels)
+    bad = values[(values < 0) | (values >= classes)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:10].tolist()) + (", ..." if bad.size > 10 else "")
+        raise ValueError(
+            f"Class labels should be in [0, {classes}); the {split} split has {shown}. Received: dataset={dataset!r}"
+        )
+    if split == "train" and values.size < 2:
+        only = class_names[int(values[0])] if class_names else int(values[0])
+        cause = " (`limit` keeps the first examples, and a class folder lists them class by class)" if limited else ""
+        raise ValueError(
+            f"The training split holds one class only ({only!r}, {labels.size} examples): a classifier cannot "
+            f"learn from it{cause}. Received: dataset={dataset!r}"
+        )
+
+
 def find_undecodable(paths, time_limit_s=60.0):
     """`(path, checked)`: the first of `paths` that TensorFlow cannot read or decode as an image (None if none
     was found) and how many were checked.
@@ -380,6 +419,7 @@ def classification_data(
         images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
         if limit:
             images, labels = images[:limit], labels[:limit]
+        check_class_labels(labels, 10, dataset, split, fashion_mnist.CLASS_NAMES, limited=bool(limit))
         ds = tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype("int32")))
         info = DataInfo(
             dataset, 10, fashion_mnist.CLASS_NAMES, len(images), 1, (fashion_mnist.MEAN,), (fashion_mnist.STD,)
@@ -389,6 +429,7 @@ def classification_data(
         paths, labels, class_names = folder_split(dataset, split)
         if limit:
             paths, labels = paths[:limit], labels[:limit]
+        check_class_labels(labels, len(class_names), dataset, split, class_names, limited=bool(limit))
         check_image_files(paths, dataset)
         ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int32")))
         ds = ds.map(lambda p, y: (_decode(p, 3), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -404,6 +445,7 @@ def classification_data(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         info = DataInfo(dataset, label_feature.num_classes, tuple(label_feature.names), count, 3, mean, std)
+        check_class_labels([], info.num_classes, dataset, split, info.class_names)  # the labels are read in fit
     recipe = recipe or "imagenet"
 
     def train_map(example, seed):
@@ -489,14 +531,26 @@ def read_list_files(root, split):
     return images, labels, info
 
 
-def check_labels(masks, classes, dataset):
-    """Raises a ValueError when a mask value is neither in [0, classes) nor 255."""
+def check_labels(masks, classes, dataset, split=None):
+    """Raises a ValueError when a mask value is neither in [0, classes) nor 255, when there are fewer than 2
+    classes, or when the masks of the training split (`split="train"`) label one class only.
+    """
+    if classes < 2:
+        raise ValueError(
+            f"Segmentation needs at least 2 classes; the data set has {classes}. Received: dataset={dataset!r}"
+        )
     values = np.unique(np.concatenate([np.unique(np.asarray(m)) for m in masks])) if len(masks) else []
     bad = [int(v) for v in values if not (0 <= v < classes or v == IGNORE_LABEL)]
     if bad:
         raise ValueError(
             f"Segmentation labels should be in [0, {classes}) or {IGNORE_LABEL} (ignored); found {bad[:10]}. "
             f"Received: dataset={dataset!r}"
+        )
+    labelled = [int(v) for v in values if v != IGNORE_LABEL]
+    if split == "train" and len(masks) and len(labelled) < 2:
+        found = f"only class {labelled[0]}" if labelled else f"only {IGNORE_LABEL} (ignored)"
+        raise ValueError(
+            f"The training masks label {found}: a segmenter cannot learn from them. Received: dataset={dataset!r}"
         )
 
 
@@ -559,7 +613,7 @@ def segmentation_data(
             (fashion_mnist.MEAN,),
             (fashion_mnist.STD,),
         )
-        check_labels([masks], info.num_classes, dataset)
+        check_labels([masks], info.num_classes, dataset, split)
         ds = tf.data.Dataset.from_tensor_slices((images[..., None], masks))
     elif kind == "folder":
         image_paths, label_paths, meta = read_list_files(dataset, split)
@@ -579,7 +633,7 @@ def segmentation_data(
             dataset, num_classes, names, len(image_paths), len(mean), mean, std, tuple(image_paths + label_paths)
         )
         check_image_files(image_paths + label_paths, dataset)
-        check_labels([_read_label_file(p) for p in label_paths[:LABEL_CHECK_LIMIT]], num_classes, dataset)
+        check_labels([_read_label_file(p) for p in label_paths[:LABEL_CHECK_LIMIT]], num_classes, dataset, split)
         ds = tf.data.Dataset.from_tensor_slices((image_paths, label_paths))
         ds = ds.map(
             lambda p, q: (_decode(p, info.channels), _decode(q, 1)[..., 0]), num_parallel_calls=tf.data.AUTOTUNE

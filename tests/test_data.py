@@ -411,6 +411,106 @@ def test_list_file_folder_needs_classes(tmp_path):
         datasets.segmentation_data(root)
 
 
+def test_list_file_folder_labels_that_cannot_train(tmp_path):
+    # Labels past `classes` (12 of 10, 10 of 10, 254 next to the ignored 255), fewer than 2 classes, and training
+    # masks of one class: refused before the pipeline is built, the folder named.
+    for bad_value, classes in ((12, 10), (10, 10), (254, 10), (5, 5)):
+        root = make_list_folder(str(tmp_path / f"seg{bad_value}"), classes=min(classes, 5), bad_value=bad_value)
+        message = rf"in \[0, {classes}\) or 255 \(ignored\); found \[{bad_value}\]\. Received: dataset="
+        with pytest.raises(ValueError, match=message):
+            datasets.segmentation_data(root, classes=classes)
+    one = make_list_folder(str(tmp_path / "one"), classes=1)
+    with pytest.raises(ValueError, match="at least 2 classes; the data set has 1. Received: dataset="):
+        datasets.segmentation_data(one, classes=1)
+    with pytest.raises(ValueError, match=r"The training masks label only class 0: .*Received: dataset="):
+        datasets.segmentation_data(one, classes=3)
+    _, info = datasets.segmentation_data(one, split="validation", classes=3)  # a validation split may hold fewer
+    assert info.num_classes == 3
+
+
+def _classification_idx_folder(root, train_labels, dtype_code=0x08, dtype=">u1"):
+    """Fashion-MNIST IDX files with the given training labels (the test split has labels 0..9)."""
+    os.makedirs(root, exist_ok=True)
+    train_labels = np.asarray(train_labels, dtype=dtype)
+    header = bytes([0, 0, dtype_code, 1]) + np.asarray([len(train_labels)], ">u4").tobytes()
+    with open(os.path.join(root, "train-labels-idx1-ubyte"), "wb") as f:
+        f.write(header + train_labels.tobytes())
+    write_idx(os.path.join(root, "train-images-idx3-ubyte"), np.zeros((len(train_labels), 28, 28)))
+    write_idx(os.path.join(root, "t10k-images-idx3-ubyte"), np.zeros((10, 28, 28)))
+    write_idx(os.path.join(root, "t10k-labels-idx1-ubyte"), np.arange(10))
+    return root
+
+
+@pytest.mark.parametrize(
+    "labels, dtype_code, dtype, message",
+    [
+        ([0, 1, 12], 0x08, ">u1", r"in \[0, 10\); the train split has 12\."),
+        ([0, 10, 255, 3], 0x08, ">u1", r"in \[0, 10\); the train split has 10, 255\."),
+        ([0, -1, 2], 0x09, ">i1", r"in \[0, 10\); the train split has -1\."),
+        ([5, 100000], 0x0C, ">i4", r"the train split has 100000\."),
+        ([0.5, 1.0], 0x0D, ">f4", r"should be integers; the train split has labels of type float32\."),
+        ([0.0, np.nan], 0x0E, ">f8", r"should be integers; the train split has labels of type float64\."),
+        ([3, 3, 3, 3], 0x08, ">u1", r"one class only \('Dress', 4 examples\)"),
+    ],
+)
+def test_array_labels_that_cannot_train_are_refused(tmp_path, labels, dtype_code, dtype, message):
+    root = _classification_idx_folder(str(tmp_path / "idx"), labels, dtype_code, dtype)
+    with pytest.raises(ValueError, match=f"{message}.*Received: dataset='fashion_mnist'"):
+        datasets.classification_data("fashion_mnist", data_dir=root, image_size=32)
+
+
+def test_whole_float_labels_are_accepted(tmp_path):
+    root = _classification_idx_folder(str(tmp_path / "idx"), [0.0, 1.0, 9.0], 0x0D, ">f4")
+    _, info = datasets.classification_data("fashion_mnist", data_dir=root, image_size=32)
+    assert info.num_examples == 3
+
+
+def test_class_folders_that_cannot_train_are_refused(tmp_path):
+    one = make_class_folder(str(tmp_path / "one"), classes=("cat",))
+    with pytest.raises(ValueError, match=r"at least 2 classes; the data set has 1 \(cat\)\. Received: dataset="):
+        datasets.classification_data(one, image_size=32)
+    empty_dog = make_class_folder(str(tmp_path / "empty_dog"), classes=("cat",))
+    os.makedirs(os.path.join(empty_dog, "dog"))  # a second class folder without images
+    with pytest.raises(ValueError, match=r"one class only \('cat', 9 examples\).*Received: dataset="):
+        datasets.classification_data(empty_dog, image_size=32)
+    three = make_class_folder(str(tmp_path / "three"))
+    with pytest.raises(ValueError, match=r"one class only \('cat', 5 examples\).*`limit` keeps the first"):
+        datasets.classification_data(three, image_size=32, limit=5)
+    split = str(tmp_path / "split")
+    make_class_folder(os.path.join(split, "train"), classes=("cat", "dog"), per_class=3)
+    make_class_folder(os.path.join(split, "val"), classes=("cat", "dog"), per_class=2)
+    for name in os.listdir(os.path.join(split, "train", "dog")):
+        os.remove(os.path.join(split, "train", "dog", name))
+    with pytest.raises(ValueError, match=r"one class only \('cat', 3 examples\)"):
+        datasets.classification_data(split, image_size=32)
+    _, info = datasets.classification_data(split, split="validation", image_size=32)  # validation may lack some
+    assert info.num_examples == 4
+
+
+@pytest.mark.parametrize(
+    "labels, classes, split, message",
+    [
+        ([0, 1, 12], 10, "train", r"in \[0, 10\); the train split has 12\."),
+        ([-3, 0, 1], 10, "validation", r"in \[0, 10\); the validation split has -3\."),
+        (list(range(-20, 0)), 10, "train", r"the train split has -20, -19, .*-11, \.\.\.\."),
+        ([0, 1], 1, "train", r"at least 2 classes; the data set has 1\."),
+        ([0, 1], 0, "validation", r"at least 2 classes; the data set has 0\."),
+        ([2, 2], 3, "train", r"one class only \(2, 2 examples\)"),
+        ([np.inf, 1.0], 3, "train", r"should be integers"),
+        (["a", "b"], 3, "train", r"should be integers; the train split has labels of type <U1"),
+    ],
+)
+def test_class_labels_that_cannot_train(labels, classes, split, message):
+    with pytest.raises(ValueError, match=f"{message}.*Received: dataset='d'"):
+        datasets.check_class_labels(labels, classes, "d", split)
+
+
+def test_class_labels_that_can_train():
+    for labels, classes, split in (([0, 1], 2, "train"), ([4, 4], 5, "validation"), ([], 3, "train")):
+        datasets.check_class_labels(np.asarray(labels, "int64"), classes, "d", split)
+    datasets.check_class_labels(np.array([True, False]), 2, "d", "train")
+
+
 def test_segmentation_rejects_classification_sets():
     with pytest.raises(ValueError, match="Segmentation reads.*Received: dataset='tf_flowers'"):
         datasets.segmentation_data("tf_flowers")

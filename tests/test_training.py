@@ -258,9 +258,11 @@ def test_rewritten_history_keeps_the_last_whole_row_and_its_text(tmp_path):
 def test_bad_input_on_the_command_line(tmp_path, folder):
     empty = tmp_path / "empty" / "cls"
     empty.mkdir(parents=True)
+    one_class = make_class_folder(str(tmp_path / "one_class"), classes=("cat",), per_class=12, size=(36, 36))
     cases = [
         (["--dataset", "no_such_dataset_xyz"], "Unknown dataset"),
         (["--dataset", str(tmp_path / "empty")], "No images"),
+        (["--dataset", one_class], "A classifier needs at least 2 classes; the data set has 1 (cat)"),
         (["--model", "dla35"], "Unknown model"),
         (["--dataset", folder, "--devices", "2", "--batch-size", "7"], "divisible by the 2 replicas"),
         (["--dataset", folder, "--devices", "2", "--jit"], "cannot run over 2 logical CPU devices"),
