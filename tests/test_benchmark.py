@@ -116,7 +116,7 @@ def test_rounds_alternate_and_report_medians(monkeypatch):
     assert len(results["per_round"]) == 3 and results["per_round"][1]["models"]["dla34"]["timm_train"] is None
 
 
-_OTHER_JOBS = ["keras_inference", "tflite", "timm_inference", "onnxruntime"]
+_OTHER_JOBS = ["keras_inference", "tflite", "timm_inference", "onnxruntime"] + list(performance.BACKEND_OF_JOB)
 
 
 def test_kernel_time_sums_onednn_lines_between_call_markers():
