@@ -24,6 +24,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -46,39 +47,104 @@ def _bfloat16_to_float32(raw):
     return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_type(value):
+    """The JSON name of the type of a parsed JSON value (`object`, `array`, ...)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _safetensors_error(path, what):
+    return ValueError(f"Not a valid safetensors file: {what}. Received: path={path!r}")
+
+
+def _check_safetensors_header(header, body_size, path):
+    """`[(key, dtype, shape, begin, end)]` of a parsed safetensors header, every field checked.
+
+    The structure of the format (huggingface/safetensors): a JSON object of tensor names to objects with a
+    `dtype` string, a `shape` list of non-negative integers and `data_offsets` `[begin, end]` into the data
+    that follows the header, `end - begin` being the tensor's byte size; tensors do not overlap. An optional
+    `__metadata__` object maps strings to strings.
+    """
+    if not isinstance(header, dict):
+        raise _safetensors_error(path, f"the header is a JSON {_json_type(header)}, not an object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _safetensors_error(path, "`__metadata__` is not an object of strings")
+    entries = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise _safetensors_error(path, f"the entry of tensor {key!r} is a JSON {_json_type(info)}, not an object")
+        missing = [field for field in ("dtype", "shape", "data_offsets") if field not in info]
+        if missing:
+            raise _safetensors_error(path, f"tensor {key!r} has no {', '.join(missing)}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or (dtype != "BF16" and dtype not in _SAFETENSORS_DTYPES):
+            known = ", ".join(sorted([*_SAFETENSORS_DTYPES, "BF16"]))
+            raise _safetensors_error(path, f"tensor {key!r} has dtype {dtype!r}, not one of {known}")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise _safetensors_error(path, f"tensor {key!r} has shape {shape!r}, not a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+            raise _safetensors_error(path, f"tensor {key!r} has data_offsets {offsets!r}, not two integers")
+        begin, end = offsets
+        if not 0 <= begin <= end <= body_size:
+            raise _safetensors_error(
+                path,
+                f"tensor {key!r} has data_offsets {offsets}, outside the {body_size} data bytes (a truncated file?)",
+            )
+        itemsize = 2 if dtype == "BF16" else np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+        expected = math.prod(shape) * itemsize  # Python ints: a hostile shape cannot overflow into a match
+        if end - begin != expected:
+            raise _safetensors_error(
+                path,
+                f"tensor {key!r} of shape {shape} and dtype {dtype} needs {expected} bytes, its data_offsets give "
+                f"{end - begin}",
+            )
+        entries.append((key, dtype, tuple(shape), begin, end))
+    previous = None  # of the tensors with data, sorted by where it starts: the one that ends last so far
+    for entry in sorted((e for e in entries if e[4] > e[3]), key=lambda e: e[3]):
+        if previous is not None and entry[3] < previous[4]:
+            raise _safetensors_error(path, f"the data of tensors {previous[0]!r} and {entry[0]!r} overlap")
+        if previous is None or entry[4] > previous[4]:
+            previous = entry
+    return entries
+
+
 def read_safetensors(path):
-    """Reads every tensor of a `.safetensors` file into numpy arrays."""
+    """Reads every tensor of a `.safetensors` file into numpy arrays; a malformed file is one ValueError."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 8:
         raise ValueError(f"Not a safetensors file (too short). Received: path={path!r}")
     (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(_MAX_HEADER_BYTES, len(data) - 8):
-        raise ValueError(f"Not a safetensors file (bad header length {header_len}). Received: path={path!r}")
+    if header_len > len(data) - 8:
+        raise ValueError(
+            f"Not a safetensors file, or a truncated one: its header length ({header_len} bytes) runs past the end "
+            f"of the file ({len(data)} bytes). Received: path={path!r}"
+        )
+    if header_len > _MAX_HEADER_BYTES:
+        raise ValueError(
+            f"Not a safetensors file: its header length ({header_len} bytes) exceeds {_MAX_HEADER_BYTES} bytes. "
+            f"Received: path={path!r}"
+        )
     try:
         header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"Not a safetensors file (unreadable header: {e}). Received: path={path!r}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ValueError(f"Not a safetensors file (unreadable header: {reason}). Received: path={path!r}") from None
     body = memoryview(data)[8 + header_len :]
     tensors = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        if not 0 <= begin <= end <= len(body):
-            raise ValueError(f"Truncated safetensors file: tensor {key!r} lies past the end. Received: path={path!r}")
+    for key, dtype, shape, begin, end in _check_safetensors_header(header, len(body), path):
         raw = body[begin:end]
         if dtype == "BF16":
             array = _bfloat16_to_float32(raw)
-        elif dtype in _SAFETENSORS_DTYPES:
-            array = np.frombuffer(raw, dtype=np.dtype(_SAFETENSORS_DTYPES[dtype]).newbyteorder("<"))
         else:
-            raise ValueError(f"Unsupported safetensors dtype {dtype} for tensor {key!r}. Received: path={path!r}")
-        if array.size != int(np.prod(shape, dtype=np.int64)):
-            raise ValueError(
-                f"Corrupt safetensors file: tensor {key!r} has {array.size} values for shape {shape}. "
-                f"Received: path={path!r}"
-            )
+            array = np.frombuffer(raw, dtype=np.dtype(_SAFETENSORS_DTYPES[dtype]).newbyteorder("<"))
         tensors[key] = array.reshape(shape)
     return tensors
 
@@ -233,6 +299,7 @@ def _unpickle(data, path, storages=None):
         IndexError,
         KeyError,
         RecursionError,
+        OverflowError,
     ) as e:
         raise ValueError(f"Cannot read the PyTorch checkpoint: {e}. Received: path={path!r}") from None
 
@@ -313,7 +380,8 @@ def _read_pth_zip(path):
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = "<"
         if f"{prefix}byteorder" in names:
-            byteorder = {"little": "<", "big": ">"}.get(archive.read(f"{prefix}byteorder").decode().strip())
+            recorded = archive.read(f"{prefix}byteorder").decode("ascii", errors="replace").strip()
+            byteorder = {"little": "<", "big": ">"}.get(recorded)
             if byteorder is None:
                 raise ValueError(f"Unknown byte order in the PyTorch checkpoint. Received: path={path!r}")
         obj, storages = _unpickle(archive.read(pickles[0]), path)
@@ -395,10 +463,27 @@ def _read_pth_legacy(path):
     return _as_state_dict(_materialise(obj, arrays, path), path)
 
 
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"  # how every zip archive, and so every zip-format torch.save file, starts
+
+
 def read_pth(path):
     """Reads a PyTorch `torch.save` state dict (zip or legacy format) into numpy arrays, without torch."""
     if zipfile.is_zipfile(path):
-        return _read_pth_zip(path)
+        try:
+            return _read_pth_zip(path)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, struct.error) as e:
+            raise ValueError(
+                f"Damaged PyTorch checkpoint: the zip archive cannot be read ({e}); download or copy it again. "
+                f"Received: path={path!r}"
+            ) from None
+    with open(path, "rb") as f:
+        starts_as_zip = f.read(len(_ZIP_LOCAL_HEADER)) == _ZIP_LOCAL_HEADER
+    if starts_as_zip:
+        # A zip archive's directory is at its end: an archive cut short has none, and zipfile does not see a zip.
+        raise ValueError(
+            "Incomplete PyTorch checkpoint: the file starts as a zip archive but its end (the archive's directory) "
+            f"is missing, as in a cut-short download or copy; download or copy it again. Received: path={path!r}"
+        )
     return _read_pth_legacy(path)
 
 

@@ -2,7 +2,9 @@
 
 import collections
 import io
+import json
 import pickle
+import re
 import struct
 import zipfile
 
@@ -271,3 +273,160 @@ def test_tensor_size_that_overflows_int64_is_refused(tmp_path):
             dst.writestr(name, data)
     with pytest.raises(ValueError, match="reads past its storage"):
         readers.read_state_dict(tmp_path / "bad.pth")
+
+
+# --- safetensors headers of the wrong structure, damaged zip archives ---------------------------------------------
+
+
+def _safetensors_bytes(header, body=b"", header_len=None):
+    """A safetensors file with `header` (an object, or JSON text as it is) and `body` after it."""
+    text = header if isinstance(header, (str, bytes)) else json.dumps(header)
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw) if header_len is None else header_len) + raw + body
+
+
+_F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(
+    "header, body, message",
+    [
+        ("[1, 2]", b"", "the header is a JSON array, not an object"),
+        ('"weights"', b"", "the header is a JSON string, not an object"),
+        ("null", b"", "the header is a JSON null, not an object"),
+        ("3", b"", "the header is a JSON number, not an object"),
+        ({"w": [1, 2]}, b"", "the entry of tensor 'w' is a JSON array, not an object"),
+        ({"w": "F32"}, b"", "the entry of tensor 'w' is a JSON string, not an object"),
+        ({"w": None}, b"", "the entry of tensor 'w' is a JSON null, not an object"),
+        ({"w": {"shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "tensor 'w' has no dtype"),
+        ({"w": {"dtype": "F32"}}, b"\0" * 8, "tensor 'w' has no shape, data_offsets"),
+        ({"w": {**_F32, "dtype": 5}}, b"\0" * 8, "tensor 'w' has dtype 5, not one of"),
+        ({"w": {**_F32, "dtype": ["F32"]}}, b"\0" * 8, "tensor 'w' has dtype ['F32'], not one of"),
+        ({"w": {**_F32, "dtype": "F128"}}, b"\0" * 8, "tensor 'w' has dtype 'F128', not one of BF16, BOOL, F16"),
+        ({"w": {**_F32, "shape": "2"}}, b"\0" * 8, "tensor 'w' has shape '2', not a list of non-negative"),
+        ({"w": {**_F32, "shape": [-2]}}, b"\0" * 8, "tensor 'w' has shape [-2], not a list of non-negative"),
+        ({"w": {**_F32, "shape": [2.0]}}, b"\0" * 8, "tensor 'w' has shape [2.0], not a list"),
+        ({"w": {**_F32, "shape": [True, 2]}}, b"\0" * 8, "tensor 'w' has shape [True, 2], not a list"),
+        ({"w": {**_F32, "shape": {"0": 2}}}, b"\0" * 8, "has shape {'0': 2}, not a list"),
+        ({"w": {**_F32, "data_offsets": [0]}}, b"\0" * 8, "has data_offsets [0], not two integers"),
+        ({"w": {**_F32, "data_offsets": [0, 4, 8]}}, b"\0" * 8, "has data_offsets [0, 4, 8], not two integers"),
+        ({"w": {**_F32, "data_offsets": "0-8"}}, b"\0" * 8, "has data_offsets '0-8', not two integers"),
+        ({"w": {**_F32, "data_offsets": [0, 8.0]}}, b"\0" * 8, "has data_offsets [0, 8.0], not two integers"),
+        ({"w": {**_F32, "data_offsets": [0, None]}}, b"\0" * 8, "has data_offsets [0, None], not two integers"),
+        ({"w": {**_F32, "data_offsets": [0, 16]}}, b"\0" * 8, "outside the 8 data bytes (a truncated file?)"),
+        ({"w": {**_F32, "data_offsets": [-8, 0]}}, b"\0" * 8, "has data_offsets [-8, 0], outside the 8 data"),
+        ({"w": {**_F32, "data_offsets": [8, 0]}}, b"\0" * 8, "has data_offsets [8, 0], outside"),
+        ({"w": {**_F32, "data_offsets": [0, 4]}}, b"\0" * 8, "of shape [2] and dtype F32 needs 8 bytes, its"),
+        ({"w": {**_F32, "shape": [2, 2]}}, b"\0" * 8, "of shape [2, 2] and dtype F32 needs 16 bytes"),
+        ({"w": {**_F32, "dtype": "BF16"}}, b"\0" * 8, "and dtype BF16 needs 4 bytes, its data_offsets give 8"),
+        ({"w": {**_F32, "shape": [2**40, 2**40]}}, b"\0" * 8, "needs 4835703278458516698824704 bytes"),
+        ({"a": _F32, "b": {**_F32, "data_offsets": [4, 12]}}, b"\0" * 12, "tensors 'a' and 'b' overlap"),
+        ({"a": _F32, "b": _F32}, b"\0" * 8, "tensors 'a' and 'b' overlap"),
+        (
+            {"a": {**_F32, "shape": [4], "data_offsets": [0, 16]}, "b": {**_F32, "data_offsets": [4, 12]}},
+            b"\0" * 16,
+            "tensors 'a' and 'b' overlap",
+        ),
+        ({"__metadata__": "pt", "w": _F32}, b"\0" * 8, "`__metadata__` is not an object of strings"),
+        ({"__metadata__": {"format": 1}, "w": _F32}, b"\0" * 8, "`__metadata__` is not an object of strings"),
+    ],
+)
+def test_safetensors_header_of_the_wrong_structure(tmp_path, header, body, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(_safetensors_bytes(header, body))
+    with pytest.raises(ValueError, match=f"^Not a valid safetensors file: .*{re.escape(message)}.*Received: path="):
+        readers.read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "too short"),
+        (b"\x05\x00", "too short"),
+        (_safetensors_bytes({"w": _F32}, b"\0" * 8, header_len=10**6), "runs past the end of the file"),
+        (_safetensors_bytes({"w": _F32}, b"\0" * 8, header_len=2**64 - 1), "runs past the end of the file"),
+        (_safetensors_bytes("{not json", b""), "unreadable header"),
+        (_safetensors_bytes(b"\xff\xfe{}", b""), "unreadable header"),
+        (_safetensors_bytes("[" * 100000 + "]" * 100000, b""), "unreadable header: nested too deeply"),
+    ],
+)
+def test_safetensors_that_is_not_one(tmp_path, content, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{re.escape(message)}.*Received: path="):
+        readers.read_state_dict(path)
+
+
+def test_safetensors_of_good_structure_still_reads(tmp_path):
+    header = {
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "empty": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]},
+        "b": {"dtype": "I64", "shape": [], "data_offsets": [8, 16]},
+    }
+    body = np.array([1.5, -2.0], "<f4").tobytes() + np.array(7, "<i8").tobytes()
+    (tmp_path / "ok.safetensors").write_bytes(_safetensors_bytes(header, body))
+    read = readers.read_state_dict(tmp_path / "ok.safetensors")
+    np.testing.assert_array_equal(read["a"], [1.5, -2.0])
+    assert read["empty"].shape == (0, 3) and read["b"] == 7 and read["b"].shape == ()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_zip_pth_says_it_is_incomplete(tmp_path, fraction):
+    torch.save({"w": torch.randn(1000), "b": torch.randn(10)}, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: max(4, int(len(data) * fraction))])
+    with pytest.raises(ValueError, match=r"^Incomplete PyTorch checkpoint: .*cut-short download.*Received: path="):
+        readers.read_state_dict(tmp_path / "cut.pth")
+
+
+def test_zip_pth_with_damaged_bytes_is_one_sentence(tmp_path):
+    torch.save({"w": torch.randn(1000)}, tmp_path / "full.pth")
+    data = bytearray((tmp_path / "full.pth").read_bytes())
+    with zipfile.ZipFile(tmp_path / "full.pth") as archive:
+        pkl = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+    name_length, extra_length = struct.unpack("<HH", data[pkl.header_offset + 26 : pkl.header_offset + 30])
+    start = pkl.header_offset + 30 + name_length + extra_length  # where data.pkl's bytes begin
+    data[start + 2] ^= 0xFF  # a byte of data.pkl: its CRC no longer matches
+    (tmp_path / "flipped.pth").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"^Damaged PyTorch checkpoint: the zip archive cannot be read \(Bad CRC"):
+        readers.read_state_dict(tmp_path / "flipped.pth")
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (pickle.dumps([1, 2, 3], protocol=2), "holding a list"),
+        (pickle.dumps(None, protocol=2), "holding a NoneType"),
+        (pickle.dumps("state", protocol=2), "holding a str"),
+        (pickle.dumps({}, protocol=2), "holding a dict"),
+        (pickle.dumps({"w": 1.0, "b": 2}, protocol=2), "holding a dict"),
+        (pickle.dumps({1: "w"}, protocol=2), "holding a dict"),
+        (pickle.dumps({"state_dict": {"w": [1.0]}}, protocol=2), "holding a dict"),
+        (b"not a pickle at all", "Cannot read the PyTorch checkpoint"),
+        (b"\x80\x02}q\x00", "Cannot read the PyTorch checkpoint"),  # cut short
+    ],
+)
+def test_zip_pth_whose_pickle_is_not_a_dict_of_tensors(tmp_path, payload, message):
+    _zip_file(tmp_path / "odd.pth", payload)
+    with pytest.raises(ValueError, match="Received: path=") as caught:
+        readers.read_state_dict(tmp_path / "odd.pth")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_zip_pth_with_tensors_and_other_values_or_a_bad_byte_order(tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2), "epoch": 3}, buffer)
+    (tmp_path / "mixed.pth").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        readers.read_state_dict(tmp_path / "mixed.pth")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "ok.pth")
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src, zipfile.ZipFile(tmp_path / "order.pth", "w") as dst:
+        names = src.namelist()
+        prefix = next(n for n in names if n.endswith("/data.pkl"))[: -len("data.pkl")]
+        for name in names:
+            if name != f"{prefix}byteorder":
+                dst.writestr(name, src.read(name))
+        dst.writestr(f"{prefix}byteorder", b"\xff\xfe middle")
+    with pytest.raises(ValueError, match="Unknown byte order in the PyTorch checkpoint. Received: path="):
+        readers.read_state_dict(tmp_path / "order.pth")
