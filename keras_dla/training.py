@@ -111,29 +111,74 @@ def _local_devices():
     return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
 
 
+# The jobs of a multi-worker cluster: the workers (a chief among them or not) and an evaluator beside them.
+TF_CONFIG_JOBS = ("chief", "worker", "evaluator")
+TRAINING_JOBS = ("chief", "worker")
+
+
+def _shown(value, limit=300):
+    """`repr(value)`, cut to `limit` characters: a message quotes what it refuses, not a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_address(value):
+    """Whether `value` is a 'host:port' string with a port number (IPv6 hosts in brackets: '[::1]:2222')."""
+    if not isinstance(value, str):
+        return False
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+
+
+def _tf_config_problem(config):
+    """What is wrong with a parsed TF_CONFIG, as the end of a sentence; None when it is a cluster and a task."""
+    if not isinstance(config, dict):
+        return "should be a JSON object with 'cluster' and 'task'"
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        return "should hold a 'cluster' and a 'task' object"
+    unknown = sorted(set(cluster) - set(TF_CONFIG_JOBS))
+    if unknown:
+        jobs = list(TF_CONFIG_JOBS)
+        return f"'s cluster has job(s) {unknown}, which MultiWorkerMirroredStrategy does not run (its jobs: {jobs})"
+    for job, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses or not all(_is_address(a) for a in addresses):
+            return f"'s cluster should list each job's tasks as 'host:port' strings; its {job!r} is {_shown(addresses)}"
+    if not any(cluster.get(job) for job in TRAINING_JOBS):
+        return "'s cluster has no 'worker' or 'chief'"
+    if len(cluster.get("chief", [])) > 1:
+        return "'s cluster has more than one 'chief'"
+    addresses = [a for job in cluster.values() for a in job]
+    if len(set(addresses)) != len(addresses):
+        return "'s cluster lists an address twice"
+    kind, index = task.get("type"), task.get("index")
+    if not isinstance(kind, str) or kind not in cluster:
+        return f"'s task should have a 'type' among the cluster's jobs {sorted(cluster)}, not {_shown(kind)}"
+    if kind not in TRAINING_JOBS:
+        return f"'s task type {kind!r} does not train; keras-dla train runs as a {' or a '.join(TRAINING_JOBS)}"
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
+        return f"'s task should have an 'index' (a number) into the cluster's {kind!r} list, not {_shown(index)}"
+    return None
+
+
 def parse_tf_config(text=None):
-    """The parsed `TF_CONFIG` (cluster and task), or a ValueError that says what is wrong with it."""
+    """The parsed `TF_CONFIG` (cluster and task), or a ValueError that says in one sentence what is wrong with it.
+
+    TF_CONFIG is `{"cluster": {"worker": ["host:port", ...], "chief": [...]}, "task": {"type": "worker",
+    "index": 0}}` (TensorFlow's multi-worker guide); every field of that structure is checked.
+    """
     text = os.environ.get("TF_CONFIG") if text is None else text
     if not text:
         raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable. Received: TF_CONFIG=None")
     try:
         config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG does not parse as JSON ({e}). Received: TF_CONFIG={text!r}") from e
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
-    if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise ValueError(f"TF_CONFIG should hold a 'cluster' and a 'task' object. Received: TF_CONFIG={text!r}")
-    workers = cluster.get("worker", []) + cluster.get("chief", [])
-    if not workers or not all(isinstance(w, str) and ":" in w for w in workers):
-        raise ValueError(
-            f"TF_CONFIG's cluster should list workers as 'host:port' strings. Received: TF_CONFIG={text!r}"
-        )
-    kind, index = task.get("type"), task.get("index")
-    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        raise ValueError(
-            f"TF_CONFIG's task should name a type of the cluster and an index into it. Received: TF_CONFIG={text!r}"
-        )
+    except (json.JSONDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ValueError(f"TF_CONFIG does not parse as JSON ({reason}). Received: TF_CONFIG={_shown(text)}") from None
+    problem = _tf_config_problem(config)
+    if problem:
+        separator = "" if problem.startswith("'s") else " "
+        raise ValueError(f"TF_CONFIG{separator}{problem}. Received: TF_CONFIG={_shown(text)}")
     return config
 
 

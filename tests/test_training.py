@@ -7,6 +7,7 @@ a multi-worker cluster needs one process per worker, and kill-and-resume needs a
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,18 +152,85 @@ def test_schedules_follow_the_authors():
         training.learning_rate_schedule("exp", 0.1, 10)
 
 
+def _tf_config(cluster=None, task=None, **top):
+    config = {"cluster": {"worker": ["a:1", "b:2"]} if cluster is None else cluster}
+    config["task"] = {"type": "worker", "index": 0} if task is None else task
+    return json.dumps({**config, **top})
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
         ("{not json", "does not parse as JSON"),
+        ("[" * 100000, "does not parse as JSON"),
+        ("[" * 100000 + "]" * 100000, "does not parse as JSON (nested too deeply)"),
         ('{"cluster": {"worker": ["localhost:1"]}}', "'cluster' and a 'task'"),
-        ('{"cluster": {"worker": [1]}, "task": {"type": "worker", "index": 0}}', "'host:port'"),
-        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "index into it"),
+        ("null", "should be a JSON object with 'cluster' and 'task'"),
+        ("3", "should be a JSON object"),
+        ('"worker"', "should be a JSON object"),
+        ('["cluster", "task"]', "should be a JSON object"),
+        ('{"cluster": null, "task": {"type": "worker", "index": 0}}', "'cluster' and a 'task' object"),
+        ('{"cluster": ["a:1"], "task": {"type": "worker", "index": 0}}', "'cluster' and a 'task' object"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": "worker"}', "'cluster' and a 'task' object"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": [0]}', "'cluster' and a 'task' object"),
+        (_tf_config({"worker": "a:1,b:2"}), "'host:port' strings; its 'worker' is 'a:1,b:2'"),  # a string for a list
+        (_tf_config({"worker": [["a:1"], ["b:2"]]}), "its 'worker' is [['a:1'], ['b:2']]"),  # lists for strings
+        (_tf_config({"worker": None}), "its 'worker' is None"),
+        (_tf_config({"worker": []}), "its 'worker' is []"),
+        (_tf_config({"worker": [1]}), "'host:port'"),
+        (_tf_config({"worker": [None, "b:2"]}), "its 'worker' is [None, 'b:2']"),
+        (_tf_config({"worker": {"0": "a:1"}}), "its 'worker' is {'0': 'a:1'}"),
+        (_tf_config({"worker": ["localhost"]}), "its 'worker' is ['localhost']"),  # no port
+        (_tf_config({"worker": ["a:port"]}), "its 'worker' is ['a:port']"),
+        (_tf_config({"worker": ["a:0"]}), "its 'worker' is ['a:0']"),
+        (_tf_config({"worker": ["a:70000"]}), "its 'worker' is ['a:70000']"),
+        (_tf_config({"worker": [":1"]}), "its 'worker' is [':1']"),
+        (_tf_config({"worker": ["a:1"], "chief": 5}), "its 'chief' is 5"),
+        (_tf_config({"worker": ["a:1"], "ps": ["b:2"]}), "job(s) ['ps'], which MultiWorkerMirroredStrategy"),
+        (_tf_config({}), "has no 'worker' or 'chief'"),
+        (_tf_config({"evaluator": ["a:1"]}, {"type": "evaluator", "index": 0}), "has no 'worker' or 'chief'"),
+        (_tf_config({"worker": ["a:1"], "chief": ["b:2", "c:3"]}), "more than one 'chief'"),
+        (_tf_config({"worker": ["a:1", "a:1"]}), "lists an address twice"),
+        (
+            _tf_config(task={"type": "worker", "index": "0"}),
+            "an 'index' (a number) into the cluster's 'worker' list, not '0'",
+        ),
+        (_tf_config(task={"type": "worker", "index": 3}), "into the cluster's 'worker' list, not 3"),
+        (_tf_config(task={"type": "worker", "index": -1}), "not -1"),
+        (_tf_config(task={"type": "worker", "index": 0.0}), "not 0.0"),
+        (_tf_config(task={"type": "worker", "index": True}), "not True"),
+        (_tf_config(task={"type": "worker", "index": None}), "not None"),
+        (_tf_config(task={"type": "worker", "index": [0]}), "not [0]"),
+        (_tf_config(task={"type": "worker"}), "not None"),
+        (_tf_config(task={"type": "chief", "index": 0}), "a 'type' among the cluster's jobs ['worker'], not 'chief'"),
+        (
+            _tf_config(task={"type": ["worker"], "index": 0}),
+            "a 'type' among the cluster's jobs ['worker'], not ['worker']",
+        ),
+        (_tf_config(task={"type": None, "index": 0}), "not None"),
+        (_tf_config(task={"index": 0}), "not None"),
+        (
+            _tf_config({"worker": ["a:1"], "evaluator": ["b:2"]}, {"type": "evaluator", "index": 0}),
+            "task type 'evaluator' does not train",
+        ),
     ],
 )
 def test_bad_tf_config(text, message):
-    with pytest.raises(ValueError, match=f"{message}.*Received: TF_CONFIG="):
+    with pytest.raises(ValueError, match=f"^TF_CONFIG.*{re.escape(message)}.*Received: TF_CONFIG=") as caught:
         training.parse_tf_config(text)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "cluster, task",
+    [
+        ({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, {"type": "worker", "index": 1}),
+        ({"worker": ["a:1"], "chief": ["b:2"]}, {"type": "chief", "index": 0}),
+        ({"worker": ["[::1]:2222"], "evaluator": ["b:2"]}, {"type": "worker", "index": 0}),
+    ],
+)
+def test_good_tf_config(cluster, task):
+    assert training.parse_tf_config(_tf_config(cluster, task, environment="cloud"))["task"] == task
 
 
 def test_chief_of_a_cluster():
