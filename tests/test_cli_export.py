@@ -3,6 +3,7 @@ real images, and the refusals (exit code 2, one sentence, no file)."""
 
 import os
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -156,6 +157,59 @@ def test_files_that_are_not_what_they_say(capsys, tmp_path, keras_file):
     )  # fmt: skip
     assert code == 2 and "Cannot create --output" in err and "afile is a file, not a folder" in err
     assert sorted(os.listdir(tmp_path)) == ["afile", "calibration", "text.keras"]
+
+
+def _zip(path, entries):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"notes.txt": "hello"}, "it has no config.json and no model.weights.h5 or model.weights.npz"),
+        ({"config.json": '{"class_name": "Functional"}'}, "it has no model.weights.h5 or model.weights.npz"),
+        ({"model.weights.h5": b"", "metadata.json": "{}"}, "it has no config.json (Keras saves"),
+        ({"config.json": "not json", "model.weights.h5": b""}, "its config.json is not a Keras model configuration"),
+        ({"config.json": "[1, 2]", "model.weights.h5": b""}, "its config.json is not a Keras model configuration"),
+        ({"config.json": '{"config": {}}', "model.weights.h5": b""}, "not a Keras model configuration"),
+        ({"config.json": '{"class_name": 3}', "model.weights.h5": b""}, "not a Keras model configuration"),
+        ({"config.json": b"\xff\xfe\x00", "model.weights.h5": b""}, "not a Keras model configuration"),
+        (
+            {"config.json": '{"class_name": "NoSuchModel", "config": {}}', "model.weights.h5": b"not hdf5"},
+            "Cannot load the saved model (",
+        ),
+    ],
+)
+def test_zip_files_that_are_not_keras_archives(capsys, tmp_path, entries, message):
+    path = _zip(tmp_path / "model.keras", entries)
+    code, out, err = run_cli(
+        capsys, "--model", path, "--weights", "none", "--format", "saved_model", "--output", tmp_path / "o"
+    )
+    assert code == 2 and message in err and f"Received: --model {path}" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+
+
+def test_files_given_as_a_saved_model_that_are_not_one(capsys, tmp_path, keras_file):
+    whole = keras_file[1].read_bytes()
+    cases = [
+        ("cut.keras", whole[: len(whole) // 2], "An incomplete .keras file: it starts as a zip archive"),
+        ("cut_end.keras", whole[:-10], "An incomplete .keras file"),
+        ("random.keras", np.random.default_rng(0).bytes(5000), "Not a Keras .keras file (those are zip archives)"),
+        ("empty.keras", b"", "Not a Keras .keras file (those are zip archives)"),
+        ("text.h5", b"not an HDF5 file", "Cannot load the saved model ("),
+        ("model.txt", b"a model?", "A saved model should be a .keras file (or a legacy .h5 model)"),
+    ]
+    for name, content, message in cases:
+        (tmp_path / name).write_bytes(content)
+        common = ["--weights", "none", "--format", "saved_model", "--output", tmp_path / "o"]
+        code, _, err = run_cli(capsys, "--model", tmp_path / name, *common)
+        assert code == 2 and message in err and f"Received: --model {tmp_path / name}" in err, (name, err)
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_existing_output_needs_overwrite(capsys, tmp_path, keras_file):

@@ -5,8 +5,10 @@ parity and single-image latency are printed. Parity is measured on real images w
 gives them (images the int8 calibration did not use), and always on random ones.
 """
 
+import json
 import os
 import zipfile
+import zlib
 
 # tf.data pipelines, SavedModel and TFLite: run on the TensorFlow backend (see keras_dla.cli).
 NEEDS_TENSORFLOW = True
@@ -99,6 +101,55 @@ def _weights(value):
     return value
 
 
+# What `model.save("x.keras")` writes into the zip archive (Keras' saving_lib): the model's configuration, the
+# Keras version that wrote it, and the weights (an HDF5 file, or NumPy's .npz).
+KERAS_ARCHIVE_CONFIG = "config.json"
+KERAS_ARCHIVE_WEIGHTS = ("model.weights.h5", "model.weights.npz")
+KERAS_CONFIG_LIMIT = 64 << 20  # bounds what a zip bomb named config.json could unpack into memory
+
+
+def check_keras_archive(path):
+    """Raises ValueError, naming `path`, unless it is a zip archive laid out as Keras saves a `.keras` file."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip's directory is at its end: a cut-short archive has none
+                raise ValueError(
+                    "An incomplete .keras file: it starts as a zip archive but its end is missing, as in a "
+                    f"cut-short copy or download. Received: --model {path}"
+                )
+        raise ValueError(f"Not a Keras .keras file (those are zip archives). Received: --model {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = [] if KERAS_ARCHIVE_CONFIG in names else [KERAS_ARCHIVE_CONFIG]
+            if not names.intersection(KERAS_ARCHIVE_WEIGHTS):
+                missing.append(" or ".join(KERAS_ARCHIVE_WEIGHTS))
+            if missing:
+                raise ValueError(
+                    f"A zip archive but not a Keras .keras file: it has no {' and no '.join(missing)} (Keras saves "
+                    f"a model's configuration and weights there). Received: --model {path}"
+                )
+            if archive.getinfo(KERAS_ARCHIVE_CONFIG).file_size > KERAS_CONFIG_LIMIT:
+                raise ValueError(
+                    f"Not a Keras .keras file: its {KERAS_ARCHIVE_CONFIG} would unpack to more than "
+                    f"{KERAS_CONFIG_LIMIT >> 20} MiB. Received: --model {path}"
+                )
+            text = archive.read(KERAS_ARCHIVE_CONFIG)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise ValueError(
+            f"A damaged .keras file: its zip archive cannot be read ({e}). Received: --model {path}"
+        ) from None
+    try:
+        config = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise ValueError(
+            f"Not a Keras .keras file: its {KERAS_ARCHIVE_CONFIG} is not a Keras model configuration (a JSON "
+            f"object with a class_name). Received: --model {path}"
+        )
+
+
 def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logits=False):
     """The Keras model `keras-dla export --model name` exports, with a static input when `input_size` is given."""
     import keras
@@ -108,11 +159,19 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
     if name.endswith(".keras") or os.path.sep in name:
         if not os.path.isfile(name):
             raise FileNotFoundError(f"No saved model at this path. Received: --model {name}")
-        if name.endswith(".keras") and not zipfile.is_zipfile(name):
-            raise ValueError(f"Not a Keras .keras file (those are zip archives). Received: --model {name}")
+        if not name.endswith((".keras", ".h5")):
+            raise ValueError(f"A saved model should be a .keras file (or a legacy .h5 model). Received: --model {name}")
+        if name.endswith(".keras"):
+            check_keras_archive(name)
         if weights is not None:
             raise ValueError(f"A .keras file holds its weights; use --weights none. Received: --weights {weights}")
-        return keras.saving.load_model(name)
+        try:
+            return keras.saving.load_model(name)
+        except Exception as e:  # a file made elsewhere: Keras, h5py and zipfile raise many kinds, over many lines
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ValueError(
+                f"Cannot load the saved model ({type(e).__name__}: {first}). Received: --model {name}"
+            ) from None
     shape = (*input_size, 3) if input_size else None
     if name in dla.MODEL_CONFIGS:
         return dla.DLA(
