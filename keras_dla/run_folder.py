@@ -140,12 +140,36 @@ class RunDirectory:
     def discard_if_unresumable(self):
         """Removes the run folder of a new run that failed before its first backup: nothing there to resume.
 
-        Otherwise the folder (its config.json) would make the next run with other settings be refused.
+        A folder without a backup does not bind the next run to its settings (`keras_dla.training.check_resumable`),
+        but nothing of a run that failed before it trained should be left.
         """
         has_backup = any(names for _, _, names in os.walk(self.backup))
         if self.chief and not has_backup:
             shutil.rmtree(self.output, ignore_errors=True)
         self.cleanup()
+
+
+# What a run writes in its folder, besides its backup: removed when an attempt left them but no backup.
+RUN_FILES = ("config.json", "history.csv", "best.weights.h5", "final.weights.h5", "curves.png", "run.json", "logs")
+
+
+def has_backup(output):
+    """Whether the run folder `output` holds a backup to resume from (any file in DIR/backup)."""
+    return any(names for _, _, names in os.walk(os.path.join(output, "backup")))
+
+
+def discard_attempt(output):
+    """Removes what an attempt that made no backup left in `output` (`RUN_FILES`); other files stay.
+
+    Such an attempt (killed in its first epoch, or before its first backup) resumes nothing: the next run
+    starts from epoch 0, and the rows, best weights and settings of the attempt must not pass for its own.
+    """
+    for name in RUN_FILES:
+        path = os.path.join(output, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def save_weights_atomically(model, path):

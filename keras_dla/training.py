@@ -534,12 +534,29 @@ RESTART_FREE = (
 
 
 def check_resumable(config):
-    """A run folder resumes only the run that made it: other settings there are an error, before training."""
+    """A run folder resumes only the run that made it: other settings there are an error, before training.
+
+    Returns whether the folder holds an attempt with nothing to resume (a config.json but no backup: killed
+    before its first backup): any settings are then accepted, and `train` discards what the attempt left.
+    """
     path = os.path.join(config.output, "config.json")
     if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        previous = json.load(f)
+        return False
+    if not run_folder.has_backup(config.output):
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"The output folder's config.json is damaged ({e}), so its run cannot be resumed; choose another "
+            f"--output. Received: output={config.output!r}"
+        ) from None
+    if not isinstance(previous, dict):
+        raise ValueError(
+            "The output folder's config.json holds no run settings, so its run cannot be resumed; choose another "
+            f"--output. Received: output={config.output!r}"
+        )
     current = dataclasses.asdict(config)
     changed = {k: v for k, v in current.items() if k not in RESTART_FREE and previous.get(k, v) != v}
     if changed:
@@ -547,6 +564,7 @@ def check_resumable(config):
             f"The output folder holds a run with other settings ({', '.join(sorted(changed))}); restart it with "
             f"the same command or choose another --output. Received: {changed}"
         )
+    return False
 
 
 def _build_on_local_batch(model, strategy):
@@ -674,7 +692,7 @@ def train(config):
     steps, steps_per_execution = epoch_steps(config, info.num_examples)
     schedule_name = config.schedule or ("step" if config.task == "classification" else "poly")
     lr = config.lr or default_lr(config)
-    check_resumable(config)
+    unresumed = check_resumable(config)
     fresh = not os.path.lexists(config.output)
 
     with strategy.scope():
@@ -701,6 +719,8 @@ def train(config):
 
     # The run folder is made only now, after every check and the model build (a bad weights file included).
     run_dir = run_folder.RunDirectory(config.output, tf_config, is_chief(tf_config))
+    if unresumed and run_dir.chief:
+        run_folder.discard_attempt(run_dir.output)
     try:
         callbacks, nan = run_folder.make_callbacks(run_dir, monitor, "max", config.backup_every)
         if run_dir.chief:

@@ -5,6 +5,7 @@ a multi-worker cluster needs one process per worker, and kill-and-resume needs a
 """
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -587,6 +588,60 @@ def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
     lower.set_model(model)
     lower.on_epoch_end(0, {"val_loss": 0.35})
     assert lower.best == 0.3 and not os.path.exists(tmp_path / "loss.weights.h5")
+
+
+def _attempt(output, backup_files=(), **settings):
+    """A run folder as an attempt with `settings` leaves it: config.json, a history row, best weights."""
+    os.makedirs(os.path.join(output, "backup"), exist_ok=True)
+    config = dataclasses.asdict(training.TrainConfig(output=output, **settings))
+    open(os.path.join(output, "config.json"), "w").write(json.dumps(config))
+    open(os.path.join(output, "history.csv"), "w").write("epoch,val_accuracy\n0,0.99\n")
+    open(os.path.join(output, "best.weights.h5"), "wb").write(b"weights of the attempt")
+    os.makedirs(os.path.join(output, "logs", "train"), exist_ok=True)
+    for name in backup_files:
+        open(os.path.join(output, "backup", name), "w").write("{}")
+    return output
+
+
+@pytest.mark.parametrize("changes", [dict(epochs=7), dict(lr=0.5, model="dla34"), dict(task="segmentation"), {}])
+def test_a_folder_without_a_backup_takes_any_settings(tmp_path, changes):
+    output = _attempt(str(tmp_path / "run"), epochs=3, lr=0.01, model="dla46_c")
+    config = training.TrainConfig(output=output, **{"epochs": 3, "lr": 0.01, "model": "dla46_c", **changes})
+    assert training.check_resumable(config) is True  # nothing to resume: the attempt binds nothing
+    open(os.path.join(output, "notes.txt"), "w").write("mine")
+    run_folder.discard_attempt(output)
+    assert sorted(os.listdir(output)) == ["backup", "notes.txt"]  # the attempt's files go, the user's stay
+
+
+@pytest.mark.parametrize("backup", ["training_metadata.json", "latest.weights.h5", "latest.weights.h5.bkp"])
+def test_a_folder_with_a_backup_resumes_only_its_settings(tmp_path, backup):
+    output = _attempt(str(tmp_path / "run"), backup_files=[backup], epochs=3)
+    assert training.check_resumable(training.TrainConfig(output=output, epochs=3)) is False
+    assert training.check_resumable(training.TrainConfig(output=output, epochs=3, verbose=0, devices=2)) is False
+    with pytest.raises(ValueError, match=r"other settings \(epochs\).*Received: \{'epochs': 4\}"):
+        training.check_resumable(training.TrainConfig(output=output, epochs=4))
+    assert training.check_resumable(training.TrainConfig(output=str(tmp_path / "new"))) is False
+
+
+@pytest.mark.parametrize("content", ["{", "[1, 2]", "\udcff"])
+def test_a_damaged_config_json_beside_a_backup_is_one_sentence(tmp_path, content):
+    output = _attempt(str(tmp_path / "run"), backup_files=["training_metadata.json"])
+    with open(os.path.join(output, "config.json"), "w", errors="surrogateescape") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=r"config.json (is damaged|holds no run settings).*Received: output="):
+        training.check_resumable(training.TrainConfig(output=output))
+
+
+def test_a_run_killed_before_its_first_backup_is_restarted_with_other_settings(tmp_path, folder):
+    output = _attempt(str(tmp_path / "run"), epochs=9, lr=0.5, model="dla34")
+    result = keras_dla(
+        ["train", *TINY, "--dataset", folder, "--epochs", "1", "--steps-per-epoch", "2"] + ["--output", output]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.load(open(os.path.join(output, "config.json")))
+    assert (config["epochs"], config["model"], config["lr"]) == (1, "dla46_c", 0.01)  # rewritten
+    assert history_epochs(output) == [0]  # the attempt's row is gone
+    assert open(os.path.join(output, "best.weights.h5"), "rb").read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def test_run_directory_removes_what_a_kill_left_mid_write(tmp_path):
