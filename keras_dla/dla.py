@@ -191,26 +191,43 @@ def as_python_ints(value):
 
 
 def _make_input(input_tensor, input_shape, fixed_size):
-    """The model input and its (height, width, channels), as keras.applications derives them."""
-    if input_tensor is not None and len(getattr(input_tensor, "shape", ())) != 4:
+    """The model input and its (height, width, channels), as keras.applications derives them.
+
+    With both an `input_tensor` and an `input_shape`, they must agree: the model is built on the tensor, so a
+    shape that differs would be ignored (keras.applications ignores it silently), and is refused instead.
+    """
+    if input_tensor is None:
+        if input_shape is None:
+            input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3) if fixed_size else (None, None, 3)
+        return layers.Input(shape=input_shape, name="input"), input_shape
+    if len(getattr(input_tensor, "shape", ())) != 4:
         raise ValueError(
             "`input_tensor` should be a 4D image tensor (batch, height, width, channels). "
             f"Received: input_tensor with shape {getattr(input_tensor, 'shape', None)}"
         )
-    if input_shape is None:
-        if input_tensor is not None:
-            input_shape = tuple(input_tensor.shape[1:])
-        else:
-            input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3) if fixed_size else (None, None, 3)
-    if input_tensor is None:
-        return layers.Input(shape=input_shape, name="input"), input_shape
     if not keras.backend.is_keras_tensor(input_tensor):
         raise ValueError(
             "`input_tensor` should be a Keras tensor (keras.Input(...) or a layer's output) to build the model on; "
             "to run a model on data, build it and call `model.predict(data)`. "
             f"Received: input_tensor of type {type(input_tensor).__name__} with shape {tuple(input_tensor.shape)}"
         )
-    return input_tensor, input_shape
+    tensor_shape = tuple(input_tensor.shape[1:])
+    if input_shape is not None and tuple(input_shape) != tensor_shape:
+        raise ValueError(
+            "`input_shape` differs from the shape of `input_tensor`, which the model is built on; give only one of "
+            f"them. Received: input_shape={tuple(input_shape)}, input_tensor with shape {tuple(input_tensor.shape)}"
+        )
+    return input_tensor, tensor_shape
+
+
+def check_name(name):
+    """Refuses, before any layer is built, a model `name` Keras would refuse once the graph is built.
+
+    Keras takes a string without "/" (`keras.Operation`; "/" separates the parts of variable paths). None and
+    the empty string stand for the default name.
+    """
+    if name is not None and (not isinstance(name, str) or "/" in name):
+        raise ValueError(f'`name` should be a string without "/". Received: name={name!r}')
 
 
 def DLA(
@@ -234,6 +251,7 @@ def DLA(
         )
     classes, input_shape = as_python_ints(classes), as_python_ints(input_shape)
     include_top, return_levels = checks.flag("include_top", include_top), checks.flag("return_levels", return_levels)
+    check_name(name)
     _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation)
     if input_shape is not None:
         _validate_input_shape(input_shape, weights)

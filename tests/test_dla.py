@@ -218,6 +218,60 @@ def test_input_tensor():
     assert keras.Model(inputs, head).predict(images((1, 48, 80, 3)), verbose=0).shape == (1, 2)
 
 
+@pytest.fixture
+def nothing_is_built(monkeypatch):
+    """Fails a test that builds a layer: a refusal must come before the graph."""
+    from keras_dla import blocks
+
+    def built(*args, **kwargs):
+        raise AssertionError("the graph was being built")
+
+    monkeypatch.setattr(blocks, "conv2d", built)
+    monkeypatch.setattr(keras_dla.dla_up.resampling, "pad_to_multiple", built)
+
+
+@pytest.mark.parametrize(
+    "tensor_shape, input_shape",
+    [
+        ((48, 80, 3), (64, 64, 3)),
+        ((48, 80, 3), (80, 48, 3)),
+        ((48, 80, 3), (48, 80, 1)),
+        ((None, None, 3), (224, 224, 3)),  # the tensor takes any size: the shape asked for would be ignored
+        ((64, 64, 3), (None, None, 3)),
+        ((64, 64, 3), [64, 64, 4]),
+    ],
+)
+def test_input_shape_that_differs_from_the_input_tensor_is_refused(nothing_is_built, tensor_shape, input_shape):
+    inputs = keras.Input(tensor_shape)
+    shown = re.escape(f"Received: input_shape={tuple(input_shape)}, input_tensor with shape {(None, *tensor_shape)}")
+    with pytest.raises(ValueError, match=rf"differs from the shape of `input_tensor`.*{shown}$"):
+        keras_dla.DLA46C(weights=None, include_top=False, input_tensor=inputs, input_shape=input_shape)
+    with pytest.raises(ValueError, match=rf"differs from the shape of `input_tensor`.*{shown}$"):
+        keras_dla.DLAUp("dla46_c", classes=3, input_tensor=inputs, input_shape=input_shape)
+
+
+def test_input_shape_equal_to_the_input_tensor_is_accepted():
+    inputs = keras.Input((48, 80, 3))
+    model = keras_dla.DLA46C(weights=None, include_top=False, input_tensor=inputs, input_shape=(48, 80, 3))
+    assert model.inputs[0] is inputs and model.output_shape == (None, 2, 3, 256)
+    model = keras_dla.DLA46C(weights=None, include_top=False, input_tensor=inputs, input_shape=[np.int64(48), 80, 3])
+    assert model.inputs[0] is inputs
+
+
+@pytest.mark.parametrize("name", ["a/b", "/", "dla34/", "level/3", 5, b"dla34", ["dla34"], 1.5, True])
+def test_a_name_keras_cannot_take_is_refused_before_the_graph(nothing_is_built, name):
+    with pytest.raises(ValueError, match=re.escape(f'`name` should be a string without "/". Received: name={name!r}')):
+        keras_dla.DLA46C(weights=None, name=name)
+    with pytest.raises(ValueError, match="Received: name="):
+        keras_dla.DLA(variant="dla34", weights=None, name=name)
+
+
+def test_names_keras_takes_are_kept():
+    for name in ("my model", "dla-34.v2", "ünïcode", "a" * 200):
+        assert keras_dla.DLA46C(weights=None, include_top=False, input_shape=(32, 32, 3), name=name).name == name
+    assert keras_dla.DLA46C(weights=None, include_top=False, input_shape=(32, 32, 3), name="").name == "dla46_c"
+
+
 def test_checkpoint_without_fc_needs_include_top_false(tmp_path):
     state = reference.timm_state_dict(reference.make_timm_model("dla46x_c"))
     headless = {k: v for k, v in state.items() if not k.startswith("fc.")}
