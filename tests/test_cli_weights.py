@@ -219,6 +219,76 @@ def test_predict_unreadable_image(checkpoint, tmp_path, capsys, name, message):
     assert "function_node" not in error and "[Op:" not in error
 
 
+def test_predict_reports_a_bad_image_and_classifies_the_others(checkpoint, tmp_path, capsys, monkeypatch):
+    images = [str(_write_image(tmp_path / f"{i:02d}.png", 230 + i, 250)) for i in range(32)]
+    (tmp_path / "07.png").write_bytes(b"not an image")  # no image header at all
+    (tmp_path / "19.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)  # a PNG signature, then garbage
+    tf.io.write_file(str(tmp_path / "30.png"), tf.io.encode_png(np.zeros((1, 20000, 3), "uint8")))  # too elongated
+    bad = {images[7], images[19], images[30]}
+    argv = ["predict", *images, "--model", VARIANT, "--weights", str(checkpoint[0]), "--top", "1"]
+    for batch in (32, 5):  # within one batch, and across batches
+        monkeypatch.setattr(predict_command, "BATCH", batch)
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out.splitlines()[::2] == [f"{path}:" for path in images if path not in bad]  # in order
+        errors = [line for line in err.splitlines() if line.startswith("keras-dla predict:")]
+        assert [line.rsplit("Received: ", 1)[1] for line in errors] == [images[7], images[19], images[30]]
+        assert all(line.startswith("keras-dla predict: error: Cannot read the image") for line in errors)
+        assert "Traceback" not in err and "function_node" not in err
+
+
+def _png(height, width):
+    """A PNG header of any size (valid chunk CRC), with a tiny body: the size check comes before decoding."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
+
+
+def _encoded(fmt, height, width):
+    buffer = __import__("io").BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("wide.png", lambda: _encoded("PNG", 1, 20000), "at 20000x1 pixels its long side is more than 64 times"),
+        ("tall.png", lambda: _encoded("PNG", 20000, 1), "at 1x20000 pixels its long side"),
+        ("wide.jpg", lambda: _encoded("JPEG", 8, 4000), "at 4000x8 pixels"),
+        ("wide.gif", lambda: _encoded("GIF", 2, 5000), "at 5000x2 pixels"),
+        ("tall.bmp", lambda: _encoded("BMP", 3000, 3), "at 3x3000 pixels"),
+        ("huge.png", lambda: _png(100_000, 100_000), "100000x100000 pixels is more than the 64 megapixels"),
+        ("huge_wide.png", lambda: _png(30_000, 3_000_000), "3000000x30000 pixels is more than the 64 megapixels"),
+        ("long.png", lambda: _png(100, 6401), "at 6401x100 pixels"),
+        ("empty.png", lambda: _png(0, 300), "its header gives a size of 300x0 pixels"),
+    ],
+)
+def test_predict_refuses_by_decoded_size_before_decoding(tmp_path, name, make, message, monkeypatch):
+    path = tmp_path / name
+    path.write_bytes(make())
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(tf.io, "decode_image", no_decoding)
+    with pytest.raises(ValueError, match="Received: ") as caught:
+        predict_command.load_image(str(path))
+    assert message in str(caught.value) and str(caught.value).endswith(f"Received: {path}")
+    if "megapixels" not in message and "header gives" not in message:
+        assert "would make it 256x" in str(caught.value)
+
+
+def test_predict_takes_images_up_to_the_bounds(tmp_path):
+    for height, width in ((3, 192), (192, 3), (250, 16000)):  # ratios of 64 and under
+        path = tmp_path / f"{height}x{width}.png"
+        path.write_bytes(_encoded("PNG", height, width))
+        assert predict_command.load_image(str(path)).shape == (224, 224, 3)
+
+
 def _release_script():
     import importlib.util
     import os

@@ -1,8 +1,15 @@
 """`keras-dla predict`: ImageNet top-5 for images, with the authors' evaluation preprocessing."""
 
+import struct
+
 RESIZE = 256  # shorter side, bilinear: crop_pct 0.875 of the authors' evaluation
 CROP = 224
 BATCH = 32  # images decoded and classified at a time: memory stays flat and results print as they come
+# Bounds on what one image may cost, from the size its header gives (before decoding): the decoded pixels
+# (uint8, then float32 for the resize), and the long-to-short side ratio, which sets the resized size (a 1x20000
+# image resized to a shorter side of 256 would be a 15.7 GB float32 tensor).
+MAX_PIXELS = 64_000_000
+MAX_ASPECT = 64
 # Images are decoded and resized by TensorFlow: run on the TensorFlow backend (see keras_dla.cli).
 NEEDS_TENSORFLOW = True
 
@@ -40,8 +47,51 @@ def check_path(path):
         raise ValueError(f"Cannot read the image: no such file. Received: {path}")
 
 
+def header_size(data):
+    """`(height, width)` from the header of a PNG, GIF or BMP image (bytes), or None for other data.
+
+    Read from the fixed fields of each format (PNG's IHDR chunk, GIF's logical screen, BMP's info header), so that
+    the size is known before anything is decoded. JPEG's size is read by `tf.io.extract_jpeg_shape`.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        return height, width
+    if data[:2] == b"BM" and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:  # the OS/2 (BITMAPCOREHEADER) layout: 16-bit sizes
+            width, height = struct.unpack("<HH", data[18:22])
+        else:
+            width, height = struct.unpack("<ii", data[18:26])
+        return abs(height), abs(width)  # a negative height is a top-down bitmap
+    return None
+
+
+def check_size(size, path):
+    """Refuses, naming `path`, an image whose (height, width) would take too much memory to decode or resize."""
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"Cannot read the image: its header gives a size of {width}x{height} pixels. Received: {path}")
+    if height * width > MAX_PIXELS:
+        raise ValueError(
+            f"Cannot read the image: {width}x{height} pixels is more than the {MAX_PIXELS // 1_000_000} megapixels "
+            f"predict decodes; shrink it first. Received: {path}"
+        )
+    long, short = max(height, width), min(height, width)
+    if long > MAX_ASPECT * short:
+        raise ValueError(
+            f"Cannot read the image: at {width}x{height} pixels its long side is more than {MAX_ASPECT} times its "
+            f"short side, and resizing the short side to {RESIZE} would make it {RESIZE}x{RESIZE * long // short}; "
+            f"crop it first. Received: {path}"
+        )
+
+
 def load_image(path):
-    """Decodes an image file to the authors' evaluation input: a (224, 224, 3) float32 array of [0, 255] RGB."""
+    """Decodes an image file to the authors' evaluation input: a (224, 224, 3) float32 array of [0, 255] RGB.
+
+    The size is checked from the header before decoding (`check_size`): memory is bounded by what the header says.
+    """
 
     import numpy as np
     import tensorflow as tf
@@ -50,10 +100,18 @@ def load_image(path):
 
     check_path(path)
     try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        data = tf.io.read_file(path)
+        head = data.numpy()[:32]
+        size = header_size(head)
+        if size is None and head[:3] == b"\xff\xd8\xff":
+            size = tuple(int(v) for v in tf.io.extract_jpeg_shape(data).numpy()[:2])
+        if size is not None:
+            check_size(size, path)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.OpError as e:
         raise ValueError(f"Cannot read the image: {checks.op_error_reason(e)}. Received: {path}") from None
     height, width = int(image.shape[0]), int(image.shape[1])
+    check_size((height, width), path)  # a header that understated the size
     # As torchvision's Resize(256): the shorter side becomes 256, the longer one int(256 * long / short).
     if height <= width:
         size = (RESIZE, int(RESIZE * width / height))
@@ -83,10 +141,20 @@ def run(args):
     for path in args.images:
         check_path(path)
     model = BUILDERS[args.model](weights=args.weights, input_shape=(CROP, CROP, 3), classifier_activation="softmax")
+    failed = 0
     for start in range(0, len(args.images), BATCH):
-        paths = args.images[start : start + BATCH]
-        images = np.stack([load_image(path) for path in paths])
-        probabilities = model.predict_on_batch(keras_dla.preprocess_input(images))
+        paths, images = [], []
+        for path in args.images[start : start + BATCH]:
+            try:
+                images.append(load_image(path))
+            except ValueError as e:  # one bad image is reported; the others are still classified
+                print(f"keras-dla predict: error: {e}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            paths.append(path)
+        if not paths:
+            continue
+        probabilities = model.predict_on_batch(keras_dla.preprocess_input(np.stack(images)))
         for path, best in zip(
             paths, keras_dla.decode_predictions(np.asarray(probabilities), top=args.top), strict=True
         ):
@@ -94,4 +162,4 @@ def run(args):
             for rank, (wnid, name, score) in enumerate(best, start=1):
                 print(f"  {rank}. {name:30s} {score:.4f}  ({wnid})")
         sys.stdout.flush()
-    return 0
+    return 2 if failed else 0  # each unreadable image was named as it came
