@@ -178,8 +178,12 @@ def save_weights_atomically(model, path):
 
 
 def non_finite_variable(model):
-    """The path of the first variable of `model` or its optimizer holding a NaN or an infinity, else None."""
-    variables = list(model.variables)
+    """The path of the first weight of `model` or variable of its optimizer holding a NaN or an infinity, else None.
+
+    What a weights file holds: `model.weights` rather than `model.variables`, whose metric totals are NaN for the
+    rest of an epoch after one NaN loss, finite weights or not.
+    """
+    variables = list(model.weights)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and getattr(optimizer, "built", False):
         variables += list(optimizer.variables)
