@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 python=python
 [ -x .venv/bin/python ] && python=.venv/bin/python
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
-KERAS_BACKEND=tensorflow $python -m pytest -q "$@"
+KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 "$@"
 for backend in jax torch; do
-  KERAS_BACKEND=$backend $python -m pytest -q -m "not slow" tests/test_backends.py
+  KERAS_BACKEND=$backend $python -m pytest -q --durations=5 -m "not slow" tests/test_backends.py
 done
