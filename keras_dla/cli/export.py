@@ -165,8 +165,11 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
             check_keras_archive(name)
         if weights is not None:
             raise ValueError(f"A .keras file holds its weights; use --weights none. Received: --weights {weights}")
+        from keras_dla import fast_paths
+
         try:
-            return keras.saving.load_model(name)
+            # A file Keras loads holds plain layers: give them TensorFlow's fast computations back.
+            return fast_paths.attach(keras.saving.load_model(name))
         except Exception as e:  # a file made elsewhere: Keras, h5py and zipfile raise many kinds, over many lines
             first = (str(e).strip().splitlines() or [""])[0][:300]
             raise ValueError(
