@@ -221,6 +221,7 @@ def DLAUp(
             f"Received: keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
     classes, input_shape = dla.as_python_ints(classes), dla.as_python_ints(input_shape)
+    dla.check_name(name)
     _validate_arguments(backbone, classes, down_ratio, weights, activation)
     if input_shape is not None:
         dla._validate_input_shape(input_shape, weights)

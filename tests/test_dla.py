@@ -264,6 +264,9 @@ def test_a_name_keras_cannot_take_is_refused_before_the_graph(nothing_is_built, 
         keras_dla.DLA46C(weights=None, name=name)
     with pytest.raises(ValueError, match="Received: name="):
         keras_dla.DLA(variant="dla34", weights=None, name=name)
+    for build_dla_up in (keras_dla.DLA34Up, lambda **kwargs: keras_dla.DLAUp("dla46_c", **kwargs)):
+        with pytest.raises(ValueError, match="Received: name="):
+            build_dla_up(weights=None, name=name)
 
 
 def test_names_keras_takes_are_kept():
