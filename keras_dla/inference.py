@@ -13,9 +13,13 @@ On TensorFlow `serve` is a frozen graph, on JAX a jitted function, on PyTorch a 
 `benchmarks/performance.py` measures this path against `model.predict`, TFLite, timm and ONNX Runtime.
 """
 
+import contextlib
+import sys
+
 import keras
 import numpy as np
 from keras.src.models.functional import Functional
+from keras.src.utils import module_utils
 
 from keras_dla import checks, fast_paths
 
@@ -72,6 +76,26 @@ def _check_functional(model, caller):
         )
 
 
+@contextlib.contextmanager
+def _tensorflow_left_unimported():
+    """Copies layer configs without importing TensorFlow on the JAX and PyTorch backends.
+
+    Keras' `serialize_keras_object` (keras/src/saving/serialization_lib.py) asks `tf.available` (a lazy import of
+    TensorFlow) before testing a value for `tf.TensorShape` / `tf.DType` / `tf.TypeSpec`, so every `get_config`
+    imports TensorFlow wherever it is installed. While TensorFlow is not imported no value can be one of its
+    types, so the answer "not available" changes no config; it is given only for the duration of the copy.
+    """
+    lazy = module_utils.tensorflow
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules or lazy._available is not None:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None
+
+
 def fold_batch_norms(model):
     """A copy of the functional `model` with every foldable batch norm merged into the Conv2D before it.
 
@@ -98,7 +122,8 @@ def fold_batch_norms(model):
             return args[0]
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    with _tensorflow_left_unimported():
+        folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
     originals = {layer.name: layer for layer in model.layers}
     for layer in folded.layers:
         if not layer.weights:  # input layers (renamed by the clone when auto-named), activations, adds
