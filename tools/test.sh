@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 python=python
 [ -x .venv/bin/python ] && python=.venv/bin/python
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+# JAX compiles each random initializer once per kernel shape (most of a JAX build's time); its persistent
+# compilation cache keeps those programs between the suite's many processes.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES:-0}"
 KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 "$@"
 for backend in jax torch; do
   KERAS_BACKEND=$backend $python -m pytest -q --durations=5 -m "not slow" tests/test_backends.py
