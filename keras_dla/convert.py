@@ -205,6 +205,7 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
                 f"Not a Keras weights file: {path!r} is not in the HDF5 format that `model.save_weights` writes. "
                 f"Received: weights={path!r}"
             )
+        check_input_channels(model, path)
         # Keras warns once per unmatched sublayer before it raises; those warnings are noise in front of
         # the one error that explains the failure, so they are only passed on when the load succeeds.
         with warnings.catch_warnings(record=True) as caught:
@@ -248,3 +249,71 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
         ignored_prefixes=ignored_prefixes,
         source=f"checkpoint {os.path.basename(path)!r}",
     )
+
+
+def is_keras_weights_file(weights):
+    """Whether `weights` names a Keras `.weights.h5` file (which may be a model of any input channel count)."""
+    return isinstance(weights, (str, os.PathLike)) and os.fspath(weights).endswith(".weights.h5")
+
+
+def _saved_layer_paths(model, prefix="layers"):
+    """`(path, layer)` of the layers of `model` as `model.save_weights` names their groups in the file.
+
+    Keras names a layer by its class in snake case, numbered per class in the order of `model.layers`
+    (`layers/conv2d`, `layers/conv2d_1`, ...); a nested model's layers are under its own path.
+    """
+    counts = {}
+    for layer in model.layers:
+        name = keras.src.utils.naming.to_snake_case(type(layer).__name__)
+        counts[name] = counts.get(name, -1) + 1
+        path = f"{prefix}/{name}" + (f"_{counts[name]}" if counts[name] else "")
+        if isinstance(layer, keras.Model):
+            yield from _saved_layer_paths(layer, f"{path}/layers")
+        else:
+            yield path, layer
+
+
+def _kernel_in_channels(f, path):
+    kernel = f.get(f"{path}/vars/0")
+    return int(kernel.shape[2]) if isinstance(kernel, h5py.Dataset) and len(kernel.shape) == 4 else None
+
+
+# Where `model.save_weights` keeps the stem kernel (`base_layer_0`, the first Conv2D) of a DLA-Up model, whose
+# backbone is the nested model `base` (its decoder's convolutions are `layers/conv2d...`), and of a classifier.
+STEM_KERNEL_PATHS = ("layers/functional/layers/conv2d", "layers/conv2d")
+
+
+def weights_file_input_channels(path):
+    """The input channels a keras_dla `.weights.h5` file was saved for (its stem kernel's), or None if unknown."""
+    try:
+        with h5py.File(path, "r") as f:
+            for stem in STEM_KERNEL_PATHS:
+                channels = _kernel_in_channels(f, stem)
+                if channels is not None:
+                    return channels
+    except OSError:  # unreadable: the load says why
+        return None
+    return None
+
+
+def check_input_channels(model, path):
+    """Refuses, in one sentence, a `.weights.h5` file saved from a model of another input channel count.
+
+    Compares the first convolution of `model` with the kernel at the same place in the file; a file without
+    one there is left to Keras' own checks.
+    """
+    first = next(((p, layer) for p, layer in _saved_layer_paths(model) if isinstance(layer, layers.Conv2D)), None)
+    if first is None:
+        return
+    saved_path, conv = first
+    try:
+        with h5py.File(path, "r") as f:
+            saved = _kernel_in_channels(f, saved_path)
+    except OSError:  # unreadable: the load says why
+        return
+    wanted = int(conv.kernel.shape[2])
+    if saved is not None and saved != wanted:
+        raise ValueError(
+            f"The weights file {path!r} was saved from a model of {saved} input channel(s) and {model.name} takes "
+            f"{wanted}; build the model with input_shape=(height, width, {saved}). Received: weights={path!r}"
+        )

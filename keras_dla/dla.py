@@ -175,9 +175,12 @@ def _validate_input_shape(input_shape, weights):
             )
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"The channel count should be a positive integer. Received: input_shape={tuple(input_shape)}")
-    if weights is not None and channels != 3:
+    # The ImageNet weights and PyTorch checkpoints are RGB; a .weights.h5 file of the user's own may hold any
+    # channel count, which its load checks against the model (`convert.check_input_channels`).
+    if weights is not None and channels != 3 and not convert.is_keras_weights_file(weights):
         raise ValueError(
-            f"Pretrained weights expect 3 input channels (RGB). Received: input_shape={tuple(input_shape)}"
+            "Pretrained weights expect 3 input channels (RGB); only a Keras .weights.h5 file may hold other "
+            f"counts. Received: input_shape={tuple(input_shape)}, weights={weights!r}"
         )
 
 

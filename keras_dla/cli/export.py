@@ -175,12 +175,17 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
             raise ValueError(
                 f"Cannot load the saved model ({type(e).__name__}: {first}). Received: --model {name}"
             ) from None
-    shape = (*input_size, 3) if input_size else None
+    channels = 3
+    if weights is not None and weights.endswith(".weights.h5"):
+        from keras_dla import convert
+
+        # A keras_dla weights file of the user's own may be of a grey (or other) model: build the model it fits.
+        channels = convert.weights_file_input_channels(weights) or 3
     if name in dla.MODEL_CONFIGS:
         return dla.DLA(
             name,
             weights=weights,
-            input_shape=shape,
+            input_shape=(*(input_size or (dla.DEFAULT_SIZE, dla.DEFAULT_SIZE)), channels),
             classes=1000 if classes is None else classes,
             classifier_activation=None if logits else "softmax",
         )
@@ -189,7 +194,7 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
         return dla_up.DLAUp(
             backbone,
             weights=weights,
-            input_shape=shape,
+            input_shape=(*(input_size or (None, None)), channels),
             classes=19 if classes is None else classes,
             down_ratio=down_ratio,
             activation=None if logits else "softmax",
@@ -222,6 +227,11 @@ def run(args):
             raise ValueError(f"TFLite needs a static input; pass --input-size H W. Received: --model {args.model}")
         height, width = 224, 224  # a dynamic SavedModel is compared at this size
     channels = shape[-1]
+    if channels != 3 and args.preprocess == "imagenet":
+        raise ValueError(
+            f"--preprocess imagenet normalises RGB images and the model takes {channels} channel(s); pass "
+            "--preprocess fashion_mnist, unit or none. Received: --preprocess imagenet"
+        )
 
     real = None
     if args.representative:
