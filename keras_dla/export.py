@@ -27,7 +27,7 @@ import time
 import keras
 import numpy as np
 
-from keras_dla import checks, fast_paths
+from keras_dla import checks, fast_paths, files
 from keras_dla.datasets import IMAGE_EXTENSIONS
 from keras_dla.export_verify import SERVING_SIGNATURE, ExportReport, verify_export
 from keras_dla.preprocessing import PREPROCESSING, resolve_preprocess
@@ -162,10 +162,17 @@ def _atomic_target(path, overwrite, is_dir):
         created.append(probe)
         probe = os.path.dirname(probe)
     os.makedirs(parent, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    # The work folder is named after this process (`files.remove_stale`): what a killed export left is removed here.
+    prefix = f".{os.path.basename(path)}."
+    files.remove_stale(parent, prefix, suffix=".tmp")
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=parent)
     # `.tflite` suffix: Keras' LiteRT exporter insists on it.
     tmp = os.path.join(workdir, "saved_model" if is_dir else "model.tflite")
+    previous_tempdir = tempfile.tempdir
     try:
+        # Keras' LiteRT exporter writes its intermediate SavedModel in the temporary folder: in the work folder,
+        # it goes with it, also after a kill.
+        tempfile.tempdir = workdir
         yield tmp
         if not os.path.exists(tmp):
             raise RuntimeError(f"The exporter wrote nothing at {tmp}")
@@ -180,6 +187,7 @@ def _atomic_target(path, overwrite, is_dir):
                 os.replace(old, path)
             raise
     finally:
+        tempfile.tempdir = previous_tempdir
         shutil.rmtree(workdir, ignore_errors=True)
         for leftover in created:  # empty parents this call created, when the export failed
             if os.path.isdir(leftover) and not os.listdir(leftover):
