@@ -40,7 +40,7 @@ import warnings
 import h5py
 import numpy as np
 
-from keras_dla import convert, files, readers
+from keras_dla import files, readers
 
 try:  # POSIX; elsewhere the unique temporary names alone keep concurrent loads correct
     import fcntl
@@ -534,6 +534,7 @@ def convert_checkpoint(variant, checkpoint, model=None):
     Returns:
         The loaded model and `{key: reason}` of the checkpoint keys dropped by design.
     """
+    from keras_dla import convert
     from keras_dla.dla import DLA, MODEL_CONFIGS
 
     state_dict = readers.read_state_dict(checkpoint)
@@ -587,6 +588,8 @@ def load_pretrained(model, variant, tag):
     Raises:
         ValueError: no source gave a verified, loadable file (each one's reason is in the message).
     """
+    from keras_dla import convert  # Keras: imported when weights are loaded, not for `keras-dla list`
+
     entry = find(variant, tag)
     if entry is None:
         raise ValueError(f"No weights tagged {tag!r} for {variant}. Received: weights={tag!r}")

@@ -1,16 +1,26 @@
 """The `keras-dla` command line: one module per sub-command, each with `register(subparsers)`.
 
 A sub-command module defines `register(subparsers)`, which adds its parser and sets `func` (called with
-the parsed arguments, returning an exit code). The sub-commands' own modules (training, data, export) are
-imported inside `func`. A module that sets `NEEDS_TENSORFLOW = True` (tf.data pipelines, SavedModel and TFLite)
-runs on the TensorFlow backend whatever `KERAS_BACKEND` the shell sets: the command starts itself again with
-`KERAS_BACKEND=tensorflow`.
+the parsed arguments, returning an exit code). Building the parsers imports neither Keras nor TensorFlow, so
+`--help` answers at once: the sub-commands' own modules (training, data, export) are imported inside `func`.
+A module that sets `NEEDS_TENSORFLOW = True` (tf.data pipelines, SavedModel and TFLite) runs on the TensorFlow
+backend whatever `KERAS_BACKEND` the shell sets: the command starts itself again with `KERAS_BACKEND=tensorflow`.
+
+TensorFlow's C++ logging is silenced for the command's process unless `keras-dla --verbose`: `TF_CPP_MIN_LOG_LEVEL`
+is set (unless the shell sets it) before Keras and its backend are imported, and the lines XLA's CUDA probe writes
+while TensorFlow loads, before that setting applies, are taken out of what the import writes to stderr. A
+command that sets `NEEDS_KERAS = False` (`info`, `list`) imports neither. The library leaves the user's logging
+alone.
 """
 
 import argparse
+import contextlib
 import importlib
+import json
 import os
+import re
 import sys
+import tempfile
 
 # Sub-command modules of keras_dla.cli, in the order `--help` lists them.
 COMMANDS = [
@@ -22,12 +32,27 @@ COMMANDS = [
     "demo",
     "export",
 ]
+# 2: TensorFlow's C++ code logs errors only (no INFO or WARNING lines such as cpu_feature_guard's).
+QUIET_TF_CPP_LOG_LEVEL = "2"
+# Lines of C++ logging (absl and TensorFlow's own formats) that loading TensorFlow writes to stderr.
+NATIVE_LOG_LINE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$)"
+)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-dla",
         description="Deep Layer Aggregation (DLA) models for Keras: weights, prediction, training, export.",
+    )
+    parser.add_argument(
+        "--verbose",
+        dest="show_backend_logs",
+        action="store_true",
+        help="show TensorFlow's own start-up and C++ log lines (hidden by default); give it before COMMAND",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -38,12 +63,17 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.show_backend_logs:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_LOG_LEVEL)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     if _needs_tensorflow(args.command):
         _restart_on_tensorflow(args.command, sys.argv[1:] if argv is None else argv)
     try:
+        if not args.show_backend_logs and _needs_keras(args.command) and "keras" not in sys.modules:
+            with native_logs_removed():
+                import keras  # noqa: F401 (and with it the backend, TensorFlow by default)
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as e:
         # Bad input gets one sentence, not a traceback.
@@ -59,15 +89,56 @@ def main(argv=None):
         return 130
 
 
+def keras_backend():
+    """The backend Keras runs on, or will when imported, read as Keras reads it (without importing Keras)."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    if "KERAS_HOME" in os.environ:
+        home = os.environ["KERAS_HOME"]
+    else:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.join(os.path.expanduser(home), "keras.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = {}
+    backend = config.get("backend") if isinstance(config, dict) else None
+    return backend if isinstance(backend, str) and backend else "tensorflow"
+
+
+@contextlib.contextmanager
+def native_logs_removed():
+    """Writes to stderr what C++ code wrote to it (file descriptor 2) during the block, less its log lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            sys.stderr.write("".join(s for s in text.splitlines(True) if not NATIVE_LOG_LINE.match(s)))
+            sys.stderr.flush()
+
+
+def _needs_keras(command):
+    return getattr(importlib.import_module(f"keras_dla.cli.{command}"), "NEEDS_KERAS", True)
+
+
 def _needs_tensorflow(command):
     return getattr(importlib.import_module(f"keras_dla.cli.{command}"), "NEEDS_TENSORFLOW", False)
 
 
 def _restart_on_tensorflow(command, argv):
     """Runs `keras-dla <argv>` again with KERAS_BACKEND=tensorflow, unless Keras already runs on TensorFlow."""
-    import keras
-
-    backend = keras.backend.backend()
+    backend = keras_backend()
     if backend == "tensorflow":
         return
     print(f"keras-dla {command}: runs on the TensorFlow backend (KERAS_BACKEND is {backend!r})", file=sys.stderr)

@@ -17,10 +17,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def register(subparsers):
-    from keras_dla.demo import DEFAULTS
+# keras_dla.demo.DEFAULTS, as far as `--help` states them, repeated here (a test keeps them equal) so that
+# building the parser does not import the demo's TensorFlow modules.
+HELP_DEFAULTS = {
+    "classification": dict(model="dla46_c", epochs=10, batch_size=256, lr=8e-3, image_size=32),
+    "segmentation": dict(model="dla46_cup", epochs=7, batch_size=32, lr=2e-3, image_size=64),
+}
 
-    cls, seg = DEFAULTS["classification"], DEFAULTS["segmentation"]
+
+def register(subparsers):
+    cls, seg = HELP_DEFAULTS["classification"], HELP_DEFAULTS["segmentation"]
     parser = subparsers.add_parser(
         "demo",
         help="a real run on real data in minutes: train, evaluate, export, check",

@@ -1,5 +1,8 @@
 """`keras-dla list`: every DLA variant with its size, cost, upstream accuracy and whether its weights are cached."""
 
+# Reads keras_dla's weights table and cache folder only: the command imports neither Keras nor a backend.
+NEEDS_KERAS = False
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
