@@ -362,6 +362,38 @@ def load_images(source, size, channels=3, *, count=256):
     return np.clip(np.round(np.stack(images)), 0, 255).astype(np.uint8)
 
 
+LOW_PRECISION = ("bfloat16", "float16")
+
+
+def _low_precision_layer(model):
+    """`(layer, dtype)` of the first layer (nested models entered) computing in or holding bfloat16 / float16."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.Model):  # a nested model's own layers are visited one by one
+            continue
+        policy = getattr(layer, "dtype_policy", None)
+        dtypes = [getattr(policy, "compute_dtype", None), getattr(policy, "variable_dtype", None)]
+        dtypes += [keras.backend.standardize_dtype(v.dtype) for v in layer.weights]
+        found = next((d for d in dtypes if d in LOW_PRECISION), None)
+        if found is not None:
+            return layer, found
+    return None, None
+
+
+def _check_float32(model):
+    """Refuses a bfloat16 / float16 model before converting: TFLite's builtin ops have no convolutions or matrix
+    products in those types, so the converter would stop on a list of Flex ops that does not say why."""
+    layer, dtype = _low_precision_layer(model)
+    if layer is not None:
+        policy = getattr(layer.dtype_policy, "name", layer.dtype_policy)
+        raise ValueError(
+            f"TFLite export takes a float32 model and {model.name} computes in {dtype} (layer {layer.name!r}, dtype "
+            f"policy {policy!r}), and TFLite's builtin ops have no {dtype} convolutions: build the model under the "
+            "'float32' policy (`keras.mixed_precision.set_global_policy('float32')`), load the weights into it "
+            "(`model.save_weights` then `load_weights`; `keras-dla export --weights` does this from a weights file) "
+            f"and export that, with `quantization='float16'` for a smaller file. Received: a {dtype} model"
+        )
+
+
 def _flex_ops(message):
     found = re.search(r"TF Select ops: ([^\n]+)", message)
     return found.group(1).strip() if found else None
@@ -405,7 +437,8 @@ def export_tflite(
         The absolute path of the `.tflite` file.
 
     Raises:
-        ValueError: bad arguments, or a model with ops that TFLite's builtin op set lacks (Flex ops).
+        ValueError: bad arguments, a bfloat16 or float16 model (mixed precision), or a model with ops that
+            TFLite's builtin op set lacks (Flex ops).
     """
     _require_tensorflow("TFLite")
     import tensorflow as tf
@@ -418,6 +451,7 @@ def export_tflite(
         raise ValueError(f"`integer_io=True` needs `quantization='int8'`. Received: quantization={quantization!r}")
     calibration_steps = checks.positive_int("calibration_steps", calibration_steps)
     shape = _static_shape(model, input_size, 1)
+    _check_float32(model)
     if None in shape:
         raise ValueError(
             "TFLite export needs a static input size; pass `input_size=(height, width)` (`--input-size H W`). "

@@ -2,11 +2,15 @@
 channel count, bfloat16 / float16 models sent to TFLite, non-finite images, and segmentation labels out of range
 in any mask of a data set."""
 
+import os
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import cli, convert, dla, dla_up
+from keras_dla import cli, convert, dla, dla_up, export
+from tests.test_export import tiny_model
 
 # ------------------------------------------------------------------------------------------------------------------
 # A user's own .weights.h5 of any input channel count
@@ -87,3 +91,79 @@ def test_export_cli_exports_own_grey_weights(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--preprocess imagenet normalises RGB images and the model takes 1 channel(s)" in err
     assert not (tmp_path / "other").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# bfloat16 and float16 models sent to TFLite
+
+
+@pytest.fixture
+def policy():
+    """Sets a global dtype policy for the test and restores float32 after it."""
+    yield keras.mixed_precision.set_global_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _no_conversion(monkeypatch):
+    def refused(*args, **kwargs):
+        raise AssertionError("the converter ran")
+
+    monkeypatch.setattr(keras.Model, "export", refused)
+
+
+@pytest.mark.parametrize("name, dtype", [("mixed_bfloat16", "bfloat16"), ("bfloat16", "bfloat16"),
+                                         ("mixed_float16", "float16"), ("float16", "float16")])  # fmt: skip
+def test_low_precision_models_are_refused_before_conversion(tmp_path, monkeypatch, policy, name, dtype):
+    policy(name)
+    models = [tiny_model(), dla.DLA46C(weights=None, classes=3, input_shape=(32, 32, 3))]
+    policy("float32")
+    _no_conversion(monkeypatch)
+    for model in models:
+        output = tmp_path / f"{model.name}.tflite"
+        with pytest.raises(ValueError, match=rf"takes a float32 model and {model.name} computes in {dtype}") as e:
+            export.export_tflite(model, output, input_size=(32, 32))
+        assert "set_global_policy('float32')" in str(e.value) and f"Received: a {dtype} model" in str(e.value)
+        assert not output.exists() and os.listdir(tmp_path) == []
+
+
+def test_one_low_precision_layer_anywhere_is_found(tmp_path, monkeypatch):
+    _no_conversion(monkeypatch)
+    inner_input = keras.Input((None, None, 4))
+    inner = keras.Model(inner_input, keras.layers.Conv2D(4, 1, dtype="bfloat16", name="half")(inner_input))
+    inputs = keras.Input((None, None, 3))
+    x = inner(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    nested = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)), name="nested")
+    with pytest.raises(ValueError, match=r"nested computes in bfloat16 \(layer 'half', dtype policy 'bfloat16'\)"):
+        export.export_tflite(nested, tmp_path / "m.tflite", input_size=(32, 32))
+    for dtype, found in (("mixed_bfloat16", "bfloat16"), ("float16", "float16"), ("mixed_float16", "float16")):
+        head = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(2), keras.layers.Dense(2, dtype=dtype, name="h")]
+        )
+        layer, low = export._low_precision_layer(head)
+        assert (layer.name, low) == ("h", found)
+    assert export._low_precision_layer(tiny_model()) == (None, None)
+
+
+def test_the_advice_works_weights_into_a_float32_model(tmp_path, policy):
+    policy("mixed_bfloat16")
+    low = tiny_model()
+    policy("float32")
+    path = _saved(tmp_path, low, "low")
+    model = tiny_model()
+    model.load_weights(path)
+    tflite = export.export_tflite(model, tmp_path / "m.tflite", input_size=(32, 32), verbose=False)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    assert export.verify_export(model, tflite, x, latency_runs=1).max_abs_diff < 1e-4
+
+
+def test_export_cli_refuses_a_bfloat16_keras_file(tmp_path, capsys, policy):
+    policy("mixed_bfloat16")
+    path = str(tmp_path / "low.keras")
+    tiny_model().save(path)
+    policy("float32")
+    output = tmp_path / "m.tflite"
+    argv = ["export", "--model", path, "--weights", "none", "--format", "tflite", "--input-size", "32", "32"]
+    assert cli.main([*argv, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "computes in bfloat16" in err and "Traceback" not in err and "Flex" not in err
+    assert not output.exists()
