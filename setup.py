@@ -32,6 +32,8 @@ setup(
         # Export (keras_dla.export): the LiteRT interpreter that runs .tflite files for the parity checks;
         # tf.lite.Interpreter, the fallback, is deprecated. No wheels for Windows.
         "ai-edge-litert; platform_system != 'Windows'",
+        # keras_dla.tflite_metadata builds the TFLite metadata flatbuffers (TensorFlow requires it too).
+        "flatbuffers",
     ],
     extras_require={
         # The numeric reference (PyTorch, timm) and the tools the tests and lint need. torch and
@@ -45,6 +47,8 @@ setup(
             "timm",
             # The other Keras backends, for the backend contract (tests/test_backends.py).
             "jax[cpu]",
+            # MediaPipe's ImageClassifier and ImageSegmenter run the exported TFLite files from their metadata.
+            "mediapipe",
         ],
         # benchmarks/performance.py: timm's model exported to ONNX and run by ONNX Runtime, peak memory.
         "bench": ["onnx", "onnxscript", "onnxruntime"],
