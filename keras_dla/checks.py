@@ -5,6 +5,8 @@
   taken by their truth value.
 - `check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder
   is wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
+- `check_finite(name, values)` refuses, naming `name` and the images, a float batch holding a NaN or an
+  infinity: no model's answer to those means anything, and TensorFlow's fused graphs can even return finite scores.
 - `op_error_reason(error)`: the reason in a TensorFlow op error, without the function, op and tf.data pipeline
   names wrapped around it, which mean nothing to someone who passed a file.
 """
@@ -73,6 +75,27 @@ def check_output(path, kind, *, what="output"):
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"Cannot write {what} {path}: no permission to write in {existing}.")
     return path
+
+
+def check_finite(name, values, *, what="image"):
+    """Raises ValueError when the float array `values`, a batch of `what`s along its first axis, holds a NaN or
+    an infinity; the message names `name`, the first items that do, and how many values of each kind.
+
+    Integer and boolean arrays pass as they are (they cannot hold either).
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc" or np.isfinite(values).all():
+        return
+    batch = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(-1, 1)
+    items = np.flatnonzero(~np.isfinite(batch).all(axis=1))
+    shown = ", ".join(str(i) for i in items[:5]) + (", ..." if len(items) > 5 else "")
+    plural = "s" if len(items) > 1 else ""
+    kinds = f"{np.isnan(values).sum()} NaN, {np.isposinf(values).sum()} +inf, {np.isneginf(values).sum()} -inf"
+    raise ValueError(
+        f"`{name}` holds values that are not finite ({kinds}) in {what}{plural} {shown} of {len(batch)}: no "
+        f"model's answer to them means anything, so none is computed; replace or drop them. Received: {name} "
+        f"of shape {values.shape}"
+    )
 
 
 def op_error_reason(error):

@@ -259,6 +259,7 @@ def _representative_dataset(data, shape, dtype, steps, verbose=False):
             )
         if len(data) == 0:
             raise ValueError("Representative data should hold at least one image. Received: 0 images")
+        checks.check_finite("representative_data", data[:steps])
         samples = list(data[:steps])
     else:
         samples = []
@@ -281,6 +282,7 @@ def _representative_dataset(data, shape, dtype, steps, verbose=False):
                 raise ValueError(
                     f"Representative images should have shape {tuple(shape[1:])}. Received: shape={s.shape}"
                 )
+        checks.check_finite("representative_data", np.stack(samples))
 
     def generate():
         if verbose:

@@ -194,7 +194,8 @@ def verify_export(
         path: the SavedModel directory (loaded with `tf.saved_model.load`) or `.tflite` file (run with the
             `ai_edge_litert` interpreter, or `tf.lite.Interpreter` when LiteRT is not installed).
         inputs: optional images `(N, H, W, C)` in the form the artefact takes: uint8 pixels for a uint8-input
-            artefact, otherwise what the Keras model takes. Real images make the agreement meaningful.
+            artefact, otherwise what the Keras model takes. Real images make the agreement meaningful. They must
+            be finite: a NaN or an infinity is refused, as no parity can be measured on it.
         num_random: when `inputs` is None, compare on this many random images (standard normal floats, or
             uniform uint8 pixels for a uint8-input artefact).
         seed: seed of the random images.
@@ -234,6 +235,7 @@ def verify_export(
                 f"`inputs` should be a batch of images of shape (N, {', '.join(map(str, shape[1:]))}). "
                 f"Received: shape={inputs.shape}"
             )
+        checks.check_finite("inputs", inputs)
         if runner.feed_dtype() == np.uint8 and inputs.dtype != np.uint8:
             if not (np.all(np.isfinite(inputs)) and np.all(inputs == np.round(inputs))) or np.any(
                 (inputs < 0) | (inputs > 255)

@@ -132,7 +132,8 @@ def predict_multiscale(model, images, *, scales=AUTHORS_TEST_SCALES, from_logits
 
     Args:
         model: a segmentation model, e.g. `keras_dla.DLA34Up()`, taking images of any size.
-        images: a batch `(batch, height, width, channels)`, preprocessed as the model expects.
+        images: a batch `(batch, height, width, channels)`, preprocessed as the model expects; finite (a NaN
+            or an infinity is refused: TensorFlow's fused graph can give finite scores for it).
         scales: the scales; the authors' 0.5, 0.75, 1, 1.25, 1.5 by default.
         from_logits: whether the model outputs logits (`activation=None`) rather than probabilities.
         batch_size: passed on to `model.predict`.
@@ -141,6 +142,7 @@ def predict_multiscale(model, images, *, scales=AUTHORS_TEST_SCALES, from_logits
         A numpy array `(batch, height, width, classes)` of summed log-probabilities.
     """
     images = _check_images(images)
+    checks.check_finite("images", images)
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 4:
         raise ValueError(
             "predict_multiscale needs a segmentation model with one per-pixel output (batch, height, width, "

@@ -3,13 +3,16 @@ channel count, bfloat16 / float16 models sent to TFLite, non-finite images, and 
 in any mask of a data set."""
 
 import os
+import re
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import cli, convert, dla, dla_up, export
+from keras_dla import checks, cli, convert, dla, dla_up, export, segmentation
+from keras_dla.cli import predict as predict_command
+from tests.test_data import write_png
 from tests.test_export import tiny_model
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -167,3 +170,115 @@ def test_export_cli_refuses_a_bfloat16_keras_file(tmp_path, capsys, policy):
     err = capsys.readouterr().err
     assert "computes in bfloat16" in err and "Traceback" not in err and "Flex" not in err
     assert not output.exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Non-finite inputs get no answer
+
+NON_FINITE = (np.nan, np.inf, -np.inf)
+
+
+def _with(value, index, shape=(3, 8, 8, 3), dtype="float32"):
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    x[index] = value
+    return x
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+def test_check_finite_names_the_images_and_the_kinds(value):
+    for dtype in ("float16", "float32", "float64"):
+        for index, item in (((0, 0, 0, 0), 0), ((2, 7, 7, 2), 2), ((1, 3, 4, 1), 1)):
+            with pytest.raises(ValueError, match=rf"`x` holds values that are not finite .* in image {item} of 3"):
+                checks.check_finite("x", _with(value, index, dtype=dtype))
+    many = np.full((7, 2, 2, 1), value, "float32")
+    with pytest.raises(ValueError, match=r"in images 0, 1, 2, 3, 4, \.\.\. of 7.*Received: x of shape \(7, 2, 2, 1\)"):
+        checks.check_finite("x", many)
+    kinds = {"nan": "4 NaN, 0 +inf, 0 -inf", "inf": "0 NaN, 4 +inf, 0 -inf", "-inf": "0 NaN, 0 +inf, 4 -inf"}
+    with pytest.raises(ValueError, match=re.escape(kinds[str(value)])):
+        checks.check_finite("x", many[:1])
+    checks.check_finite("x", np.zeros((2, 4, 4, 3), "uint8"))  # integers cannot hold either
+    checks.check_finite("x", np.ones((2, 4, 4, 3), "float32"))
+
+
+def test_predict_multiscale_refuses_non_finite_images(monkeypatch):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))
+    monkeypatch.setattr(model, "predict", lambda *a, **k: pytest.fail("the model ran"))
+    for value in NON_FINITE:
+        for index, item in (((1, 2, 3, 0), 1), ((0, 0, 0, 2), 0), ((2, 7, 0, 1), 2)):
+            with pytest.raises(ValueError, match=rf"`images` holds values that are not finite .* in image {item} of"):
+                segmentation.predict_multiscale(model, _with(value, index), scales=(0.5, 1.0))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    model = tiny_model()
+    return model, export.export_saved_model(model, tmp_path_factory.mktemp("sm") / "m", input_size=(8, 8))
+
+
+def test_verify_export_refuses_non_finite_inputs(saved_model):
+    model, path = saved_model
+    for value in NON_FINITE:
+        for index, item in (((0, 1, 1, 1), 0), ((2, 0, 7, 0), 2)):
+            with pytest.raises(ValueError, match=rf"`inputs` holds values that are not finite .* in image {item} of 3"):
+                export.verify_export(model, path, _with(value, index), latency_runs=1)
+
+
+def test_int8_calibration_refuses_non_finite_representative_images(tmp_path, monkeypatch):
+    _no_conversion(monkeypatch)
+    model = tiny_model()
+    for value in NON_FINITE:
+        data = _with(value, (1, 4, 4, 0), shape=(3, 32, 32, 3))
+        for given in (data, iter(data), [data[:2], data[2:]]):  # an array, images, batches
+            with pytest.raises(ValueError, match=r"`representative_data` holds values that are not finite .* image 1"):
+                export.export_tflite(
+                    model, tmp_path / "m.tflite", input_size=(32, 32), quantization="int8", representative_data=given
+                )
+        assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def imagenet_shaped(tmp_path_factory):
+    """A 1000-class DLA-46-C weights file, which `keras-dla predict` loads."""
+    path = str(tmp_path_factory.mktemp("w") / "dla46_c.weights.h5")
+    dla.DLA46C(weights=None, input_shape=(224, 224, 3)).save_weights(path)
+    return path
+
+
+def test_predict_reports_non_finite_images_and_classifies_the_others(tmp_path, capsys, monkeypatch, imagenet_shaped):
+    paths = [str(tmp_path / f"{i}.png") for i in range(6)]
+    for path in paths:
+        write_png(path, np.zeros((4, 4, 3)))  # only their names matter: load_image is replaced
+    pixels = {path: np.full((224, 224, 3), 100.0 + i, "float32") for i, path in enumerate(paths)}
+    for path, value, where in (
+        (paths[1], np.nan, (0, 0, 0)),
+        (paths[3], np.inf, (5, 9, 1)),
+        (paths[4], -np.inf, (223, 223, 2)),
+    ):
+        pixels[path][where] = value
+    monkeypatch.setattr(predict_command, "load_image", lambda path: pixels[path])
+    argv = ["predict", *paths, "--model", "dla46_c", "--weights", imagenet_shaped, "--top", "1"]
+    for batch in (32, 2):
+        monkeypatch.setattr(predict_command, "BATCH", batch)
+        assert cli.main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out.splitlines()[::2] == [f"{p}:" for p in (paths[0], paths[2], paths[5])]
+        errors = [line for line in err.splitlines() if line.startswith("keras-dla predict:")]
+        assert [line.rsplit("Received: ", 1)[1] for line in errors] == [paths[1], paths[3], paths[4]]
+        assert all("holds pixels that are not finite (NaN, inf)" in line for line in errors)
+
+
+def test_predict_reports_scores_that_are_not_finite(tmp_path, capsys, monkeypatch):
+    model = dla.DLA46C(weights=None, input_shape=(224, 224, 3))
+    fc = model.get_layer("fc")
+    fc.bias.assign(np.where(np.arange(1000) == 7, np.nan, 0.0).astype("float32"))
+    monkeypatch.setitem(dla.BUILDERS, "dla46_c", lambda **kwargs: model)
+    monkeypatch.setattr(predict_command, "load_image", lambda path: np.full((224, 224, 3), 90.0, "float32"))
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    for path in paths:
+        write_png(path, np.zeros((4, 4, 3)))
+    assert cli.main(["predict", *paths, "--model", "dla46_c", "--weights", "none"]) == 2
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("keras-dla predict:")]
+    assert out == "" and [line.rsplit("Received: ", 1)[1] for line in errors] == paths
+    assert all("the model's scores for it are not finite" in line for line in errors)

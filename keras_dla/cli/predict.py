@@ -142,22 +142,39 @@ def run(args):
         check_path(path)
     model = BUILDERS[args.model](weights=args.weights, input_shape=(CROP, CROP, 3), classifier_activation="softmax")
     failed = 0
+
+    def report(message):  # one bad image is reported; the others are still classified
+        nonlocal failed
+        print(f"keras-dla predict: error: {message}", file=sys.stderr, flush=True)
+        failed += 1
+
     for start in range(0, len(args.images), BATCH):
         paths, images = [], []
         for path in args.images[start : start + BATCH]:
             try:
-                images.append(load_image(path))
-            except ValueError as e:  # one bad image is reported; the others are still classified
-                print(f"keras-dla predict: error: {e}", file=sys.stderr, flush=True)
-                failed += 1
+                image = load_image(path)
+            except ValueError as e:
+                report(e)
+                continue
+            # TensorFlow's fused graph can give finite scores for a NaN pixel: such an image gets no answer.
+            if not np.isfinite(image).all():
+                report(f"Cannot classify the image: it holds pixels that are not finite (NaN, inf). Received: {path}")
                 continue
             paths.append(path)
+            images.append(image)
         if not paths:
             continue
-        probabilities = model.predict_on_batch(keras_dla.preprocess_input(np.stack(images)))
-        for path, best in zip(
-            paths, keras_dla.decode_predictions(np.asarray(probabilities), top=args.top), strict=True
-        ):
+        probabilities = np.asarray(model.predict_on_batch(keras_dla.preprocess_input(np.stack(images))))
+        finite = np.isfinite(probabilities).all(axis=-1)
+        for path in np.asarray(paths)[~finite]:
+            report(
+                "Cannot classify the image: the model's scores for it are not finite (NaN or infinity); are the "
+                f"weights finite? Received: {path}"
+            )
+        paths, probabilities = [p for p, ok in zip(paths, finite, strict=True) if ok], probabilities[finite]
+        if not paths:
+            continue
+        for path, best in zip(paths, keras_dla.decode_predictions(probabilities, top=args.top), strict=True):
             print(f"{path}:")
             for rank, (wnid, name, score) in enumerate(best, start=1):
                 print(f"  {rank}. {name:30s} {score:.4f}  ({wnid})")
