@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_dla import legacy_weights, names, readers, resampling
+from keras_dla import checksum, legacy_weights, names, readers, resampling
 from keras_dla.layers import DepthwiseConv2DTranspose
 
 DEAD_KEYS_NOTE = (
@@ -211,6 +211,7 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                checksum.verify(path)  # a file keras_dla wrote; one without a digest has nothing to check
                 if legacy_weights.is_legacy(path):
                     legacy_weights.load(model, path)
                 else:
@@ -220,6 +221,8 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
                     f"Cannot read the weights file {path!r}; is it incomplete? h5py said: {e}. "
                     f"Received: weights={path!r}"
                 ) from None
+            except checksum.DamagedWeightsError as e:
+                raise ValueError(f"{e} Received: weights={path!r}") from None
             except legacy_weights.LegacyWeightsError as e:
                 raise ValueError(
                     f"Could not load {path!r}, a weights file of keras_dla 0.1, into {model.name}: {e}. Is it a "

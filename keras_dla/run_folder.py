@@ -13,19 +13,23 @@
 Under multi-worker training only the chief writes DIR; every other worker keeps its backup in
 DIR/workers/worker-<index>/ (so that it resumes at the same epoch as the chief) and its other files in a temporary
 folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own). Weights files and
-the curves are written through a temporary file and renamed, so that a kill never leaves a half-written one.
+the curves are written through a temporary file and renamed, so that a kill never leaves a half-written one, and
+every weights file (best, final, the backup) carries the checksum of `keras_dla.checksum`, verified when it is
+loaded or resumed from.
 """
 
 import csv
+import json
 import math
 import os
 import shutil
 import tempfile
 
+import h5py
 import keras
 import numpy as np
 
-from keras_dla import files
+from keras_dla import checksum, files
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -126,9 +130,10 @@ class RunDirectory:
             self.backup = os.path.join(self.output, "workers", f"{kind}-{index}", "backup")
         os.makedirs(self.files, exist_ok=True)
         os.makedirs(self.backup, exist_ok=True)
-        for name in os.listdir(self.files):  # a kill during a write leaves its temporary file behind
-            if name.startswith(".partial."):
-                os.remove(os.path.join(self.files, name))
+        for folder in (self.files, self.backup):  # a kill during a write leaves its temporary file behind
+            for name in os.listdir(folder):
+                if name.startswith(files.PARTIAL_PREFIX):
+                    os.remove(os.path.join(folder, name))
 
     def path(self, name):
         return os.path.join(self.files, name)
@@ -172,9 +177,9 @@ def discard_attempt(output):
             os.remove(path)
 
 
-def save_weights_atomically(model, path):
-    """`model.save_weights(path)` through a temporary file (`files.write_atomically`)."""
-    files.write_atomically(path, model.save_weights)
+def save_weights_atomically(model, path, attrs=None):
+    """`model.save_weights(path)` through a temporary file, with its checksum (`checksum.save_weights`)."""
+    checksum.save_weights(model, path, attrs)
 
 
 def non_finite_variable(model):
@@ -218,16 +223,60 @@ class FiniteWeights:
         return False
 
 
+# The epoch a backup's weights were saved after, stored in the weights file itself too: a kill between the weights
+# and training_metadata.json leaves a metadata file one backup behind its weights.
+_BACKUP_EPOCH_ATTR = "keras_dla_backup_epoch"
+
+
 class FiniteBackup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that keeps its previous backup rather than write weights that are not finite."""
+    """`BackupAndRestore` whose backups are finite, checksummed and written whole (each file through a rename).
+
+    Keras writes the backup in place; a kill mid-write would damage it. Here every file of it (the weights, the
+    metadata, and their previous copies with `double_checkpoint`) is replaced only by a complete one, the weights
+    carry their checksum (`keras_dla.checksum`), and the epoch to resume at is read from the weights file. A latest
+    backup that fails its checksum is an `OSError`, so that Keras falls back to the previous one.
+    """
 
     def __init__(self, backup_dir, finite, **kwargs):
         super().__init__(backup_dir, **kwargs)
         self.finite = finite
 
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except OSError as e:
+            raise OSError(
+                f"The backup in {self.backup_dir} cannot be resumed from ({e}); delete that folder to start the "
+                "run again, or choose another output folder."
+            ) from None
+
+    def _load_model(self):
+        if os.path.isfile(self._weights_path):
+            try:
+                checksum.verify(self._weights_path)
+            except checksum.DamagedWeightsError as e:
+                raise OSError(str(e)) from None
+        super()._load_model()
+        if os.path.isfile(self._weights_path):
+            with h5py.File(self._weights_path, "r") as f:
+                epoch = f.attrs.get(_BACKUP_EPOCH_ATTR)
+            if epoch is not None:
+                self.model._initial_epoch = int(epoch)
+
     def _save_model(self):
-        if self.finite.allows(self.model, "the backup"):
-            super()._save_model()
+        if not self.finite.allows(self.model, "the backup"):
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for current, previous in (
+                (self._weights_path, self._prev_weights_path),
+                (self._training_metadata_path, self._prev_training_metadata_path),
+            ):
+                if os.path.isfile(current):
+                    files.write_atomically(previous, lambda temporary, c=current: shutil.copyfile(c, temporary))
+        checksum.save_weights(self.model, self._weights_path, {_BACKUP_EPOCH_ATTR: self._current_epoch})
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        files.write_text(self._training_metadata_path, json.dumps(metadata))
 
 
 class BestWeights(keras.callbacks.Callback):

@@ -14,8 +14,14 @@ Cache, in `$KERAS_HOME/models` (default `~/.keras/models`):
   into any model of the variant (`include_top=False` included) without the checkpoint or a conversion,
   and a damaged file fails to read instead of loading wrong numbers.
 Every file is written under a unique temporary name and renamed into place, so an interrupted download or
-conversion leaves nothing a later load accepts; a per-file lock keeps concurrent processes from doing the
-same work twice, and either process succeeds if the other dies.
+conversion leaves nothing a later load accepts, and the next fetch removes what a killed one left
+(`files.remove_stale`); a per-file lock keeps concurrent processes from doing the same work twice, and either
+process succeeds if the other dies. The converted file carries the checksum of `keras_dla.checksum`, as every
+weights file keras_dla writes.
+
+A download has a deadline for the whole file (`KERAS_DLA_DOWNLOAD_TIMEOUT` seconds, default 900, or the
+`timeout` argument), besides the 30 s a single read may take, and shows its progress on stderr; a process waiting
+for another one's download says so, and waits no longer than that deadline either.
 
 `KERAS_DLA_WEIGHTS_MIRROR`, a base URL or a local folder holding files under their upstream names, is
 tried before each upstream host. `register_weights` adds a user's own tag to the same machinery.
@@ -26,6 +32,7 @@ import dataclasses
 import hashlib
 import http.client
 import json
+import math
 import os
 import posixpath
 import re
@@ -40,7 +47,7 @@ import warnings
 import h5py
 import numpy as np
 
-from keras_dla import files, readers
+from keras_dla import checksum, files, readers
 
 try:  # POSIX; elsewhere the unique temporary names alone keep concurrent loads correct
     import fcntl
@@ -51,7 +58,9 @@ MIRROR_ENV = "KERAS_DLA_WEIGHTS_MIRROR"
 CACHE_SUFFIX = ".keras_dla.h5"
 # 3: layer names with underscores for dots (`keras_dla.names`); a cache of an earlier format is converted again.
 CACHE_FORMAT = "keras_dla-weights-by-layer-name-3"
-TIMEOUT_S = 30
+TIMEOUT_S = 30  # for one read
+TIMEOUT_ENV = "KERAS_DLA_DOWNLOAD_TIMEOUT"
+DOWNLOAD_TIMEOUT_S = 900  # for a whole download: the largest checkpoint at 0.25 MB/s
 MAX_DOWNLOAD_BYTES = 2 << 30  # the largest DLA checkpoint is 0.2 GB; a host streaming more is broken
 _CHUNK = 1 << 20
 _HEX = re.compile(r"[0-9a-f]+")
@@ -276,24 +285,49 @@ def _expected_digest(source, path):
 # --- download -------------------------------------------------------------------------------------------------
 
 
+def download_timeout(timeout=None):
+    """The seconds a whole download, or a wait for another process's, may take.
+
+    `timeout` when given, else `$KERAS_DLA_DOWNLOAD_TIMEOUT`, else `DOWNLOAD_TIMEOUT_S`.
+    """
+    if timeout is None:
+        text = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not text:
+            return DOWNLOAD_TIMEOUT_S
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{TIMEOUT_ENV} should be a positive number of seconds. Received: {TIMEOUT_ENV}={text!r}")
+        return value
+    number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+    if not (number and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"`timeout` should be a positive number of seconds. Received: timeout={timeout!r}")
+    return float(timeout)
+
+
 class _Progress:
-    """A one-line download progress bar on stderr (a start and an end line when stderr is not a terminal)."""
+    """Download progress on stderr: a one-line bar on a terminal, else a line every few seconds."""
 
     def __init__(self, label, total):
         self.label, self.total = label, total
         self.tty = sys.stderr.isatty()
-        self.last = 0.0
+        self.start = self.last = time.monotonic()
         print(f"Downloading {label}" + (f" ({total / 1e6:.1f} MB)" if total else ""), file=sys.stderr, flush=True)
 
     def update(self, done):
         now = time.monotonic()
-        if not self.tty or now - self.last < 0.1:
+        if now - self.last < (0.1 if self.tty else 5.0):
             return
         self.last = now
-        if self.total:
+        of_total = f"/{self.total / 1e6:.1f}" if self.total else ""
+        if not self.tty:
+            print(f"  {done / 1e6:.1f}{of_total} MB after {now - self.start:.0f} s", file=sys.stderr, flush=True)
+        elif self.total:
             filled = int(30 * done / self.total)
             bar = "=" * filled + "." * (30 - filled)
-            print(f"\r  [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+            print(f"\r  [{bar}] {done / 1e6:.1f}{of_total} MB", end="", file=sys.stderr, flush=True)
         else:
             print(f"\r  {done / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
 
@@ -322,31 +356,46 @@ def _published_sha256(header_sets):
     return None
 
 
-def _download(url, path, expected):
-    """Downloads `url` to `path` (atomically) and verifies it; returns the verified digest."""
+def _download(url, path, expected, timeout):
+    """Downloads `url` to `path` (atomically) within `timeout` seconds and verifies it; returns the verified digest."""
     recorder = _RecordRedirects()
     opener = urllib.request.build_opener(recorder)
     request = urllib.request.Request(url, headers={"User-Agent": "keras_dla"})
+    deadline = time.monotonic() + timeout
+    done = 0
+
+    def too_long():
+        return _SourceError(
+            f"the download of {url} did not finish within {timeout:g} s ({done} bytes received); set "
+            f"{TIMEOUT_ENV} to allow longer"
+        )
+
     with files.replaced_on_success(path) as tmp:
         try:
-            with opener.open(request, timeout=TIMEOUT_S) as response:
+            with opener.open(request, timeout=min(TIMEOUT_S, timeout)) as response:
                 length = response.headers.get("Content-Length") or "0"
                 total = int(length) if length.isdigit() else 0
                 progress = _Progress(url, total)
-                digest, done = hashlib.sha256(), 0
+                digest = hashlib.sha256()
+                # read1 returns what has arrived; read(n) would wait for all n bytes, past the deadline.
+                read = getattr(response, "read1", response.read)
                 with open(tmp, "wb") as out:
-                    while chunk := response.read(_CHUNK):
+                    while chunk := read(_CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
                         done += len(chunk)
                         progress.update(done)
                         if done > MAX_DOWNLOAD_BYTES:
                             raise _SourceError(f"{url} sent more than {MAX_DOWNLOAD_BYTES} bytes")
+                        if time.monotonic() > deadline:
+                            raise too_long()
                 progress.close(done)
                 headers = [*recorder.headers, response.headers]
         except urllib.error.HTTPError as e:
             raise _SourceError(f"{url} answered HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            if time.monotonic() > deadline:
+                raise too_long() from None
             raise _SourceError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
         if total and done != total:
             raise _SourceError(f"download of {url} ended after {done} of {total} bytes")
@@ -360,13 +409,37 @@ def _download(url, path, expected):
 
 
 @contextlib.contextmanager
-def _lock(path):
-    """An exclusive lock on `path + ".lock"` while one process fetches and converts that file."""
+def _lock(path, timeout):
+    """An exclusive lock on `path + ".lock"` while one process fetches and converts that file.
+
+    A process that finds it held says what it waits for, and gives up after `timeout` seconds.
+    """
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with open(path + ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    lock_path = path + ".lock"
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"Waiting for another process to fetch {os.path.basename(path)} (it holds the lock {lock_path}; "
+                f"at most {timeout:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            deadline = time.monotonic() + timeout
+            while True:
+                time.sleep(0.2)
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise _SourceError(
+                            f"another process held the lock {lock_path} for more than {timeout:g} s; set "
+                            f"{TIMEOUT_ENV} to wait longer"
+                        ) from None
         try:
             yield
         finally:
@@ -390,11 +463,13 @@ def _mirror_location(source, mirror):
     return os.path.join(mirror, name)
 
 
-def _fetch(source, directory, mirror=None, download=True):
+def _fetch(source, directory, mirror=None, download=True, timeout=None):
     """A verified local copy of `source`: from the cache, the mirror or the upstream host, in that order.
 
-    `mirror` defaults to `$KERAS_DLA_WEIGHTS_MIRROR`; `download=False` reads local files only.
+    `mirror` defaults to `$KERAS_DLA_WEIGHTS_MIRROR`; `download=False` reads local files only; `timeout` is the
+    deadline of each download (`download_timeout`).
     """
+    timeout = download_timeout(timeout)
     problems = []
     cached = os.path.join(directory, source.filename)
     mirror = os.environ.get(MIRROR_ENV) if mirror is None else os.fspath(mirror)
@@ -411,7 +486,7 @@ def _fetch(source, directory, mirror=None, download=True):
                 return location
             if not download:
                 continue
-            digest = _download(location, cached, source.sha256)
+            digest = _download(location, cached, source.sha256, timeout)
             if source.sha256 is None:
                 files.write_text(_verified_digest_path(cached), digest + "\n")
             return cached
@@ -424,22 +499,25 @@ def _fetch(source, directory, mirror=None, download=True):
     raise _SourceError("; ".join(problems) or "no location")
 
 
-def fetch_checkpoint(entry, *, mirror=None, download=True):
+def fetch_checkpoint(entry, *, mirror=None, download=True, timeout=None):
     """The checkpoint of the first source of `entry` (a `Pretrained`) that gives a verified file.
 
     Args:
         entry: e.g. `PRETRAINED["dla34"]["imagenet"]`.
         mirror: a folder or base URL tried before each upstream host (default `$KERAS_DLA_WEIGHTS_MIRROR`).
         download: False to use local files only (the cache and a folder mirror).
+        timeout: seconds each whole download may take (default `$KERAS_DLA_DOWNLOAD_TIMEOUT`, else 900).
 
     Returns:
         `(path, source)`: the verified local file and the `Source` it came from.
     """
+    timeout = download_timeout(timeout)
     directory = cache_dir()
+    files.remove_stale(directory)  # what a killed download or conversion left
     problems = []
     for source in entry.sources:
         try:
-            return _fetch(source, directory, mirror=mirror, download=download), source
+            return _fetch(source, directory, mirror=mirror, download=download, timeout=timeout), source
         except _SourceError as e:
             problems.append(f"{source.host}: {e}")
     raise ValueError(
@@ -472,6 +550,7 @@ def save_by_layer_name(model, path, attrs=None):
         flat = np.concatenate(values)
         # 4 MB chunks: each one checksummed, few enough that reading them all costs little over raw I/O.
         f.create_dataset("values", data=flat, chunks=(min(flat.size, 1 << 20),), fletcher32=True)
+        f.attrs[checksum.DIGEST_ATTR] = checksum.datasets_digest(f)
 
 
 def load_by_layer_name(model, path, variant):
@@ -479,8 +558,10 @@ def load_by_layer_name(model, path, variant):
 
     Raises:
         OSError: the file is unreadable or fails its checksums.
-        ValueError: the file is not a keras_dla weights file of `variant` or does not fit `model`.
+        ValueError: the file is not a keras_dla weights file of `variant`, fails its sha256
+            (`checksum.DamagedWeightsError`) or does not fit `model`.
     """
+    checksum.verify(path)
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") != CACHE_FORMAT:
             raise ValueError(f"it is in the format {f.attrs.get('format')!r}, not {CACHE_FORMAT!r}")
@@ -582,8 +663,10 @@ def _load_cached(model, path, variant):
         return False
 
 
-def load_pretrained(model, variant, tag):
+def load_pretrained(model, variant, tag, timeout=None):
     """Loads the weights `find(variant, tag)` describes into `model`, fetching and converting once.
+
+    `timeout` is the deadline of each download and of a wait for another process's (`download_timeout`).
 
     Raises:
         ValueError: no source gave a verified, loadable file (each one's reason is in the message).
@@ -593,7 +676,9 @@ def load_pretrained(model, variant, tag):
     entry = find(variant, tag)
     if entry is None:
         raise ValueError(f"No weights tagged {tag!r} for {variant}. Received: weights={tag!r}")
+    timeout = download_timeout(timeout)
     directory = cache_dir()
+    files.remove_stale(directory)  # what a killed download or conversion left
     for source in entry.sources:  # warm path: a converted file, no network, no checkpoint
         if _suffix(source.filename) != ".weights.h5" and _load_cached(
             model, _converted_path(source, directory), variant
@@ -603,10 +688,10 @@ def load_pretrained(model, variant, tag):
     for source in entry.sources:
         converted = _converted_path(source, directory)
         try:
-            with _lock(os.path.join(directory, source.filename)):
+            with _lock(os.path.join(directory, source.filename), timeout):
                 if _suffix(source.filename) != ".weights.h5" and _load_cached(model, converted, variant):
                     return  # another process converted it while this one waited
-                local = _fetch(source, directory)
+                local = _fetch(source, directory, timeout=timeout)
                 if _suffix(source.filename) == ".weights.h5":
                     convert.load_weights(model, local)
                     return

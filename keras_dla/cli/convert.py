@@ -63,12 +63,17 @@ def run(args):
 
 
 def convert_to_file(model, output):
-    """Saves `model`'s weights atomically to `output` (.weights.h5); returns a one-line summary."""
+    """Saves `model`'s weights atomically to `output` (.weights.h5), with their checksum; returns a one-line summary.
+
+    What a killed conversion left beside `output` (`files.remove_stale`) is removed first.
+    """
     import numpy as np
 
-    from keras_dla import files, weights
+    from keras_dla import checksum, files, weights
 
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    files.write_atomically(output, model.save_weights)
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    files.remove_stale(directory, suffix="." + os.path.basename(output))
+    checksum.save_weights(model, output)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     return f"{trainable:,} parameters, sha256 {weights.sha256_of(output)}"
