@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -531,19 +532,31 @@ def read_list_files(root, split):
     return images, labels, info
 
 
-def check_labels(masks, classes, dataset, split=None):
+def _out_of_range(values, classes):
+    return [int(v) for v in values if not (0 <= v < classes or v == IGNORE_LABEL)]
+
+
+def check_labels(masks, classes, dataset, split=None, paths=None):
     """Raises a ValueError when a mask value is neither in [0, classes) nor 255, when there are fewer than 2
     classes, or when the masks of the training split (`split="train"`) label one class only.
+
+    `paths`, the files the masks were read from, lets the message name the first file with a bad value.
     """
     if classes < 2:
         raise ValueError(
             f"Segmentation needs at least 2 classes; the data set has {classes}. Received: dataset={dataset!r}"
         )
-    values = np.unique(np.concatenate([np.unique(np.asarray(m)) for m in masks])) if len(masks) else []
-    bad = [int(v) for v in values if not (0 <= v < classes or v == IGNORE_LABEL)]
+    per_mask = [np.unique(np.asarray(m)) for m in masks]
+    values = np.unique(np.concatenate(per_mask)) if per_mask else []
+    bad = _out_of_range(values, classes)
     if bad:
+        where = ""
+        if paths is not None:
+            first = next(i for i, v in enumerate(per_mask) if _out_of_range(v, classes))
+            more = sum(1 for v in per_mask[first + 1 :] if _out_of_range(v, classes))
+            where = f" in {paths[first]}" + (f" (and {more} more masks)" if more else "")
         raise ValueError(
-            f"Segmentation labels should be in [0, {classes}) or {IGNORE_LABEL} (ignored); found {bad[:10]}. "
+            f"Segmentation labels should be in [0, {classes}) or {IGNORE_LABEL} (ignored); found {bad[:10]}{where}. "
             f"Received: dataset={dataset!r}"
         )
     labelled = [int(v) for v in values if v != IGNORE_LABEL]
@@ -555,6 +568,39 @@ def check_labels(masks, classes, dataset, split=None):
 
 
 LABEL_CHECK_LIMIT = 512  # masks read before training to validate label values (all of an embedded set)
+# What a mask file with a label out of range stops the pipeline with (`_checked_mask`), as `mask_label_error` reads it.
+_MASK_ERROR_PATTERN = re.compile(r"The segmentation mask (.+?) holds label (\d+), outside \[0, (\d+)\) and not")
+
+
+def _checked_mask(mask, path, classes):
+    """`mask`, read from `path`, passed on once its labels are in [0, classes) or 255.
+
+    Every mask is checked as the pipeline reads it (those past `LABEL_CHECK_LIMIT` are checked nowhere else): a
+    bad label fails the pipeline with an InvalidArgumentError naming the file, which `mask_label_error` turns into
+    a sentence, where the loss or the metric would fail on a batch that names no file.
+    """
+    labels = tf.cast(mask, tf.int32)
+    bad = tf.logical_and(labels >= classes, labels != IGNORE_LABEL)
+    found = tf.strings.as_string(tf.reduce_max(tf.where(bad, labels, -1)))
+    outside = f", outside [0, {classes}) and not {IGNORE_LABEL} (ignored)"
+    message = tf.strings.join(["The segmentation mask ", path, " holds label ", found, outside])
+    check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(mask)
+
+
+def mask_label_error(error, dataset):
+    """The sentence for an error that `_checked_mask` raised (naming the file), or None for any other error."""
+    if not isinstance(error, tf.errors.InvalidArgumentError):
+        return None
+    found = _MASK_ERROR_PATTERN.search(error.message)
+    if found is None:
+        return None
+    path, value, classes = found.groups()
+    return (
+        f"Segmentation labels should be in [0, {classes}) or {IGNORE_LABEL} (ignored); the mask {path} holds "
+        f"{value} (found as training read it). Received: dataset={dataset!r}"
+    )
 
 
 def segmentation_data(
@@ -590,7 +636,8 @@ def segmentation_data(
     Returns:
         `(dataset, info)`: images float32 normalised with `info.mean` / `info.std`, masks uint8 with 255 ignored.
         Before returning, the masks of an embedded data set (all) or a folder (the first 512) are checked to
-        lie in [0, classes) or be 255.
+        lie in [0, classes) or be 255; a folder's other masks are checked as the pipeline reads them, and a bad
+        one stops it with an error naming the file (`mask_label_error` makes it a sentence).
     """
     if split not in ("train", "validation"):
         raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
@@ -633,10 +680,12 @@ def segmentation_data(
             dataset, num_classes, names, len(image_paths), len(mean), mean, std, tuple(image_paths + label_paths)
         )
         check_image_files(image_paths + label_paths, dataset)
-        check_labels([_read_label_file(p) for p in label_paths[:LABEL_CHECK_LIMIT]], num_classes, dataset, split)
+        checked = label_paths[:LABEL_CHECK_LIMIT]
+        check_labels([_read_label_file(p) for p in checked], num_classes, dataset, split, paths=checked)
         ds = tf.data.Dataset.from_tensor_slices((image_paths, label_paths))
         ds = ds.map(
-            lambda p, q: (_decode(p, info.channels), _decode(q, 1)[..., 0]), num_parallel_calls=tf.data.AUTOTUNE
+            lambda p, q: (_decode(p, info.channels), _checked_mask(_decode(q, 1)[..., 0], q, num_classes)),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
         base = dataset.split("/")[0].split(":")[0]

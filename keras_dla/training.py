@@ -737,6 +737,9 @@ def train(config):
     except BaseException as e:
         if fresh:
             run_dir.discard_if_unresumable()
+        mask_error = datasets.mask_label_error(e, config.dataset)
+        if mask_error is not None:
+            raise ValueError(mask_error) from e
         if isinstance(e, tf.errors.InvalidArgumentError) and "Decode" in e.message:
             reason = checks.op_error_reason(e)
             image_files = info.files + val_info.files

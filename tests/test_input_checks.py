@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import checks, cli, convert, dla, dla_up, export, segmentation
+from keras_dla import checks, cli, convert, datasets, dla, dla_up, export, segmentation, training
 from keras_dla.cli import predict as predict_command
-from tests.test_data import write_png
+from tests.test_data import make_list_folder, write_png
 from tests.test_export import tiny_model
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -282,3 +282,73 @@ def test_predict_reports_scores_that_are_not_finite(tmp_path, capsys, monkeypatc
     errors = [line for line in err.splitlines() if line.startswith("keras-dla predict:")]
     assert out == "" and [line.rsplit("Received: ", 1)[1] for line in errors] == paths
     assert all("the model's scores for it are not finite" in line for line in errors)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Segmentation labels out of range in any mask
+
+
+@pytest.mark.parametrize("bad_value, classes", [(5, 5), (40, 5), (254, 5), (12, 10)])
+def test_an_out_of_range_label_up_front_names_its_file(tmp_path, bad_value, classes):
+    root = make_list_folder(str(tmp_path / "seg"), count=5, classes=min(classes, 5), bad_value=bad_value)
+    bad = os.path.join(root, "labels", "train4.png")
+    with pytest.raises(ValueError, match=rf"found \[{bad_value}\] in {re.escape(bad)}\. Received: dataset="):
+        datasets.segmentation_data(root, classes=classes)
+    for i in (0, 2):  # more files with bad labels: the first is named, the others counted
+        mask = np.zeros((48, 56), np.uint8)
+        mask[0, i] = bad_value
+        write_png(os.path.join(root, "labels", f"train{i}.png"), mask)
+    first = os.path.join(root, "labels", "train0.png")
+    with pytest.raises(ValueError, match=rf"found \[{bad_value}\] in {re.escape(first)} \(and 2 more masks\)\. Rec"):
+        datasets.segmentation_data(root, classes=classes)
+
+
+def _pipeline_error(root, split, classes):
+    ds, _ = datasets.segmentation_data(root, split=split, classes=classes, crop_size=32, batch_size=2, training=False)
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        for _ in ds:
+            pass
+    return caught.value
+
+
+@pytest.mark.parametrize("bad_value", [5, 77, 254])
+def test_a_label_past_the_checked_masks_is_named_as_the_pipeline_reads_it(tmp_path, monkeypatch, bad_value):
+    monkeypatch.setattr(datasets, "LABEL_CHECK_LIMIT", 2)
+    root = make_list_folder(str(tmp_path / "seg"), count=6, bad_value=bad_value)
+    bad = os.path.join(root, "labels", "train5.png")
+    error = _pipeline_error(root, "train", 5)
+    assert f"The segmentation mask {bad} holds label {bad_value}, outside [0, 5)" in error.message
+    sentence = datasets.mask_label_error(error, root)
+    assert sentence == (
+        f"Segmentation labels should be in [0, 5) or 255 (ignored); the mask {bad} holds {bad_value} (found as "
+        f"training read it). Received: dataset={root!r}"
+    )
+    # The validation split is read the same way.
+    val_bad = os.path.join(root, "labels", "val3.png")
+    mask = np.zeros((48, 56), np.uint8)
+    mask[47, 55] = bad_value
+    write_png(val_bad, mask)
+    assert f"mask {val_bad} holds {bad_value}" in datasets.mask_label_error(
+        _pipeline_error(root, "validation", 5), root
+    )
+    assert datasets.mask_label_error(tf.errors.InvalidArgumentError(None, None, "Invalid PNG"), root) is None
+    assert datasets.mask_label_error(ValueError("x"), root) is None
+
+
+def test_a_label_out_of_range_mid_fit_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "LABEL_CHECK_LIMIT", 1)
+    root = make_list_folder(str(tmp_path / "seg"), count=4, size=(32, 32), classes=3)
+    bad = {os.path.join(root, "labels", f"train{i}.png") for i in (1, 2, 3)}
+    for path in bad:  # every mask but the one checked up front: the first batch holds one, whatever the shuffle
+        mask = np.ones((32, 32), np.uint8)
+        mask[5, 5] = 9
+        write_png(path, mask)
+    output = str(tmp_path / "run")
+    config = training.TrainConfig(
+        task="segmentation", model="dla46_cup", dataset=root, classes=3, epochs=1, steps_per_epoch=2, batch_size=2,
+        image_size=32, lr=0.01, output=output, verbose=0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"in \[0, 3\) or 255 \(ignored\); the mask .* holds 9 .*Received") as caught:
+        training.train(config)
+    named = str(caught.value).split("the mask ", 1)[1].split(" holds 9", 1)[0]
+    assert named in bad and not os.path.exists(output)
