@@ -510,10 +510,10 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
         segmenter = pack("ImageSegmenterOptions", options, _SEGMENTER_IDENTIFIER)
         subgraph_metadata["custom_metadata"] = [{"name": SEGMENTER_METADATA_NAME, "data": segmenter}]
         parser_version = _CUSTOM_METADATA_PARSER_VERSION
-    task = "semantic segmentation" if segmentation else "image classification"
+    task = "A semantic segmentation" if segmentation else "An image classification"
     metadata = {
         "name": name or os.path.splitext(os.path.basename(path))[0],
-        "description": description or f"A {task} model exported by keras_dla.",
+        "description": description or f"{task} model exported by keras_dla.",
         "subgraph_metadata": [subgraph_metadata],
         "min_parser_version": parser_version,
     }
