@@ -49,7 +49,18 @@ setup(
             "jax[cpu]",
             # MediaPipe's ImageClassifier and ImageSegmenter run the exported TFLite files from their metadata.
             "mediapipe",
+            # ONNX and OpenVINO export (tests/test_export_onnx.py): the "onnx" and "openvino" extras.
+            "tf2onnx",
+            "onnx",
+            "onnxruntime",
+            "openvino",
         ],
+        # ONNX export (keras_dla.export_onnx, `keras-dla export --format onnx`): Keras' exporter converts with
+        # tf2onnx; ONNX Runtime runs the file for the parity check and quantises it to int8.
+        "onnx": ["tf2onnx", "onnx", "onnxruntime"],
+        # OpenVINO export: OpenVINO converts and runs the model; a graph its TensorFlow front end cannot shape
+        # (DLA-Up's upsampling) goes through tf2onnx's ONNX export.
+        "openvino": ["openvino", "tf2onnx", "onnx"],
         # benchmarks/performance.py: timm's model exported to ONNX and run by ONNX Runtime, peak memory.
         "bench": ["onnx", "onnxscript", "onnxruntime"],
     },

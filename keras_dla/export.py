@@ -27,12 +27,12 @@ import time
 import keras
 import numpy as np
 
-from keras_dla import checks, fast_paths, files
+from keras_dla import artifact, checks, fast_paths, files
 from keras_dla.datasets import IMAGE_EXTENSIONS
 from keras_dla.export_verify import SERVING_SIGNATURE, ExportReport, verify_export
 from keras_dla.preprocessing import PREPROCESSING, resolve_preprocess
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 __all__ = [
     "FORMATS",
@@ -202,6 +202,7 @@ def export_saved_model(
     batch_size=None,
     uint8_input=False,
     preprocess="imagenet",
+    labels=None,
     overwrite=False,
 ):
     """Exports `model` as a TensorFlow SavedModel with a `serving_default` signature.
@@ -216,6 +217,8 @@ def export_saved_model(
             before the model, so that callers send raw images.
         preprocess: with `uint8_input`, a name in `PREPROCESSING` (`"imagenet"`: the DLA normalisation,
             `"unit"`: x / 255, `"none"`) or a callable on float32 tensors.
+        labels: optional file of class names (one a line) for the JSON sidecar (`keras_dla.artifact`) written
+            beside the SavedModel as `<path>.json`.
         overwrite: replace an existing `path`; otherwise an existing path is an error.
 
     Returns:
@@ -235,6 +238,7 @@ def export_saved_model(
     export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
     with _atomic_target(target, overwrite, is_dir=True) as tmp:
         export_model.export(tmp, format="tf_saved_model", input_signature=_input_signature(shape, dtype), verbose=False)
+    artifact.write_tf_sidecar(model, target, "saved_model", shape, dtype, uint8_input, preprocess, labels)
     return target
 
 
@@ -412,6 +416,7 @@ def export_tflite(
     integer_io=False,
     uint8_input=False,
     preprocess="imagenet",
+    labels=None,
     overwrite=False,
     verbose=True,
 ):
@@ -432,6 +437,7 @@ def export_tflite(
             accelerators; the scales and zero points are in the interpreter's tensor details.
         uint8_input: if True, the model takes uint8 RGB pixels and applies `preprocess` first.
         preprocess: see `export_saved_model`.
+        labels: see `export_saved_model` (the sidecar is `<path>.json`).
         overwrite: replace an existing `path`; otherwise an existing path is an error.
         verbose: show the progress of int8 calibration (the long part of an int8 export).
 
@@ -497,13 +503,27 @@ def export_tflite(
                 "The model uses TensorFlow ops that TFLite's builtin op set lacks and would need the Flex "
                 f"(select TF ops) runtime, which keras_dla does not export. Received: a model with the ops {flex}"
             ) from None
+    artifact.write_tf_sidecar(
+        model, target, "tflite", shape, dtype, uint8_input, preprocess, labels, quantization=quantization
+    )
     return target
 
 
 def export(model, path, *, format="saved_model", quantization=None, **kwargs):
-    """Exports `model` in `format` (`"saved_model"` or `"tflite"`); see `export_saved_model`, `export_tflite`."""
+    """Exports `model` in `format`, one of `FORMATS`; see `export_saved_model`, `export_tflite` and
+    `keras_dla.export_onnx.export_onnx`, `export_openvino`."""
     if format not in FORMATS:
         raise ValueError(f"`format` should be one of {FORMATS}. Received: format={format!r}")
+    if format in ("onnx", "openvino"):
+        from keras_dla import export_onnx
+
+        if format == "onnx":
+            return export_onnx.export_onnx(model, path, quantization=quantization, **kwargs)
+        if quantization is not None:
+            raise ValueError(
+                f"OpenVINO export is float32 only. Received: format='openvino', quantization={quantization!r}"
+            )
+        return export_onnx.export_openvino(model, path, **kwargs)
     if format == "saved_model":
         if quantization is not None:
             raise ValueError(

@@ -1,7 +1,8 @@
 """Measure an exported artefact against its Keras model: `verify_export` and its `ExportReport`.
 
-`verify_export` runs a SavedModel (with `tf.saved_model.load`) or a `.tflite` file (with the LiteRT
-interpreter) next to the Keras model it came from, on the same images, and reports the largest difference,
+`verify_export` runs a SavedModel (with `tf.saved_model.load`), a `.tflite` file (with the LiteRT
+interpreter), an `.onnx` file (with ONNX Runtime) or an OpenVINO `.xml` file (with OpenVINO's CPU plugin)
+next to the Keras model it came from, on the same images, and reports the largest difference,
 top-1 or pixel agreement, file size and single-image latency. `keras_dla.export` writes the artefacts.
 """
 
@@ -16,6 +17,8 @@ from keras_dla import checks
 from keras_dla.preprocessing import resolve_preprocess
 
 SERVING_SIGNATURE = "serving_default"
+# ONNX Runtime's names of the input types an exported image model may take.
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
 @dataclasses.dataclass
@@ -24,8 +27,8 @@ class ExportReport:
 
     Attributes:
         path: the artefact.
-        format: `"saved_model"` or `"tflite"`.
-        size_bytes: file size (a SavedModel: all of its files).
+        format: `"saved_model"`, `"tflite"`, `"onnx"` or `"openvino"`.
+        size_bytes: file size (a SavedModel: all of its files; OpenVINO: the .xml and its .bin).
         samples: images compared.
         max_abs_diff: largest absolute difference of any output value.
         max_rel_diff: `max_abs_diff` relative to the largest absolute Keras output value.
@@ -66,6 +69,9 @@ class ExportReport:
 
 
 def _size(path):
+    if os.path.isfile(path) and path.endswith(".xml"):  # OpenVINO IR: the graph and its weights beside it
+        weights = path[: -len(".xml")] + ".bin"
+        return os.path.getsize(path) + (os.path.getsize(weights) if os.path.isfile(weights) else 0)
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
@@ -108,6 +114,10 @@ class _Runner:
             self.dtype = np.dtype(spec.dtype.as_numpy_dtype)
             self._in_quant = None
             self._out_quant = None
+        elif os.path.isfile(path) and path.endswith(".onnx"):
+            self._init_onnx(path, num_threads)
+        elif os.path.isfile(path) and path.endswith(".xml"):
+            self._init_openvino(path, num_threads)
         elif os.path.isfile(path):
             self.format = "tflite"
             try:
@@ -127,11 +137,68 @@ class _Runner:
         else:
             raise ValueError(f"No exported model at this path. Received: path={path!r}")
 
+    def _init_onnx(self, path, num_threads):
+        from keras_dla.export_onnx import require
+
+        (ort,) = require("onnx", "onnxruntime")
+        self.format = "onnx"
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        try:
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types, over several lines
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ValueError(f"Not an ONNX model ONNX Runtime can run: {first}. Received: path={path!r}") from None
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"Expected an ONNX model with one input. Received: inputs {[i.name for i in inputs]}")
+        self._input_name = inputs[0].name
+        self.shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        self.dtype = np.dtype(ONNX_TYPES.get(inputs[0].type, "float32"))
+        self._output_names = [o.name for o in session.get_outputs()]
+        self._session = session
+        self._in_quant = None
+        self._out_quant = {}
+
+    def _init_openvino(self, path, num_threads):
+        from keras_dla.export_onnx import require
+
+        (ov,) = require("openvino", "openvino")
+        self.format = "openvino"
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": num_threads} if num_threads else {}
+        try:
+            compiled = core.compile_model(path, "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError with its own multi-line report
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ValueError(f"Not an OpenVINO model OpenVINO can run: {first}. Received: path={path!r}") from None
+        if len(compiled.inputs) != 1:
+            raise ValueError(f"Expected an OpenVINO model with one input. Received: {len(compiled.inputs)} inputs")
+        given = compiled.inputs[0]
+        self._input_name = given.get_any_name()
+        self.shape = tuple(d.get_length() if d.is_static else None for d in given.get_partial_shape())
+        self.dtype = np.dtype(given.get_element_type().to_dtype())
+        self._output_names = [o.get_any_name() for o in compiled.outputs]
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._in_quant = None
+        self._out_quant = {}
+
     def feed_dtype(self):
         """The dtype of the images the caller prepares: uint8 pixels, or float (quantized here for int8)."""
         return np.dtype("uint8") if self.dtype == np.uint8 else np.dtype("float32")
 
     def __call__(self, x):
+        if self.format == "onnx":
+            outputs = self._session.run(None, {self._input_name: x})
+            return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._output_names, outputs, strict=True)}
+        if self.format == "openvino":
+            results = self._request.infer({0: x})
+            return {
+                n: np.asarray(results[o], dtype=np.float32)
+                for n, o in zip(self._output_names, self._compiled.outputs, strict=True)
+            }
         if self.format == "saved_model":
             outputs = self._fn(**{self._input_name: x})
             return {k: np.asarray(v) for k, v in outputs.items()}
@@ -191,8 +258,9 @@ def verify_export(
 
     Args:
         model: the Keras model that was exported.
-        path: the SavedModel directory (loaded with `tf.saved_model.load`) or `.tflite` file (run with the
-            `ai_edge_litert` interpreter, or `tf.lite.Interpreter` when LiteRT is not installed).
+        path: the SavedModel directory (loaded with `tf.saved_model.load`), `.tflite` file (run with the
+            `ai_edge_litert` interpreter, or `tf.lite.Interpreter` when LiteRT is not installed), `.onnx` file
+            (ONNX Runtime, CPU) or OpenVINO `.xml` file (OpenVINO, CPU).
         inputs: optional images `(N, H, W, C)` in the form the artefact takes: uint8 pixels for a uint8-input
             artefact, otherwise what the Keras model takes. Real images make the agreement meaningful. They must
             be finite: a NaN or an infinity is refused, as no parity can be measured on it.
@@ -201,7 +269,7 @@ def verify_export(
         seed: seed of the random images.
         preprocess: for a uint8-input artefact, the preprocessing it carries (to feed the Keras model the same).
         latency_runs: timed single-image runs (after one warm-up) for the latency medians.
-        num_threads: TFLite interpreter threads (`None`: the interpreter's default).
+        num_threads: runtime threads (`None`: the runtime's default).
 
     Returns:
         An `ExportReport`.
@@ -279,7 +347,7 @@ def verify_export(
     return ExportReport(
         path=os.path.abspath(path),
         format=runner.format,
-        size_bytes=_size(path),
+        size_bytes=_size(os.fspath(path)),
         samples=len(inputs),
         max_abs_diff=max_abs,
         max_rel_diff=max_abs / scale if scale > 0 else max_abs,

@@ -96,9 +96,12 @@ def test_int8_from_a_folder_of_real_images_with_uint8_input(capsys, tmp_path, ke
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--format", "onnx"], "--format should be one of saved_model, tflite. Received: --format onnx"),
+        (["--format", "coreml"], "should be one of saved_model, tflite, onnx, openvino. Received: --format coreml"),
+        (["--format", "onnx"], "--format onnx writes a .onnx file. Received: --output"),
+        (["--format", "onnx", "--quantize", "float16"], "does not apply to --format onnx"),
+        (["--format", "onnx", "--integer-io"], "--integer-io applies to --format tflite only"),
         (["--format", "tflite", "--quantize", "int4"], "Received: --quantize int4"),
-        (["--format", "saved_model", "--quantize", "float16"], "tflite only. Received: --format saved_model"),
+        (["--format", "saved_model", "--quantize", "float16"], "does not apply to --format saved_model"),
         (["--format", "tflite", "--quantize", "int8"], "pass --representative"),
         (["--format", "tflite", "--integer-io"], "--integer-io needs --quantize int8"),
         (["--format", "tflite", "--representative", "no_such_set", "--quantize", "int8"], "'no_such_set'"),
@@ -225,4 +228,36 @@ def test_existing_output_needs_overwrite(capsys, tmp_path, keras_file):
     assert code == 0, err
     assert parities(out)[0][0] <= TOLERANCE
     assert export.verify_export(model, output, num_random=2, latency_runs=1).max_abs_diff <= TOLERANCE
-    assert os.listdir(tmp_path) == ["tiny.tflite"]
+    assert sorted(os.listdir(tmp_path)) == ["tiny.tflite", "tiny.tflite.json"]
+
+
+def test_onnx_and_openvino_print_their_contract(capsys, tmp_path):
+    for fmt, name in (("onnx", "m.onnx"), ("openvino", "m.xml")):
+        output = tmp_path / name
+        code, out, err = run_cli(
+            capsys, "--model", "dla46_c", "--weights", "none", "--format", fmt, "--input-size", 32, 32,
+            "--classes", 3, "--samples", 2, "--output", output,
+        )  # fmt: skip
+        assert code == 0, err
+        assert f"contract ({output}.json):" in out
+        assert "input 'images': float32 [None, 32, 32, 3] (NHWC): RGB pixels in [0, 255], then (x - mean) / std" in out
+        assert "output 'probabilities': probabilities [None, 3] over 3 classes (0, 1, 2)" in out
+        diffs, agreements = parities(out)
+        assert diffs[0] <= TOLERANCE and agreements == [1.0]
+
+
+def test_onnx_int8_from_real_images(capsys, tmp_path):
+    folder = tmp_path / "garments"
+    folder.mkdir()
+    _, (garments, _) = fashion_mnist.load_data()
+    for i, garment in enumerate(garments[:12]):
+        keras.utils.save_img(folder / f"{i:02d}.png", np.repeat(garment[:, :, None], 3, axis=-1), scale=False)
+    output = tmp_path / "q.onnx"
+    code, out, err = run_cli(
+        capsys, "--model", "dla46_c", "--weights", "none", "--format", "onnx", "--quantize", "int8",
+        "--representative", folder, "--input-size", 32, 32, "--classes", 3, "--calibration-steps", 8,
+        "--samples", 4, "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "parity on 4 real images" in out and "quantization: " in out
+    assert "int8 static, ONNX Runtime QDQ" in out

@@ -101,7 +101,8 @@ def test_classifier_exports_match_keras(variant, tmp_path):
         assert report.format == "saved_model"
         assert report.max_abs_diff <= TOLERANCE, report.summary()
         assert report.top1_agreement == 1.0
-    assert sorted(os.listdir(tmp_path)) == ["model.tflite", "saved_model"]  # no temporary leftovers
+    # No temporary leftovers; each artefact has its JSON sidecar (keras_dla.artifact).
+    assert sorted(os.listdir(tmp_path)) == ["model.tflite", "model.tflite.json", "saved_model", "saved_model.json"]
 
 
 def test_dla_up_exports_match_keras(tmp_path):
@@ -396,7 +397,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     assert export.verify_export(model, target, num_random=2, latency_runs=1).max_abs_diff <= TOLERANCE
     report = export.verify_export(model, saved, images(2, 8), latency_runs=1)
     assert report.max_abs_diff <= TOLERANCE
-    assert sorted(os.listdir(tmp_path)) == ["m.tflite", "sm"]
+    assert sorted(os.listdir(tmp_path)) == ["m.tflite", "m.tflite.json", "sm", "sm.json"]
 
 
 class Determinant(keras.layers.Layer):

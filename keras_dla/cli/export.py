@@ -1,8 +1,10 @@
-"""`keras-dla export`: a DLA classifier, DLA-Up model or saved `.keras` model as a SavedModel or TFLite file.
+"""`keras-dla export`: a DLA classifier, DLA-Up model or saved `.keras` model as a SavedModel, TFLite, ONNX or
+OpenVINO file, with its JSON sidecar (`keras_dla.artifact`: what to feed it, what it returns, the class names).
 
-The exported artefact is then run next to the Keras model (`keras_dla.export.verify_export`) and its size,
-parity and single-image latency are printed. Parity is measured on real images when `--representative`
-gives them (images the int8 calibration did not use), and always on random ones.
+The exported artefact is then run next to the Keras model (`keras_dla.export.verify_export`; ONNX files in ONNX
+Runtime, OpenVINO files in OpenVINO) and its contract, size, parity and single-image latency are printed. Parity
+is measured on real images when `--representative` gives them (images the int8 calibration did not use), and
+always on random ones.
 """
 
 import json
@@ -13,19 +15,21 @@ import zlib
 # tf.data pipelines, SavedModel and TFLite: run on the TensorFlow backend (see keras_dla.cli).
 NEEDS_TENSORFLOW = True
 
-FORMATS = ("saved_model", "tflite")
-QUANTIZATIONS = ("float16", "dynamic", "int8")
+FORMATS = ("saved_model", "tflite", "onnx", "openvino")
+# The quantisations of each format that has any.
+QUANTIZATIONS = {"tflite": ("float16", "dynamic", "int8"), "onnx": ("int8",)}
 UP_SUFFIX = "up"
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "export",
-        help="export a model as a SavedModel or TFLite file and measure its parity and latency",
+        help="export a model as a SavedModel, TFLite, ONNX or OpenVINO file and measure its parity and latency",
         description=(
             "Export a keras_dla model (a classifier such as dla34, a DLA-Up segmentation model such as dla34up, "
-            "or the path of a saved .keras model) as a TensorFlow SavedModel or a TFLite file, then compare it "
-            "with the Keras model and print its size, parity and latency."
+            "or the path of a saved .keras model) as a TensorFlow SavedModel, a TFLite file, an ONNX file or an "
+            "OpenVINO IR model (.xml and .bin), with a JSON sidecar beside it (OUTPUT.json) saying what to feed it; "
+            "then run it next to the Keras model and print its contract, size, parity and latency."
         ),
     )
     parser.add_argument("--model", required=True, help="dla34 ... dla60_res2next, dla34up ..., or a .keras file")
@@ -35,7 +39,11 @@ def register(subparsers):
         help="none, imagenet, or a weights file (.safetensors, .pth, .weights.h5); must be none for a .keras model",
     )
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
-    parser.add_argument("--quantize", default=None, help=f"TFLite only: one of {', '.join(QUANTIZATIONS)}")
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        help="TFLite: float16, dynamic or int8; ONNX: int8 (ONNX Runtime static quantisation, QDQ)",
+    )
     parser.add_argument(
         "--representative",
         default=None,
@@ -43,7 +51,15 @@ def register(subparsers):
         help="real images for int8 calibration and for parity: fashion_mnist or a folder of images",
     )
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="static input size")
-    parser.add_argument("--output", required=True, help="the SavedModel directory or .tflite file to create")
+    parser.add_argument(
+        "--output", required=True, help="the SavedModel directory, .tflite, .onnx or OpenVINO .xml file to create"
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help="class names for the sidecar, one a line (default: ImageNet's for 1000 classes, else 0..N-1)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--classes", type=int, default=None, help="classes of a model built here (default 1000 / 19)")
     parser.add_argument("--down-ratio", type=int, default=2, help="DLA-Up output stride (2, 4, 8 or 16)")
@@ -66,19 +82,26 @@ def register(subparsers):
 def _validate(args):
     if args.format not in FORMATS:
         raise ValueError(f"--format should be one of {', '.join(FORMATS)}. Received: --format {args.format}")
-    if args.quantize is not None and args.quantize not in QUANTIZATIONS:
+    if args.quantize is not None and args.quantize not in QUANTIZATIONS.get(args.format, ()):
+        offered = "; ".join(f"{f}: {', '.join(q)}" for f, q in QUANTIZATIONS.items())
         raise ValueError(
-            f"--quantize should be one of {', '.join(QUANTIZATIONS)}. Received: --quantize {args.quantize}"
+            f"--quantize {args.quantize} does not apply to --format {args.format} ({offered}). "
+            f"Received: --quantize {args.quantize} with --format {args.format}"
         )
-    if args.quantize is not None and args.format != "tflite":
-        raise ValueError(f"--quantize applies to --format tflite only. Received: --format {args.format}")
+    if args.labels is not None and not os.path.isfile(args.labels):
+        raise ValueError(f"--labels should be a text file of class names. Received: --labels {args.labels}")
     if args.quantize == "int8" and not args.representative:
         raise ValueError(
             "--quantize int8 calibrates on real images; pass --representative fashion_mnist or a folder of images. "
             "Received: no --representative"
         )
+    if args.integer_io and args.format != "tflite":
+        raise ValueError(f"--integer-io applies to --format tflite only. Received: --format {args.format}")
     if args.integer_io and args.quantize != "int8":
         raise ValueError(f"--integer-io needs --quantize int8. Received: --quantize {args.quantize}")
+    suffix = {"onnx": ".onnx", "openvino": ".xml"}.get(args.format)
+    if suffix and not args.output.endswith(suffix):
+        raise ValueError(f"--format {args.format} writes a {suffix} file. Received: --output {args.output}")
     if args.input_size is not None and min(args.input_size) < 1:
         raise ValueError(f"--input-size should be two positive integers. Received: --input-size {args.input_size}")
     for flag, value in (("--samples", args.samples), ("--calibration-steps", args.calibration_steps)):
@@ -237,17 +260,36 @@ def run(args):
     if args.representative:
         count = args.calibration_steps + args.samples
         real = export.load_images(args.representative, (height, width), channels, count=count)
-    kwargs = dict(uint8_input=args.uint8_input, preprocess=preprocess, overwrite=args.overwrite)
+    # The preprocessing by name, so that the sidecar can state it.
+    kwargs = dict(
+        uint8_input=args.uint8_input, preprocess=args.preprocess, labels=args.labels, overwrite=args.overwrite
+    )
 
     def as_input(pixels):  # the form the artefact takes: uint8 pixels, or what the Keras model takes
         return pixels if args.uint8_input else np.asarray(preprocess(pixels.astype("float32")))
 
+    calibration = None
+    if args.quantize == "int8":
+        calibration = as_input(real[: max(1, len(real) - args.samples)])
     if args.format == "saved_model":
         path = export.export_saved_model(model, args.output, input_size=args.input_size, **kwargs)
+    elif args.format in ("onnx", "openvino"):
+        from keras_dla import export_onnx
+
+        if args.format == "onnx":
+            size = (height, width) if args.quantize == "int8" else args.input_size
+            path = export_onnx.export_onnx(
+                model,
+                args.output,
+                input_size=size,
+                quantization=args.quantize,
+                representative_data=calibration,
+                calibration_steps=args.calibration_steps,
+                **kwargs,
+            )
+        else:
+            path = export_onnx.export_openvino(model, args.output, input_size=args.input_size, **kwargs)
     else:
-        calibration = None
-        if args.quantize == "int8":
-            calibration = as_input(real[: max(1, len(real) - args.samples)])
         path = export.export_tflite(
             model,
             args.output,
@@ -259,6 +301,11 @@ def run(args):
             **kwargs,
         )
     print(f"exported {args.model} ({model.count_params():,} parameters) to {path}")
+    from keras_dla import artifact
+
+    print(f"contract ({artifact.sidecar_path(path)}):")
+    for line in artifact.summary(artifact.read_sidecar(path)):
+        print(f"  {line}")
 
     checks = []
     if real is not None:

@@ -1,0 +1,322 @@
+"""Export a Keras model to ONNX (float32, or int8 by ONNX Runtime's static quantisation) and to OpenVINO IR.
+
+Both go through Keras' own exporters (`model.export(path, format="onnx")`, which converts the traced
+TensorFlow function with tf2onnx, and `format="openvino"`, which converts it with OpenVINO's `convert_model`),
+on the TensorFlow backend. The tensors are then named for what they hold: the input `images`, the output
+`probabilities`, `logits` or `log_probabilities` (per-pixel outputs `pixel_probabilities`, ...). The batch size
+stays dynamic unless `batch_size` is given; height and width stay as the model has them unless `input_size`
+fixes them.
+
+- `export_onnx`: a `.onnx` file; `quantization="int8"` quantises it statically with ONNX Runtime
+  (`quantize_static`: QDQ format, int8 weights per channel, int8 activations calibrated on
+  `representative_data`), so the file still takes and returns float32.
+- `export_openvino`: an OpenVINO IR model, `model.xml` and its weights `model.bin` beside it, float32. A graph
+  that OpenVINO's TensorFlow front end cannot shape (DLA-Up's upsampling) is converted from its ONNX export.
+
+Each writes its JSON sidecar (`keras_dla.artifact`) and, like `keras_dla.export`, writes atomically: a failure
+leaves nothing behind, an existing target is refused unless `overwrite=True`.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from keras_dla import artifact, checks, export
+
+QUANTIZATIONS = (None, "int8")
+INPUT_NAME = "images"
+# Output tensor names by what `keras_dla.artifact.describe` calls the output.
+OUTPUT_NAMES = {"probabilities": "probabilities", "logits": "logits", "log-probabilities": "log_probabilities"}
+# What to install for each runtime; named in the error when one is missing.
+EXTRAS = {
+    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+    "openvino": ("openvino", "tf2onnx", "onnx"),
+}
+
+
+def require(extra, *modules):
+    """Imports `modules` (of the `extra` set of packages), or raises one sentence naming the pip install to run."""
+    import importlib
+
+    try:
+        return [importlib.import_module(m) for m in modules]
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"{extra} export needs the packages {', '.join(EXTRAS[extra])}; install them with "
+            f"`pip install keras_dla[{extra}]` (or `pip install {' '.join(EXTRAS[extra])}`). Received: "
+            f"no module {e.name!r}"
+        ) from None
+
+
+def output_name(model):
+    """The tensor name of `model`'s output: `probabilities`, `logits`, ... (`pixel_...` for a per-pixel output)."""
+    activation = artifact.output_activation(model)
+    kind = artifact.OUTPUT_KINDS.get(activation, activation)
+    name = OUTPUT_NAMES.get(kind, kind.replace("-", "_"))
+    return f"pixel_{name}" if len(model.outputs[0].shape) == 4 else name
+
+
+def _prepare(model, path, input_size, batch_size, uint8_input, preprocess, overwrite, suffix, what):
+    export._require_tensorflow(what)
+    uint8_input, overwrite = checks.flag("uint8_input", uint8_input), checks.flag("overwrite", overwrite)
+    if not os.fspath(path).endswith(suffix):
+        raise ValueError(f"An {what} file should end in {suffix}. Received: path={os.fspath(path)!r}")
+    if model.dtype_policy.name != "float32":
+        raise ValueError(
+            f"{what} export takes a float32 model; build it without mixed precision (or reload its weights into "
+            f"a float32 copy). Received: dtype policy {model.dtype_policy.name!r}"
+        )
+    shape = export._static_shape(model, input_size, batch_size)
+    target = export._check_target(path, overwrite, "file")
+    export_model, dtype = export._export_model(model, shape, uint8_input, preprocess)
+    return shape, target, export_model, dtype, uint8_input, overwrite
+
+
+def _signature(shape, dtype):
+    import tensorflow as tf
+
+    return [tf.TensorSpec(shape, tf.as_dtype(dtype), name=INPUT_NAME)]
+
+
+def _rename_onnx(graph, old, new):
+    """Renames the value `old` to `new` wherever `graph` produces or consumes it."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def _name_onnx_tensors(path, out_name):
+    """Names the one input `images` and the one output `out_name`, and the dynamic batch dimension `batch`."""
+    import onnx
+
+    model = onnx.load(path)
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ValueError(
+            f"Expected an ONNX graph with one input and one output. Received: inputs {[v.name for v in inputs]}, "
+            f"outputs {[v.name for v in graph.output]}"
+        )
+    _rename_onnx(graph, inputs[0].name, INPUT_NAME)
+    _rename_onnx(graph, graph.output[0].name, out_name)
+    for value in (inputs[0], graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        if not dim.HasField("dim_value"):
+            dim.dim_param = "batch"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def _quantize_onnx(float_path, int8_path, calibration):
+    """ONNX Runtime's static int8 quantisation of `float_path` (QDQ, per-channel weights), calibrated on batches."""
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: batch[0]}
+
+    prepared = float_path + ".prepared.onnx"
+    q.quant_pre_process(float_path, prepared)  # shape inference and graph clean-up, as quantize_static advises
+    q.quantize_static(
+        prepared,
+        int8_path,
+        Reader(),
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=q.QuantType.QInt8,
+        weight_type=q.QuantType.QInt8,
+        calibrate_method=q.CalibrationMethod.MinMax,
+    )
+
+
+def export_onnx(
+    model,
+    path,
+    *,
+    input_size=None,
+    batch_size=None,
+    quantization=None,
+    representative_data=None,
+    calibration_steps=200,
+    uint8_input=False,
+    preprocess="imagenet",
+    labels=None,
+    opset=None,
+    overwrite=False,
+    verbose=False,
+):
+    """Exports `model` as an ONNX file (run it with ONNX Runtime) and writes its JSON sidecar.
+
+    Args:
+        model: a float32 Keras model with one image input (batch, height, width, channels).
+        path: the `.onnx` file to create.
+        input_size: optional `(height, width)` to fix; by default the model's own (possibly dynamic) size.
+        batch_size: optional static batch size; `None` keeps it dynamic (`batch`).
+        quantization: `None` (float32) or `"int8"` (ONNX Runtime static quantisation, QDQ, calibrated on
+            `representative_data`; the file still takes and returns float32).
+        representative_data: for `"int8"`: images `(N, H, W, C)` in the form the file takes (as the Keras model
+            takes them, or uint8 pixels with `uint8_input`). Real images calibrate best.
+        calibration_steps: at most this many representative images are used.
+        uint8_input: the file takes uint8 RGB pixels in [0, 255] and applies `preprocess` itself.
+        preprocess: a name in `keras_dla.preprocessing.PREPROCESSING` or a callable (see `export_saved_model`).
+        labels: optional file of class names (one a line) for the sidecar.
+        opset: ONNX opset (default: tf2onnx's).
+        overwrite: replace an existing `path` (and its sidecar); otherwise an existing path is an error.
+        verbose: show the progress of int8 calibration.
+
+    Returns:
+        The absolute path of the `.onnx` file; its contract is in `path + ".json"`.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` should be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
+    calibration_steps = checks.positive_int("calibration_steps", calibration_steps)
+    shape, target, export_model, dtype, uint8_input, overwrite = _prepare(
+        model, path, input_size, batch_size, uint8_input, preprocess, overwrite, ".onnx", "ONNX"
+    )
+    require("onnx", "tf2onnx", "onnx", "onnxruntime")
+    calibration = None
+    if quantization == "int8":
+        calibration_shape = (1, *shape[1:])
+        if None in shape[1:3] and hasattr(representative_data, "shape"):  # a dynamic size: the images' own
+            calibration_shape = (1, *representative_data.shape[1:])
+        calibration = export._representative_dataset(
+            representative_data, calibration_shape, dtype, calibration_steps, checks.flag("verbose", verbose)
+        )
+    out_name = output_name(model)
+    with export._atomic_target(target, overwrite, is_dir=False) as tmp:
+        float_path = os.path.join(os.path.dirname(tmp), "float.onnx")
+        export_model.export(
+            float_path, format="onnx", input_signature=_signature(shape, dtype), opset_version=opset, verbose=False
+        )
+        _name_onnx_tensors(float_path, out_name)
+        if quantization == "int8":
+            _quantize_onnx(float_path, tmp, calibration())
+        else:
+            os.replace(float_path, tmp)
+    quant = None
+    if quantization == "int8":
+        quant = {
+            "scheme": "int8 static, ONNX Runtime QDQ",
+            "weights": "int8, per output channel",
+            "activations": "int8, per tensor, MinMax calibration",
+            "calibration_images": min(calibration_steps, _count(representative_data)),
+            "input_output": f"{dtype} in, float32 out (quantised inside the graph)",
+        }
+    contract = artifact.describe(
+        model,
+        format="onnx",
+        input_name=INPUT_NAME,
+        input_shape=shape,
+        input_dtype=dtype,
+        output_name=out_name,
+        uint8_input=uint8_input,
+        preprocess=preprocess,
+        labels=labels,
+        quantization=quant,
+    )
+    artifact.write_sidecar(target, contract)
+    return target
+
+
+def _count(data):
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+@contextlib.contextmanager
+def _workdir_beside(path):
+    workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _openvino_model(ov, model, signature, workdir):
+    """`model` as an `openvino.Model`: by Keras' exporter, else converted from its ONNX export.
+
+    OpenVINO's TensorFlow front end (2026.4) mis-shapes DLA-Up's upsampling (a channel tile feeding a depthwise
+    convolution: it tiles the wrong axis and then refuses the GroupConvolution); its ONNX front end reads the same
+    computation as tf2onnx writes it.
+    """
+    traced = os.path.join(workdir, "traced.xml")
+    try:
+        model.export(traced, format="openvino", input_signature=signature, verbose=False)
+    except RuntimeError as e:  # OpenVINO's converter reports a graph it cannot shape as a RuntimeError
+        require("onnx", "tf2onnx", "onnx")
+        first = (str(e).strip().splitlines() or [""])[0]
+        if "Check '" not in first:
+            raise
+        through = os.path.join(workdir, "traced.onnx")
+        model.export(through, format="onnx", input_signature=signature, verbose=False)
+        return ov.convert_model(through)
+    return ov.Core().read_model(traced)
+
+
+def export_openvino(
+    model,
+    path,
+    *,
+    input_size=None,
+    batch_size=None,
+    uint8_input=False,
+    preprocess="imagenet",
+    labels=None,
+    overwrite=False,
+):
+    """Exports `model` as OpenVINO IR (`path`, an `.xml` file, and its weights beside it as `.bin`), float32.
+
+    Args: as `export_onnx` (without quantisation). Returns the absolute path of the `.xml` file; its contract is
+    in `path + ".json"`. Run it with `openvino.Core().compile_model(path, "CPU")`.
+    """
+    shape, target, export_model, dtype, uint8_input, overwrite = _prepare(
+        model, path, input_size, batch_size, uint8_input, preprocess, overwrite, ".xml", "OpenVINO"
+    )
+    weights = target[: -len(".xml")] + ".bin"
+    if os.path.lexists(weights) and not overwrite:
+        raise ValueError(
+            f"The weights file beside the output exists; pass `overwrite=True` (`--overwrite`) to replace it. "
+            f"Received: path={os.fspath(path)!r}"
+        )
+    (ov,) = require("openvino", "openvino")
+    out_name = output_name(model)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with _workdir_beside(target) as workdir:
+        converted = _openvino_model(ov, export_model, _signature(shape, dtype), workdir)
+        if len(converted.inputs) != 1 or len(converted.outputs) != 1:
+            raise ValueError(
+                "Expected an OpenVINO model with one input and one output. Received: "
+                f"{len(converted.inputs)} inputs, {len(converted.outputs)} outputs"
+            )
+        converted.inputs[0].get_tensor().set_names({INPUT_NAME})
+        converted.outputs[0].get_tensor().set_names({out_name})
+        named = os.path.join(workdir, "model.xml")
+        ov.serialize(converted, named)
+        # The weights first: the .xml, which readers open, appears only once its .bin is in place.
+        os.replace(named[: -len(".xml")] + ".bin", weights)
+        os.replace(named, target)
+    contract = artifact.describe(
+        model,
+        format="openvino",
+        input_name=INPUT_NAME,
+        input_shape=shape,
+        input_dtype=dtype,
+        output_name=out_name,
+        uint8_input=uint8_input,
+        preprocess=preprocess,
+        labels=labels,
+    )
+    contract["weights_file"] = os.path.basename(weights)
+    artifact.write_sidecar(target, contract)
+    return target
