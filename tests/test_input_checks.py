@@ -25,24 +25,26 @@ def _saved(tmp_path, model, name):
     return path
 
 
+def _assert_same_weights(loaded, model):
+    assert [v.path for v in loaded.weights] == [v.path for v in model.weights]
+    for a, b in zip(loaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
 @pytest.mark.parametrize("channels", [1, 2, 4])
 def test_own_weights_of_any_channel_count_load(tmp_path, channels):
     shape = (32, 32, channels)
     model = dla.DLA46C(weights=None, classes=10, input_shape=shape)
     path = _saved(tmp_path, model, f"grey{channels}")
     assert convert.weights_file_input_channels(path) == channels
-    loaded = dla.DLA46C(weights=path, classes=10, input_shape=shape)
-    x = np.random.default_rng(channels).standard_normal((2, *shape)).astype("float32")
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    _assert_same_weights(dla.DLA46C(weights=path, classes=10, input_shape=shape), model)
 
 
 def test_own_dla_up_weights_of_one_channel_load(tmp_path):
     model = dla_up.DLAUp("dla46_c", classes=3, input_shape=(None, None, 1))
     path = _saved(tmp_path, model, "up_grey")
     assert convert.weights_file_input_channels(path) == 1
-    loaded = dla_up.DLAUp("dla46_c", classes=3, weights=path, input_shape=(None, None, 1))
-    x = np.random.default_rng(0).standard_normal((1, 32, 32, 1)).astype("float32")
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    _assert_same_weights(dla_up.DLAUp("dla46_c", classes=3, weights=path, input_shape=(None, None, 1)), model)
 
 
 @pytest.mark.parametrize("saved, wanted", [(1, 3), (3, 1), (4, 2), (2, 4)])
