@@ -503,6 +503,10 @@ def export_tflite(
                 "The model uses TensorFlow ops that TFLite's builtin op set lacks and would need the Flex "
                 f"(select TF ops) runtime, which keras_dla does not export. Received: a model with the ops {flex}"
             ) from None
+        from keras_dla import tflite_metadata
+
+        # The file's contract for MediaPipe and the Android Task Library, in the file before it is renamed into place.
+        tflite_metadata.write_metadata(tmp, preprocess=preprocess, labels=labels, name=model.name)
     artifact.write_tf_sidecar(
         model, target, "tflite", shape, dtype, uint8_input, preprocess, labels, quantization=quantization
     )
