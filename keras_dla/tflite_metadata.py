@@ -18,6 +18,7 @@ rewritten through TensorFlow's generated schema module, imported when called.
 """
 
 import os
+import stat
 import zipfile
 
 import flatbuffers
@@ -521,7 +522,10 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
     _set_entry(model, METADATA_NAME, metadata_bytes)
     packed = _pack_model(model, len(data) + len(metadata_bytes) + 4096)
 
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+
     def write(temporary):
+        os.chmod(temporary, mode)  # the file keeps its permissions (a temporary file is created owner-only)
         with open(temporary, "wb") as f:
             f.write(packed)
             if labels is not None:

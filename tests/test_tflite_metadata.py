@@ -4,6 +4,7 @@ it and score a real photo as the Keras model does."""
 
 import os
 import shutil
+import stat
 
 import keras
 import matplotlib
@@ -206,11 +207,13 @@ def test_metadata_leaves_the_model_as_it_was(tmp_path):
     plain = keras_tflite(small_convnet(), tmp_path / "plain.tflite")
     path = str(tmp_path / "described.tflite")
     shutil.copy(plain, path)
+    os.chmod(path, 0o644)
     tflite_metadata.write_metadata(path, preprocess="imagenet", labels=LABELS, name="convnet")
     tflite_metadata.write_metadata(path, preprocess="imagenet", labels=["x", "y", "z"])  # again: replaced, not added
     read = tflite_metadata.read_metadata(path)
     assert read["files"] == {tflite_metadata.LABELS_FILE: b"x\ny\nz\n"}
     assert read["metadata"]["name"] == "described"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # rewritten with the permissions it had
 
     x = preprocess_input(photo()[None])
     outputs = []
