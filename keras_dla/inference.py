@@ -104,17 +104,35 @@ def fold_batch_norms(model):
     models (a DLA-Up's backbone) are folded too. Other layers keep their weights. Every layer is a plain Keras one,
     with the TensorFlow fast paths attached (`keras_dla.fast_paths`), as keras_dla's builders make them.
     """
+    return _fold(model, policy=None, outermost=True)
+
+
+def _output_layers(model):
+    return {tensor._keras_history.operation.name for tensor in keras.tree.flatten(model.outputs)}
+
+
+def _computes(layer):
+    """Whether `layer` is a Keras layer with a dtype policy of its own (not an input or an op such as `take`)."""
+    return isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.layers.InputLayer)
+
+
+def _fold(model, policy, outermost):
+    """`fold_batch_norms`; with `policy` ("mixed_bfloat16") every layer computes under it, except, in the
+    outermost model, the layers that produce its outputs, which keep their own dtype (float32 outputs)."""
     _check_functional(model, "fold_batch_norms")
     pairs = foldable_pairs(model)
     folded_convs = {conv.name: bn_name for bn_name, conv in pairs.items()}
+    keep_dtype = _output_layers(model) if outermost else set()
 
     def clone(layer):
         if _is_functional(layer):
-            return fold_batch_norms(layer)
+            return _fold(layer, policy, outermost=False)
         config = layer.get_config()
         if layer.name in folded_convs:
             config["use_bias"] = True
             config["bias_initializer"] = "zeros"
+        if policy is not None and _computes(layer) and layer.name not in keep_dtype:
+            config["dtype"] = policy
         return layer.__class__.from_config(config)
 
     def call(layer, *args, **kwargs):
@@ -136,11 +154,18 @@ def fold_batch_norms(model):
     return fast_paths.attach(folded)
 
 
-def inference_model(model, *, jit_compile=False):
+DTYPES = ("float32", "bfloat16")
+
+
+def inference_model(model, *, dtype="float32", jit_compile=False):
     """The fastest documented inference path for a keras_dla model: `model` with its batch norms folded.
 
     Args:
         model: a functional keras_dla model (classifier, backbone or DLA-Up), trained or with pretrained weights.
+        dtype: `"float32"`, or `"bfloat16"` to compute in bfloat16 inside (Keras' `mixed_bfloat16` policy: the
+            weights stay float32 and every layer casts them; the layers that give the outputs compute in float32),
+            with float32 inputs and outputs. Worth it where the CPU has bfloat16 arithmetic (AVX-512 BF16, AMX) or
+            on a GPU; elsewhere it is emulated and slower than float32.
         jit_compile: compile `predict` (and on TensorFlow `serve`) with XLA. On a CPU TensorFlow's oneDNN graph
             path measured faster (README, "Performance"), so the default is False; on a GPU XLA usually wins. JAX
             always compiles `serve`.
@@ -153,8 +178,10 @@ def inference_model(model, *, jit_compile=False):
         export would trace it; on JAX a jitted function; on PyTorch the model called without autograd.
     """
     jit_compile = checks.flag("jit_compile", jit_compile)
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` should be one of {', '.join(map(repr, DTYPES))}. Received: dtype={dtype!r}")
     _check_functional(model, "inference_model")
-    folded = fold_batch_norms(model)
+    folded = _fold(model, policy="mixed_bfloat16" if dtype == "bfloat16" else None, outermost=True)
     folded.compile(jit_compile=jit_compile)
     folded.trainable = False
     backend = keras.backend.backend()

@@ -204,6 +204,24 @@ def test_inference_model_serve_equals_the_model(kind):
         fast.serve(images((1, *SIZE, 4)))
 
 
+@pytest.mark.parametrize("kind", ["classifier", "segmenter"])
+def test_bfloat16_inference_model_takes_and_gives_float32(kind):
+    """`dtype="bfloat16"` computes in bfloat16 inside (its rounding shows) with float32 in and out."""
+    model = _small_models()[kind]
+    fast = keras_dla.inference_model(model, dtype="bfloat16")
+    x = images((2, *SIZE, 3), seed=5)
+    expected = numpy(model(x, training=False))
+    for got in (numpy(fast.serve(x)), fast.predict(x, verbose=0)):
+        assert got.dtype == np.float32
+        assert 1e-6 < np.abs(got - expected).max() < 0.05, np.abs(got - expected).max()
+    nested = [layer for layer in fast.layers if isinstance(layer, keras.Model)]
+    layers = [layer for m in [fast, *nested] for layer in m.layers if layer.weights and layer not in nested]
+    assert {layer.dtype_policy.name for layer in layers} == {"mixed_bfloat16"}
+    assert all(v.dtype == "float32" for v in fast.weights)  # weights stay float32; layers cast them
+    with pytest.raises(ValueError, match="Received: dtype='float16'"):
+        keras_dla.inference_model(model, dtype="float16")
+
+
 NO_TENSORFLOW = textwrap.dedent(
     """
     import json, sys
