@@ -72,18 +72,19 @@ def test_info_names_the_backend_keras_would_use():
     assert "(jax)" in out and result["imported"] == []
 
 
-# A command that imports TensorFlow, then fails on its argument: an unknown model, after the export modules loaded.
-EXPORT_UNKNOWN = ["export", "--model", "no_such_model", "--weights", "none", "--format", "tflite", "--output", "x"]
-
-
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 def test_no_tensorflow_log_lines_unless_verbose(tmp_path, verbose):
-    argv = (["--verbose"] if verbose else []) + EXPORT_UNKNOWN[:-1] + [str(tmp_path / "m.tflite")]
-    result, _, err = _run([argv], {"KERAS_BACKEND": "tensorflow"})
-    assert result["codes"] == [2] and "tensorflow" in result["imported"]
+    # A command that runs TensorFlow (builds, exports and runs a model), and one that fails after importing it.
+    export = ["export", "--model", "dla46_c", "--weights", "none", "--format", "saved_model", "--classes", "3"]
+    export += ["--input-size", "32", "32", "--samples", "1", "--output", str(tmp_path / "sm")]
+    unknown = ["export", "--model", "no_such_model", "--weights", "none", "--format", "tflite", "--output", "x"]
+    flag = ["--verbose"] if verbose else []
+    result, out, err = _run([flag + export, flag + unknown], {"KERAS_BACKEND": "tensorflow"})
+    assert result["codes"] == [0, 2] and "tensorflow" in result["imported"]
+    assert "parity on 1 random images" in out
     tf_lines = [line for line in err.splitlines() if TF_CPP_LINE.search(line)]
     if verbose:
-        # The same command shows them: the quiet run's silence is the flag's doing.
+        # The same commands show them: the quiet run's silence is the CLI's doing.
         assert tf_lines, err
     else:
         assert tf_lines == [], err

@@ -7,7 +7,7 @@ A module that sets `NEEDS_TENSORFLOW = True` (tf.data pipelines, SavedModel and 
 backend whatever `KERAS_BACKEND` the shell sets: the command starts itself again with `KERAS_BACKEND=tensorflow`.
 
 TensorFlow's C++ logging is silenced for the command's process unless `keras-dla --verbose`: `TF_CPP_MIN_LOG_LEVEL`
-is set (unless the shell sets it) before Keras and its backend are imported, and the lines XLA's CUDA probe writes
+is set to 3 (unless the shell sets it) before Keras and its backend are imported, and the lines XLA's CUDA probe writes
 while TensorFlow loads, before that setting applies, are taken out of what the import writes to stderr. A
 command that sets `NEEDS_KERAS = False` (`info`, `list`) imports neither. The library leaves the user's logging
 alone.
@@ -32,8 +32,10 @@ COMMANDS = [
     "demo",
     "export",
 ]
-# 2: TensorFlow's C++ code logs errors only (no INFO or WARNING lines such as cpu_feature_guard's).
-QUIET_TF_CPP_LOG_LEVEL = "2"
+# 3: TensorFlow's C++ code logs fatal errors only: no INFO or WARNING lines such as cpu_feature_guard's, nor the
+# ERROR line of the CUDA probe on a machine without a GPU driver ("failed call to cuInit"). What fails reaches the
+# user as a Python exception.
+QUIET_TF_CPP_LOG_LEVEL = "3"
 # Lines of C++ logging (absl and TensorFlow's own formats) that loading TensorFlow writes to stderr.
 NATIVE_LOG_LINE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
