@@ -459,8 +459,9 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
     sigmoid), are read from the file; the rest is given. The file is replaced whole or not at all.
 
     Args:
-        path: a `.tflite` file with one image input (batch, height, width, channels) and one output: class
-            scores `(1, classes)` or per-pixel class scores `(1, height, width, classes)`.
+        path: a `.tflite` file of an image model (input `(1, height, width, channels)`): a classifier (output
+            `(1, classes)`), a segmentation model (`(1, height, width, classes)`), or any other (several outputs
+            are described by their shapes only).
         preprocess: for a float input, what turns pixels in [0, 255] into the values it takes: a name in
             `keras_dla.preprocessing.PREPROCESSING` or a callable. When it is `(x - mean) / std` per channel
             (all the named ones are), the metadata gives that normalisation to the app; otherwise, or when
@@ -476,42 +477,51 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
     """
     path = os.path.abspath(os.fspath(path))
     data, model = _read_model(path)
-    if len(model.subgraphs or ()) != 1:
-        raise ValueError(f"TFLite metadata is written for a model of one subgraph. Received: {path}")
-    subgraph = model.subgraphs[0]
-    if len(subgraph.inputs) != 1 or len(subgraph.outputs) != 1:
-        raise ValueError(
-            f"TFLite metadata is written for a model with one input and one output. Received: {path} with "
-            f"{len(subgraph.inputs)} inputs and {len(subgraph.outputs)} outputs"
-        )
+    if not model.subgraphs:
+        raise ValueError(f"The TFLite file holds no subgraph. Received: {path}")
+    subgraph = model.subgraphs[0]  # the main one, as the metadata's first SubGraphMetadata
     if any(b.offset > 1 for b in model.buffers or ()):
         raise ValueError(
             f"The model keeps its weights after the flatbuffer (over 2 GB); it is not rewritten. Received: {path}"
         )
-    out_index = int(subgraph.outputs[0])
-    out_shape = _tensor_shape(subgraph.tensors[out_index])
-    segmentation = len(out_shape) == 4 and out_shape[1] * out_shape[2] > 1
-    if labels is None and not segmentation and out_shape[-1] == 1000:
+    outputs = [int(i) for i in subgraph.outputs]
+    out_shape = _tensor_shape(subgraph.tensors[outputs[0]])
+    single = len(outputs) == 1
+    segmentation = single and len(out_shape) == 4 and out_shape[1] * out_shape[2] > 1
+    if labels is not None and not single:
+        raise ValueError(f"`labels` name the classes of a model with one output. Received: {len(outputs)} outputs")
+    if labels is None and single and not segmentation and out_shape[-1] == 1000:
         from keras_dla.imagenet import imagenet_classes
 
         labels = [class_name for _, class_name in imagenet_classes()]
     if labels is not None:
         labels = _check_labels(labels, out_shape[-1])
-    activation = _output_activation(model, subgraph, out_index)
 
+    activation = _output_activation(model, subgraph, outputs[0]) if single else None
+    if single:
+        output_metadata = [_output_metadata(out_shape, activation, labels)]
+    else:  # e.g. a backbone's feature maps: named and shaped, nothing more to say
+        output_metadata = [
+            {
+                "name": _text(subgraph.tensors[i].name),
+                "description": f"Output {n}, {_tensor_shape(subgraph.tensors[i])}.",
+                "content": {"content_properties": ("FeatureProperties", {})},
+            }
+            for n, i in enumerate(outputs)
+        ]
     subgraph_metadata = {
         "name": "main",
-        "input_tensor_metadata": [_input_metadata(subgraph.tensors[int(subgraph.inputs[0])], preprocess)],
-        "output_tensor_metadata": [_output_metadata(out_shape, activation, labels)],
+        "input_tensor_metadata": [_input_metadata(subgraph.tensors[int(i)], preprocess) for i in subgraph.inputs],
+        "output_tensor_metadata": output_metadata,
     }
     parser_version = _PARSER_VERSION
     if segmentation:
         # MediaPipe applies this activation to the output: none to probabilities, a softmax to logits.
-        options = {"activation": "NONE" if activation else "SOFTMAX", "min_parser_version": "1.0.0"}
+        options = {"activation": "NONE" if activation else "SOFTMAX", "min_parser_version": _PARSER_VERSION}
         segmenter = pack("ImageSegmenterOptions", options, _SEGMENTER_IDENTIFIER)
         subgraph_metadata["custom_metadata"] = [{"name": SEGMENTER_METADATA_NAME, "data": segmenter}]
         parser_version = _CUSTOM_METADATA_PARSER_VERSION
-    task = "A semantic segmentation" if segmentation else "An image classification"
+    task = "A semantic segmentation" if segmentation else "An image classification" if single else "A"
     metadata = {
         "name": name or os.path.splitext(os.path.basename(path))[0],
         "description": description or f"{task} model exported by keras_dla.",

@@ -267,6 +267,22 @@ def test_an_export_with_wrong_labels_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["two.txt"]
 
 
+def test_a_model_of_several_outputs_is_described_by_their_shapes(tmp_path):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = keras.layers.Conv2D(4, 3, strides=2)(inputs)
+    model = keras.Model(inputs, [features, keras.layers.GlobalAveragePooling2D()(features)])
+    path = keras_tflite(model, tmp_path / "features.tflite")
+    with pytest.raises(ValueError, match="one output"):
+        tflite_metadata.write_metadata(path, labels=LABELS)
+    tflite_metadata.write_metadata(path, preprocess="imagenet")
+    read = tflite_metadata.read_metadata(path)
+    outputs = read["metadata"]["subgraph_metadata"][0]["output_tensor_metadata"]
+    shapes = sorted(output["description"].split(", ", 1)[1] for output in outputs)  # in the file's output order
+    assert shapes == ["(1, 31, 31, 4).", "(1, 4)."]
+    assert read["files"] == {}
+    assert "custom_metadata" not in read["metadata"]["subgraph_metadata"][0]  # feature maps, not a segmenter
+
+
 def test_a_1000_class_classifier_gets_the_imagenet_names(tmp_path):
     path = keras_tflite(small_convnet(classes=1000), tmp_path / "m.tflite")
     tflite_metadata.write_metadata(path, preprocess="imagenet")
