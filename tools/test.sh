@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The test suite as CI runs it: everything on the TensorFlow backend, then the backend contract
-# (tests/test_backends.py) again on JAX and on PyTorch, one process per backend. Extra arguments go to the
-# first pass instead of `-m "not slow"`: `bash tools/test.sh tests` runs everything, the slow-marked cases (the
-# large variants' extra checks) included; `bash tools/test.sh tests/test_dla.py` one file. Uses .venv's Python
-# where there is one (tools/setup.sh makes it).
+# The test suite as CI runs it: everything on the TensorFlow backend, and the backend contract
+# (tests/test_backends.py) on JAX and on PyTorch, one process per backend. The JAX and PyTorch passes run beside
+# the TensorFlow one (much of each pass is single-threaded: graph building, compiling, process start-up) and print
+# their output when they end. Extra arguments go to the TensorFlow pass instead of `-m "not slow"`:
+# `bash tools/test.sh tests` runs everything, the slow-marked cases (the large variants' extra checks) included;
+# `bash tools/test.sh tests/test_dla.py` one file. Uses .venv's Python where there is one (tools/setup.sh makes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=python
@@ -14,7 +15,20 @@ if [ $# -eq 0 ]; then set -- -m "not slow"; fi
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES:-0}"
-KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 "$@"
+others=$(mktemp -d)
+trap 'rm -rf "$others"' EXIT
+declare -A pids
 for backend in jax torch; do
-  KERAS_BACKEND=$backend $python -m pytest -q --durations=5 -m "not slow" tests/test_backends.py
+  KERAS_BACKEND=$backend $python -m pytest -q --durations=5 -m "not slow" -p no:cacheprovider \
+    --basetemp="$others/$backend" tests/test_backends.py >"$others/$backend.log" 2>&1 &
+  pids[$backend]=$!
 done
+echo "tests/test_backends.py on JAX and PyTorch: running beside this pass; their output follows it"
+status=0
+KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 "$@" || status=$?
+for backend in jax torch; do
+  wait "${pids[$backend]}" || status=1
+  echo "===== KERAS_BACKEND=$backend pytest tests/test_backends.py"
+  cat "$others/$backend.log"
+done
+exit $status
