@@ -11,8 +11,8 @@ process left is told apart from what a running one is writing: `remove_stale` de
 import contextlib
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 
 PARTIAL_PREFIX = ".partial."
@@ -23,11 +23,19 @@ _OWNER = re.compile(r"\.(\d+)\.")
 
 
 def temporary_beside(path):
-    """Creates an empty file with a unique name beside `path`, ending like `path` (Keras picks formats by ending)."""
+    """Creates an empty file with a unique name beside `path`, ending like `path` (Keras picks formats by ending).
+
+    Its permissions are those of any new file (0o666 less the umask), so the renamed result reads like a file the
+    user wrote (`tempfile.mkstemp` would make it owner-only).
+    """
     directory, name = os.path.split(path)
-    fd, temporary = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}.", suffix="." + name, dir=directory or ".")
-    os.close(fd)
-    return temporary
+    while True:
+        temporary = os.path.join(directory or ".", f"{PARTIAL_PREFIX}{os.getpid()}.{secrets.token_hex(4)}.{name}")
+        try:
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return temporary
+        except FileExistsError:
+            continue
 
 
 def _process_is_dead(pid):

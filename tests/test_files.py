@@ -34,3 +34,14 @@ def test_temporary_names_are_unique(tmp_path):
     path = str(tmp_path / "a.weights.h5")
     first, second = files.temporary_beside(path), files.temporary_beside(path)
     assert first != second and os.path.dirname(first) == str(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_have_the_permissions_of_any_new_file(tmp_path, umask):
+    path = tmp_path / "best.weights.h5"
+    previous = os.umask(umask)
+    try:
+        files.write_atomically(str(path), lambda temporary: open(temporary, "wb").close())
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
