@@ -152,7 +152,7 @@ def describe(
         },
         "output": {
             "name": output_name,
-            "shape": [None if d is None else int(d) for d in output_shape],
+            "shape": [batch] + [None if d is None else int(d) for d in output_shape[1:]],  # the artefact's batch
             "kind": output_kind if kind == "classification" else f"per-pixel {output_kind}",
         },
         "classes": class_names(int(output_shape[-1]), labels),

@@ -174,6 +174,7 @@ def test_sidecars_of_saved_model_and_tflite(classifier, tmp_path):
     lite = export.export_tflite(classifier, tmp_path / "m.tflite", uint8_input=True)
     contract = artifact.read_sidecar(lite)
     assert contract["input"]["dtype"] == "uint8" and contract["input"]["shape"] == [1, SIZE, SIZE, 3]
+    assert contract["output"]["shape"] == [1, 3]  # the file's batch of one
     assert json.loads((tmp_path / "m.tflite.json").read_text()) == contract
 
 
