@@ -165,6 +165,7 @@ def _atomic_target(path, overwrite, is_dir):
     # The work folder is named after this process (`files.remove_stale`): what a killed export left is removed here.
     prefix = f".{os.path.basename(path)}."
     files.remove_stale(parent, prefix, suffix=".tmp")
+    files.remove_stale(parent)  # and the temporary files of killed writers there (a sidecar's)
     workdir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=parent)
     # `.tflite` suffix: Keras' LiteRT exporter insists on it.
     tmp = os.path.join(workdir, "saved_model" if is_dir else "model.tflite")

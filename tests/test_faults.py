@@ -89,7 +89,9 @@ def _history_problems(path):
     with open(path, newline="", encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     whole = [line for line in lines if line.endswith("\n")]
-    if not whole or "epoch" not in next(csv.reader([whole[0]])):
+    if not whole:  # being created (CSVLogger appends in place): the next run's rewrite_history removes it
+        return []
+    if "epoch" not in next(csv.reader([whole[0]])):
         return [f"{path}: no header"]
     epochs = [row["epoch"] for row in csv.DictReader(whole)]
     return [] if len(epochs) == len(set(epochs)) else [f"{path}: epochs {epochs}"]

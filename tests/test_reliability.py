@@ -486,6 +486,8 @@ def test_a_killed_export_leaves_nothing_after_the_next_export(tmp_path):
     _age(old, 3 * 24 * 3600)
     recent = out / ".saved_model.ijkl5678.tmp"  # an older keras_dla's, recent: it may be running
     recent.mkdir()
+    sidecar = out / f".partial.{_dead_pid()}.ab12.saved_model.json"  # a killed export's sidecar, half written
+    sidecar.write_text("{")
     with export._atomic_target(target, False, is_dir=True) as tmp:
         os.makedirs(tmp)
     assert sorted(os.listdir(out)) == sorted(["saved_model", running.name, recent.name])
