@@ -12,7 +12,7 @@ import os
 import keras
 from keras import layers
 
-from keras_dla import blocks, checks, convert, fast_paths
+from keras_dla import blocks, checks, convert, fast_paths, imagenet
 from keras_dla import weights as pretrained
 from keras_dla.model_configs import MODEL_CONFIGS  # the table, re-exported here as keras_dla.dla.MODEL_CONFIGS
 
@@ -141,6 +141,7 @@ def DLA(
     classes=1000,
     classifier_activation="softmax",
     return_levels=False,
+    include_preprocessing=False,
     name=None,
 ):
     """Builds any DLA variant of `MODEL_CONFIGS`; see `DLA34` for the arguments."""
@@ -151,12 +152,14 @@ def DLA(
         )
     classes, input_shape = as_python_ints(classes), as_python_ints(input_shape)
     include_top, return_levels = checks.flag("include_top", include_top), checks.flag("return_levels", return_levels)
+    include_preprocessing = checks.flag("include_preprocessing", include_preprocessing)
     check_name(name)
     _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation)
     if input_shape is not None:
         _validate_input_shape(input_shape, weights)
     img_input, input_shape = _make_input(input_tensor, input_shape, include_top and not return_levels)
     _validate_input_shape(input_shape, weights)  # the shape may have come from input_tensor
+    imagenet.check_preprocessing_channels(include_preprocessing, input_shape)
     config = MODEL_CONFIGS[variant]
 
     levels, channels = config["levels"], config["channels"]
@@ -164,7 +167,8 @@ def DLA(
     if "scale" in config:
         block_args["scale"] = config["scale"]
 
-    x = blocks.conv2d(img_input, channels[0], 7, name="base_layer_0")
+    x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
+    x = blocks.conv2d(x, channels[0], 7, name="base_layer_0")
     x = blocks.batch_norm(x, name="base_layer_1")
     x = blocks.relu(x, name="base_layer_2")
     features = {}
@@ -236,6 +240,9 @@ BASE_DOCSTRING = """Instantiates the {title} architecture (Deep Layer Aggregatio
         classes: number of classes, only with `include_top=True` and no pretrained weights.
         classifier_activation: activation of the top layer, `None` to return the logits; only
             `None` or `"softmax"` with pretrained weights.
+        include_preprocessing: if True, the model takes RGB values in [0, 255] and normalises them inside as
+            `keras_dla.preprocess_input` does (a Keras `Normalization` layer named `preprocessing`, no
+            weights: the same weights files load either way); needs 3 input channels.
         return_levels: if True, the model returns a dict `{{"level0": ..., "level5": ...}}` of the
             six level features (strides 1, 2, 4, 8, 16, 32), as DLA-Up consumes them; `include_top`
             and `pooling` are then not used.
@@ -262,6 +269,7 @@ def _variant(fn_name, variant, title):
         classifier_activation="softmax",
         name=variant,
         return_levels=False,
+        include_preprocessing=False,
     ):
         return DLA(
             variant,
@@ -273,6 +281,7 @@ def _variant(fn_name, variant, title):
             classes=classes,
             classifier_activation=classifier_activation,
             return_levels=return_levels,
+            include_preprocessing=include_preprocessing,
             name=name,
         )
 

@@ -16,7 +16,7 @@ import re
 import keras
 from keras import layers
 
-from keras_dla import blocks, convert, dla, fast_paths, readers, resampling
+from keras_dla import blocks, checks, convert, dla, fast_paths, imagenet, readers, resampling
 
 DOWN_RATIOS = (2, 4, 8, 16)
 # The deepest level (level5) has stride 32: every level is twice the next only at multiples of 32.
@@ -212,6 +212,7 @@ def DLAUp(
     input_tensor=None,
     input_shape=None,
     activation="softmax",
+    include_preprocessing=False,
     name=None,
 ):
     """Builds DLA-Up segmentation on any backbone of `MODEL_CONFIGS`; see `DLA34Up` for the arguments."""
@@ -225,8 +226,10 @@ def DLAUp(
     _validate_arguments(backbone, classes, down_ratio, weights, activation)
     if input_shape is not None:
         dla._validate_input_shape(input_shape, weights)
+    include_preprocessing = checks.flag("include_preprocessing", include_preprocessing)
     img_input, input_shape = dla._make_input(input_tensor, input_shape, False)
     dla._validate_input_shape(input_shape, weights)
+    imagenet.check_preprocessing_channels(include_preprocessing, input_shape)
 
     state_dict = None
     if weights not in (None, "imagenet") and not os.fspath(weights).endswith(".weights.h5"):
@@ -234,7 +237,8 @@ def DLAUp(
         state_dict = _read_dlaseg_state_dict(os.fspath(weights), backbone, classes, down_ratio)
 
     first_level = int(math.log2(down_ratio))
-    x = resampling.pad_to_multiple(img_input, SIZE_MULTIPLE, name="pad")
+    x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
+    x = resampling.pad_to_multiple(x, SIZE_MULTIPLE, name="pad")  # the normalised image, zero-padded as upstream
     base = dla.DLA(
         backbone,
         include_top=False,
@@ -293,6 +297,8 @@ BASE_DOCSTRING = """Instantiates DLA-Up segmentation on the {title} backbone (th
         input_tensor: optional Keras tensor (output of `layers.Input()`) to use as image input.
         input_shape: optional shape tuple `(height, width, channels)`, `(None, None, 3)` by default.
         activation: activation of the output, `"softmax"` (per-pixel probabilities) or `None` (logits).
+        include_preprocessing: if True, the model takes RGB values in [0, 255] and normalises them inside as
+            `keras_dla.preprocess_input` does (no weights: the same weights files load either way).
         name: the model name.
 
     Returns:
@@ -315,6 +321,7 @@ def _variant(fn_name, variant, title):
         input_tensor=None,
         input_shape=None,
         activation="softmax",
+        include_preprocessing=False,
         name=f"{variant}up",
     ):
         return DLAUp(
@@ -325,6 +332,7 @@ def _variant(fn_name, variant, title):
             input_tensor=input_tensor,
             input_shape=input_shape,
             activation=activation,
+            include_preprocessing=include_preprocessing,
             name=name,
         )
 

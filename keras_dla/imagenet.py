@@ -8,6 +8,7 @@ import functools
 import json
 import os
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -40,6 +41,25 @@ def preprocess_input(x, data_format=None):
     if isinstance(x, np.ndarray):
         return (x.astype("float32") - mean) / std
     return (ops.cast(x, "float32") - mean) / std
+
+
+def normalization_layer(name="preprocessing"):
+    """A Keras `Normalization` layer computing `preprocess_input` inside a model: RGB in [0, 255] in.
+
+    A plain Keras layer with constant mean and variance (no weights), so a model with it loads the same weights
+    files as one without and its `.keras` file loads with plain Keras.
+    """
+    return keras.layers.Normalization(
+        mean=[255.0 * m for m in MEAN], variance=[(255.0 * s) ** 2 for s in STD], name=name
+    )
+
+
+def check_preprocessing_channels(include_preprocessing, input_shape):
+    if include_preprocessing and input_shape[-1] != 3:
+        raise ValueError(
+            "`include_preprocessing=True` applies ImageNet's RGB normalisation and needs 3 input channels. "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
 
 
 @functools.lru_cache(maxsize=1)

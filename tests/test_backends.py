@@ -205,6 +205,31 @@ def test_inference_model_serve_equals_the_model(kind):
 
 
 @pytest.mark.parametrize("kind", ["classifier", "segmenter"])
+def test_include_preprocessing_takes_raw_pixels_and_the_same_weights(kind, tmp_path):
+    """`include_preprocessing=True` computes model(preprocess_input(x)) from [0, 255] pixels; weights files load
+    both ways, through keras_dla and through plain `load_weights`."""
+    build = {
+        "classifier": lambda **k: keras_dla.DLA46XC(
+            **{"weights": None, "classes": 5, "input_shape": (None, None, 3), **k}
+        ),
+        "segmenter": lambda **k: keras_dla.DLAUp("dla46_c", **{"classes": 3, "down_ratio": 4, "weights": None, **k}),
+    }[kind]
+    plain = build()
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    raw = build(include_preprocessing=True, weights=str(tmp_path / "plain.weights.h5"))
+    assert any(isinstance(layer, keras.layers.Normalization) for layer in raw.layers)
+    pixels = np.random.default_rng(7).uniform(0, 255, (2, *SIZE, 3)).astype("float32")
+    expected = numpy(plain(keras_dla.preprocess_input(pixels), training=False))
+    np.testing.assert_allclose(numpy(raw(pixels, training=False)), expected, rtol=RTOL, atol=ATOL)
+    raw.save_weights(tmp_path / "raw.weights.h5")
+    again = build()
+    again.load_weights(tmp_path / "raw.weights.h5")
+    np.testing.assert_allclose(numpy(again(keras_dla.preprocess_input(pixels), training=False)), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="needs 3 input channels. Received: input_shape=\\(None, None, 1\\)"):
+        build(include_preprocessing=True, input_shape=(None, None, 1))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "segmenter"])
 def test_bfloat16_inference_model_takes_and_gives_float32(kind):
     """`dtype="bfloat16"` computes in bfloat16 inside (its rounding shows) with float32 in and out."""
     model = _small_models()[kind]
