@@ -35,8 +35,8 @@ def register(subparsers):
     parser.add_argument("--model", required=True, help="dla34 ... dla60_res2next, dla34up ..., or a .keras file")
     parser.add_argument(
         "--weights",
-        required=True,
-        help="none, imagenet, or a weights file (.safetensors, .pth, .weights.h5); must be none for a .keras model",
+        default=None,
+        help="none, imagenet, or a weights file (.safetensors, .pth, .weights.h5); a .keras model holds its own",
     )
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument(
@@ -80,6 +80,11 @@ def register(subparsers):
 
 
 def _validate(args):
+    if args.weights is None and not _is_saved_model(args.model):
+        raise ValueError(
+            f"--weights is needed for a model built here: none, imagenet or a weights file. Received: --model "
+            f"{args.model} and no --weights"
+        )
     if args.format not in FORMATS:
         raise ValueError(f"--format should be one of {', '.join(FORMATS)}. Received: --format {args.format}")
     if args.quantize is not None and args.quantize not in QUANTIZATIONS.get(args.format, ()):
@@ -114,8 +119,12 @@ def _validate(args):
     checks.check_output(args.output, "folder" if args.format == "saved_model" else "file", what="--output")
 
 
+def _is_saved_model(name):
+    return name.endswith(".keras") or os.path.sep in name
+
+
 def _weights(value):
-    if value == "none":
+    if value is None or value == "none":
         return None
     if value == "imagenet":
         return value
@@ -179,7 +188,7 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
 
     from keras_dla import dla, dla_up
 
-    if name.endswith(".keras") or os.path.sep in name:
+    if _is_saved_model(name):
         if not os.path.isfile(name):
             raise FileNotFoundError(f"No saved model at this path. Received: --model {name}")
         if not name.endswith((".keras", ".h5")):
