@@ -1,0 +1,147 @@
+"""`keras-dla predict` on a `.keras` file and on its SavedModel, TFLite, ONNX and OpenVINO exports: the same
+top classes and probabilities for the same real photos, as each sidecar says to feed them."""
+
+import os
+import shutil
+
+import keras
+import matplotlib
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dla import dla, export, export_onnx
+from keras_dla.cli import main
+from keras_dla.cli import predict as predict_command
+from keras_dla.imagenet import preprocess_input
+from tests.test_export import trained_looking
+
+SIZE = 64
+CLASSES = 3
+# Probabilities are printed with 4 decimals: two float32 runtimes may round a value either way.
+PRINTED = 1.5e-4
+
+
+def _photos(folder):
+    """Real photos in three forms predict reads: matplotlib's sample JPEG and PNG, and a crop of one as a PNG."""
+    data = os.path.join(matplotlib.get_data_path(), "sample_data")
+    paths = [os.path.join(data, "grace_hopper.jpg"), os.path.join(data, "Minduka_Present_Blue_Pack.png")]
+    hopper = tf.io.decode_image(tf.io.read_file(paths[0]), channels=3).numpy()
+    crop = os.path.join(folder, "hopper_face.png")
+    tf.io.write_file(crop, tf.io.encode_png(hopper[60:360, 150:400]))
+    return [*paths, crop]
+
+
+def _evaluation_input(paths):
+    """The authors' evaluation at SIZE: the shorter side resized to SIZE / 0.875, a centred crop, ImageNet's norm."""
+    pixels = [predict_command.load_image(p, shorter=int(SIZE / 0.875), crop=(SIZE, SIZE)) for p in paths]
+    return preprocess_input(np.stack(pixels))
+
+
+def _tell_apart(model, photos):
+    """Sets the classifier so that photo i is class i with a clear margin, as a trained model would tell them apart.
+
+    A random head over the photos' nearly equal pooled features gives about 1/3 to each class, where any
+    preprocessing would agree. Least squares on the pooled features (no training): logits 1.2, 0.6 and 0, so that
+    no two classes tie.
+    """
+    fc = model.get_layer("fc")
+    features = np.asarray(keras.Model(model.input, fc.input)(_evaluation_input(photos)), dtype="float64")
+    design = np.concatenate([features, np.ones((len(photos), 1))], axis=1)
+    solution = np.linalg.lstsq(design, 1.2 * np.eye(CLASSES) + 0.6 * np.roll(np.eye(CLASSES), 1, axis=1), rcond=None)[0]
+    fc.kernel.assign(solution[:-1].astype("float32"))
+    fc.bias.assign(solution[-1].astype("float32"))
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory):
+    """The `.keras` file of a small classifier and its exports, each with its sidecar, and the photos."""
+    folder = tmp_path_factory.mktemp("artefacts")
+    model = trained_looking(dla.DLA46C(weights=None, classes=CLASSES, input_shape=(SIZE, SIZE, 3)), SIZE)
+    photos = _photos(str(folder))
+    _tell_apart(model, photos)
+    keras_file = str(folder / "model.keras")
+    model.save(keras_file)
+    paths = {
+        "keras": keras_file,
+        "saved_model": export.export_saved_model(model, str(folder / "saved_model")),
+        "tflite": export.export_tflite(model, str(folder / "model.tflite"), verbose=False),
+        "onnx": export_onnx.export_onnx(model, str(folder / "model.onnx")),
+        "openvino": export_onnx.export_openvino(model, str(folder / "model.xml")),
+    }
+    return model, paths, photos
+
+
+def _predict(capsys, model, images, *args):
+    """`keras-dla predict`'s answers as `{image: [(name, probability), ...]}`, best first."""
+    assert main(["predict", *images, "--model", model, "--top", str(CLASSES), *args]) == 0
+    answers, current = {}, None
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith("  "):
+            current = answers.setdefault(line.rstrip(":"), [])
+            continue
+        rank, name, score = line.split()
+        assert rank == f"{len(current) + 1}."
+        current.append((name, float(score)))
+    return answers
+
+
+def test_every_artefact_gives_the_keras_models_top_classes(artefacts, capsys):
+    model, paths, images = artefacts
+    # What the Keras model gives for the authors' evaluation preprocessing at its input size: the shorter side
+    # resized to 64 / 0.875, a centred 64x64 crop, ImageNet normalisation.
+    expected = np.asarray(model.predict_on_batch(_evaluation_input(images)))
+    assert list(np.argmax(expected, axis=-1)) == [0, 1, 2] and expected.max(axis=-1).min() > 0.5
+
+    for kind, path in paths.items():
+        answers = _predict(capsys, path, images)
+        assert list(answers) == images, kind
+        for image, row in zip(images, expected, strict=True):
+            order = np.argsort(row)[::-1]
+            assert [name for name, _ in answers[image]] == [str(i) for i in order], (kind, image)
+            scores = np.array([score for _, score in answers[image]])
+            np.testing.assert_allclose(scores, row[order], atol=PRINTED, err_msg=f"{kind} on {image}")
+
+
+def test_labels_name_the_classes_of_an_artefact(artefacts, capsys, tmp_path):
+    _, paths, images = artefacts
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n", encoding="utf-8")
+    numbered = _predict(capsys, paths["onnx"], images[:1])
+    named = _predict(capsys, paths["onnx"], images[:1], "--labels", str(labels))
+    names = ["cat", "dog", "bird"]
+    assert named[images[0]] == [(names[int(i)], score) for i, score in numbered[images[0]]]
+
+    labels.write_text("cat\ndog\n", encoding="utf-8")  # one class short
+    assert main(["predict", images[0], "--model", paths["keras"], "--labels", str(labels)]) == 2
+    assert "should name each of the model's 3 classes on its own line; it names 2" in capsys.readouterr().err
+
+
+def test_an_artefact_without_its_sidecar_is_one_sentence(artefacts, capsys, tmp_path):
+    _, paths, images = artefacts
+    for kind in ("tflite", "saved_model"):
+        bare = str(tmp_path / os.path.basename(paths[kind]))
+        copy = shutil.copytree if kind == "saved_model" else shutil.copy
+        copy(paths[kind], bare)
+        assert main(["predict", images[0], "--model", bare]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        (line,) = captured.err.splitlines()
+        assert line == (
+            f"keras-dla predict: error: The exported model has no sidecar {bare}.json beside it (keras-dla export "
+            "writes it; it says how to preprocess the images and names the classes). Received: --model "
+            f"{bare}"
+        )
+
+
+def test_a_saved_model_holds_its_weights(artefacts, capsys, tmp_path):
+    _, paths, images = artefacts
+    assert main(["predict", images[0], "--model", paths["keras"], "--weights", "imagenet"]) == 2
+    assert "holds its weights; leave out --weights. Received: --weights imagenet" in capsys.readouterr().err
+    # keras-dla export takes a .keras file without --weights; a variant still needs them.
+    output = str(tmp_path / "again")
+    argv = ["export", "--model", paths["keras"], "--format", "saved_model", "--output", output, "--samples", "2"]
+    assert main(argv) == 0
+    assert os.path.isfile(output + ".json") and "parity on 2 random images" in capsys.readouterr().out
+    assert main(["export", "--model", "dla34", "--format", "saved_model", "--output", output + "2"]) == 2
+    assert "--weights is needed for a model built here" in capsys.readouterr().err
