@@ -62,9 +62,15 @@ def artefacts(tmp_path_factory):
     _tell_apart(model, photos)
     keras_file = str(folder / "model.keras")
     model.save(keras_file)
+    # The same weights behind a normalisation layer (include_preprocessing): predict feeds it raw pixels.
+    inside = dla.DLA46C(weights=None, classes=CLASSES, input_shape=(SIZE, SIZE, 3), include_preprocessing=True)
+    inside.set_weights(model.get_weights())
+    inside.save(str(folder / "normalises.keras"))
     paths = {
         "keras": keras_file,
-        "saved_model": export.export_saved_model(model, str(folder / "saved_model")),
+        "keras_normalising": str(folder / "normalises.keras"),
+        # Raw uint8 pixels in (the model normalises them); the others take ImageNet-normalised float32.
+        "saved_model": export.export_saved_model(model, str(folder / "saved_model"), uint8_input=True),
         "tflite": export.export_tflite(model, str(folder / "model.tflite"), verbose=False),
         "onnx": export_onnx.export_onnx(model, str(folder / "model.onnx")),
         "openvino": export_onnx.export_openvino(model, str(folder / "model.xml")),
