@@ -18,13 +18,13 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_dla", "keras_dla.*"]),
-    package_data={"keras_dla": ["data/*.json"]},
+    package_data={"keras_dla.models": ["data/*.json"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.13",
         "numpy",
         "h5py",
-        # Training (keras_dla.datasets, training, demo): tfds pipelines, TensorBoard logs, curves and pictures.
+        # Training (keras_dla.training.datasets, training, demo): tfds pipelines, TensorBoard logs, curves and pictures.
         "tensorflow-datasets",
         "importlib_resources",  # tensorflow-datasets 4.9 imports it to prepare a data set, without requiring it
         "tensorboard",
@@ -32,7 +32,7 @@ setup(
         # Export (keras_dla.export): the LiteRT interpreter that runs .tflite files for the parity checks;
         # tf.lite.Interpreter, the fallback, is deprecated. No wheels for Windows.
         "ai-edge-litert; platform_system != 'Windows'",
-        # keras_dla.tflite_metadata builds the TFLite metadata flatbuffers (TensorFlow requires it too).
+        # keras_dla.export.tflite_metadata builds the TFLite metadata flatbuffers (TensorFlow requires it too).
         "flatbuffers",
     ],
     extras_require={
@@ -55,7 +55,7 @@ setup(
             "onnxruntime",
             "openvino",
         ],
-        # ONNX export (keras_dla.export_onnx, `keras-dla export --format onnx`): Keras' exporter converts with
+        # ONNX export (keras_dla.export.onnx_openvino, `keras-dla export --format onnx`): Keras' exporter converts with
         # tf2onnx; ONNX Runtime runs the file for the parity check and quantises it to int8.
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
         # OpenVINO export: OpenVINO converts and runs the model; a graph its TensorFlow front end cannot shape

@@ -13,8 +13,9 @@ import argparse
 
 import numpy as np
 
-from keras_dla import datasets, demo, training
-from keras_dla.fashion_mnist import CLASS_NAMES
+from keras_dla import demo
+from keras_dla.training import datasets, fit
+from keras_dla.training.fashion_mnist import CLASS_NAMES
 
 
 def flip_tta_predictions(model, images, batch_size=250):
@@ -38,7 +39,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    model = training.build_classifier(args.variant, 10, (args.size, args.size, 1), args.weights)
+    model = fit.build_classifier(args.variant, 10, (args.size, args.size, 1), args.weights)
     test, _ = datasets.classification_data("fashion_mnist", split="validation", batch_size=250, image_size=args.size)
     images, labels = (np.concatenate(parts) for parts in zip(*[(a.numpy(), b.numpy()) for a, b in test], strict=True))
     plain, flipped = flip_tta_predictions(model, images)

@@ -13,12 +13,14 @@ import time
 
 import numpy as np
 
-from keras_dla import datasets, export, export_verify, training
+from keras_dla import export
+from keras_dla.export import verify
+from keras_dla.training import datasets, fit
 
 
 def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
     size = int(size)
-    model = training.build_classifier(variant, 10, (size, size, 1), weights)
+    model = fit.build_classifier(variant, 10, (size, size, 1), weights)
     test, _ = datasets.classification_data("fashion_mnist", split="validation", batch_size=250, image_size=size)
     x, y = (np.concatenate(parts) for parts in zip(*[(a.numpy(), b.numpy()) for a, b in test], strict=True))
     calibration, _ = datasets.classification_data(
@@ -36,7 +38,7 @@ def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
             calibration_steps=len(representative),
         )
         convert_s = time.perf_counter() - start
-        interpreter = export_verify.tflite_interpreter(path, 2)
+        interpreter = verify.tflite_interpreter(path, 2)
         interpreter.allocate_tensors()
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         int8_top1 = np.empty(len(x), dtype=np.int64)

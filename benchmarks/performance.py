@@ -120,7 +120,7 @@ def _keras_model(args, **kwargs):
     import keras_dla
 
     start = time.perf_counter()
-    model = keras_dla.dla.BUILDERS[args.model](weights=None, input_shape=(args.size, args.size, 3), **kwargs)
+    model = keras_dla.models.dla.BUILDERS[args.model](weights=None, input_shape=(args.size, args.size, 3), **kwargs)
     build_s = time.perf_counter() - start
     _trained_like_batch_norms(model)
     return model, build_s
@@ -214,7 +214,8 @@ def _median_step_s(model, **fit_args):
 def work_tflite(args):
     import numpy as np
 
-    from keras_dla import export, export_verify
+    from keras_dla import export
+    from keras_dla.export import verify
 
     _tf_threads(args.threads)
     model, _ = _keras_model(args)
@@ -233,7 +234,7 @@ def work_tflite(args):
                 verbose=False,
             )
             result["convert_s"][name] = time.perf_counter() - start
-            interpreter = export_verify.tflite_interpreter(path, args.threads)
+            interpreter = verify.tflite_interpreter(path, args.threads)
             detail = interpreter.get_input_details()[0]
             for batch in args.batches:
                 interpreter.resize_tensor_input(detail["index"], [batch, args.size, args.size, 3])

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_dla.layers import DepthwiseConv2DTranspose  # noqa: E402
+from keras_dla.models.layers import DepthwiseConv2DTranspose  # noqa: E402
 
 # (name, channels, input height, input width, factor)
 CASES = [

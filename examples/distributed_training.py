@@ -28,7 +28,7 @@ The command-line equivalent is `keras-dla train --strategy ... --devices ...`.
 
 import argparse
 
-from keras_dla import training
+from keras_dla.training import fit
 
 """
 ## Configuration
@@ -38,7 +38,7 @@ The learning rate defaults to the authors' 0.1 per 256 images, scaled with the g
 """
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[2])
-parser.add_argument("--strategy", default="auto", choices=training.STRATEGIES)
+parser.add_argument("--strategy", default="auto", choices=fit.STRATEGIES)
 parser.add_argument("--devices", type=int, default=None)
 parser.add_argument("--model", default="dla46_c")
 parser.add_argument("--batch-size", type=int, default=128)
@@ -47,7 +47,7 @@ parser.add_argument("--mixed-precision", action="store_true")
 parser.add_argument("--full", action="store_true")
 args = parser.parse_args()
 
-config = training.TrainConfig(
+config = fit.TrainConfig(
     model=args.model,
     dataset="fashion_mnist",
     epochs=30 if args.full else 2,
@@ -69,7 +69,7 @@ inside `strategy.scope()`, and runs `model.fit` with BackupAndRestore, the best-
 TensorBoard logs.
 """
 
-result = training.train(config)
+result = fit.train(config)
 print(
     f"{result['strategy']} with {result['replicas']} replica(s): {result['epochs_completed']} epochs, "
     f"last epoch {result['final']}"

@@ -16,7 +16,8 @@ import argparse
 
 import numpy as np
 
-from keras_dla import datasets, demo, training
+from keras_dla import demo
+from keras_dla.training import datasets, fit
 
 """
 ## Training with `keras_dla.training`
@@ -35,7 +36,7 @@ parser.add_argument("--output", default="runs/segmentation_example")
 parser.add_argument("--full", action="store_true")
 args = parser.parse_args()
 
-config = training.TrainConfig(
+config = fit.TrainConfig(
     task="segmentation",
     model=args.model,
     dataset=args.dataset,
@@ -46,7 +47,7 @@ config = training.TrainConfig(
     limit=None if args.full else 256,
     output=args.output,
 )
-result = training.train(config)
+result = fit.train(config)
 model = result["model_object"]
 
 """

@@ -16,12 +16,12 @@ import argparse
 import keras
 
 import keras_dla
-from keras_dla import datasets
+from keras_dla.training import datasets
 
 """
 ## Set-up
 
-The data pipeline is `keras_dla.datasets.classification_data`: the authors' random-resized crop, flip, colour
+The data pipeline is `keras_dla.training.datasets.classification_data`: the authors' random-resized crop, flip, colour
 jitter and PCA lighting for training, resize and centre crop for validation, normalised with the ImageNet mean
 and standard deviation that the DLA weights expect.
 """

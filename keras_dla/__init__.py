@@ -3,8 +3,8 @@
 The public names load on first use (PEP 562): `import keras_dla` imports neither Keras nor its backend, so the
 `keras-dla` command starts without TensorFlow. `keras_dla.DLA34` (or `from keras_dla import DLA34`) imports the
 module that defines it. Keras registers keras_dla's serializable classes (`DepthwiseConv2DTranspose`, the
-segmentation loss and metric) when their module is imported: use one of them, or import `keras_dla.layers` /
-`keras_dla.segmentation`, before loading a `.keras` file that holds them.
+segmentation loss and metric) when their module is imported: use one of them, or import `keras_dla.models.layers` /
+`keras_dla.training.segmentation`, before loading a `.keras` file that holds them.
 """
 
 import importlib
@@ -13,39 +13,39 @@ from keras_dla.version import __version__
 
 # Each public name and the module that defines it (as `name` or, for an alias, `(module, attribute)`).
 _PUBLIC = {
-    "DLA": "dla",
-    "DLA34": "dla",
-    "DLA46C": "dla",
-    "DLA46XC": "dla",
-    "DLA60XC": "dla",
-    "DLA60": "dla",
-    "DLA60X": "dla",
-    "DLA102": "dla",
-    "DLA102X": "dla",
-    "DLA102X2": "dla",
-    "DLA169": "dla",
-    "DLA60Res2Net": "dla",
-    "DLA60Res2NeXt": "dla",
-    "MODEL_CONFIGS": "model_configs",
-    "DLAUp": "dla_up",
-    "DLA34Up": "dla_up",
-    "DLA60Up": "dla_up",
-    "DLA102Up": "dla_up",
-    "DLA169Up": "dla_up",
-    "DepthwiseConv2DTranspose": "layers",
-    "inference_model": "inference",
-    "fold_batch_norms": "inference",
-    "attach_fast_paths": ("fast_paths", "attach"),
-    "keras_name": "names",
-    "module_path": "names",
-    "SegmentationCrossEntropy": "segmentation",
-    "SegmentationMeanIoU": "segmentation",
-    "predict_multiscale": "segmentation",
-    "save_overlay": "segmentation",
-    "CITYSCAPES_PALETTE": "segmentation",
-    "decode_predictions": "imagenet",
-    "preprocess_input": "imagenet",
-    "register_weights": "weights",
+    "DLA": "models.dla",
+    "DLA34": "models.dla",
+    "DLA46C": "models.dla",
+    "DLA46XC": "models.dla",
+    "DLA60XC": "models.dla",
+    "DLA60": "models.dla",
+    "DLA60X": "models.dla",
+    "DLA102": "models.dla",
+    "DLA102X": "models.dla",
+    "DLA102X2": "models.dla",
+    "DLA169": "models.dla",
+    "DLA60Res2Net": "models.dla",
+    "DLA60Res2NeXt": "models.dla",
+    "MODEL_CONFIGS": "models.configs",
+    "DLAUp": "models.dla_up",
+    "DLA34Up": "models.dla_up",
+    "DLA60Up": "models.dla_up",
+    "DLA102Up": "models.dla_up",
+    "DLA169Up": "models.dla_up",
+    "DepthwiseConv2DTranspose": "models.layers",
+    "inference_model": "export.inference",
+    "fold_batch_norms": "export.inference",
+    "attach_fast_paths": ("models.fast_paths", "attach"),
+    "keras_name": "weights.names",
+    "module_path": "weights.names",
+    "SegmentationCrossEntropy": "training.segmentation",
+    "SegmentationMeanIoU": "training.segmentation",
+    "predict_multiscale": "training.segmentation",
+    "save_overlay": "training.segmentation",
+    "CITYSCAPES_PALETTE": "training.segmentation",
+    "decode_predictions": "models.imagenet",
+    "preprocess_input": "models.imagenet",
+    "register_weights": "weights.pretrained",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -15,7 +15,7 @@ the Keras model on real test images, then writes into the output folder:
 The reported accuracy is that of the final epoch's weights, not of the epoch that scored best on the test
 set (the test set is monitored during training, never used to choose). `keras-dla demo --task segmentation`
 does the same for DLA-Up on "Fashion-MNIST scenes" (composed 64x64 canvases of real garments, see
-`keras_dla.fashion_mnist`), reporting mean IoU and pixel accuracy on 1,000 test scenes.
+`keras_dla.training.fashion_mnist`), reporting mean IoU and pixel accuracy on 1,000 test scenes.
 """
 
 import json
@@ -27,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dla import checks, datasets, export, fashion_mnist, files, run_folder, training
+from keras_dla import checks, export, files
+from keras_dla.training import datasets, fashion_mnist, fit, run_folder
 
 # The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
 # DLA-46-C underfit with the authors' SGD: AdamW with label smoothing reached 92.43% in 10 (see README).
@@ -54,7 +55,7 @@ def _default_devices():
         return None
     wanted = max(1, min(os.cpu_count() or 1, MAX_CPU_REPLICAS))
     try:
-        training.configure_devices(wanted)
+        fit.configure_devices(wanted)
     except ValueError:  # TensorFlow already runs in this process (a notebook, the tests): keep its devices
         return None
     return wanted
@@ -231,7 +232,7 @@ def run_demo(
         raise ValueError(f"`test_limit` should be a positive integer. Received: test_limit={test_limit!r}")
     segmentation = task == "segmentation"
     dataset = "fashion_mnist_scenes" if segmentation else "fashion_mnist"
-    config = training.TrainConfig(
+    config = fit.TrainConfig(
         task=task,
         model=settings["model"],
         dataset=dataset,
@@ -258,7 +259,7 @@ def run_demo(
     timings = {}
 
     clock = _timer()
-    result = training.train(config)  # checks every argument first; creates output/train
+    result = fit.train(config)  # checks every argument first; creates output/train
     timings["train_s"] = clock()
     os.makedirs(output, exist_ok=True)
     model = result.pop("model_object")
@@ -298,9 +299,9 @@ def run_demo(
 
     # Export a replica-free copy of the trained model and check both artefacts on real test images.
     builder = (
-        (lambda: training.build_segmenter(config.model, info.num_classes, (size, size, 1), "none", 2))
+        (lambda: fit.build_segmenter(config.model, info.num_classes, (size, size, 1), "none", 2))
         if segmentation
-        else (lambda: training.build_classifier(config.model, info.num_classes, (size, size, 1), "none"))
+        else (lambda: fit.build_classifier(config.model, info.num_classes, (size, size, 1), "none"))
     )
     plain = _plain_copy(model, builder)
     run_folder.save_weights_atomically(plain, os.path.join(output, "model.weights.h5"))

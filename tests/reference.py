@@ -12,7 +12,7 @@ import timm
 import torch
 
 from keras_dla import MODEL_CONFIGS
-from keras_dla.convert import dead_project_keys
+from keras_dla.weights.convert import dead_project_keys
 
 BRANCH_END_BNS = ("bn3", "root.bn")  # plus bn2 of the basic block
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import keras_dla
-from keras_dla.dla import BUILDERS
-from keras_dla.dla_up import UP_BUILDERS
+from keras_dla.models.dla import BUILDERS
+from keras_dla.models.dla_up import UP_BUILDERS
 from tests import reference, torch_dla_up
 
 BACKEND = keras.backend.backend()
@@ -307,7 +307,7 @@ def test_inference_model_imports_no_tensorflow(tmp_path):
 
 def test_layer_names_map_to_every_checkpoint_key():
     """Every weight of a DLA-Up (backbone included) has a PyTorch key, and the names map back and forth exactly."""
-    from keras_dla import convert, names
+    from keras_dla.weights import convert, names
 
     model = keras_dla.DLA34Up(classes=3, weights=None)
     for _, layer in convert.named_layers(model):

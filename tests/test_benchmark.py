@@ -36,7 +36,7 @@ def test_timed_models_fold_to_nonzero_biases_as_trained_ones_do():
 
     import numpy as np
 
-    from keras_dla import inference
+    from keras_dla.export import inference
 
     model, build_s = performance._keras_model(argparse.Namespace(model="dla46_c", size=64))
     assert build_s > 0
@@ -192,17 +192,17 @@ def test_flip_tta_script_prints_both_accuracies_and_draws_the_confusion_matrix(t
     import keras
     import numpy as np
 
-    from keras_dla import datasets, training
+    from keras_dla.training import datasets, fit
 
     weights = str(tmp_path / "model.weights.h5")
-    training.build_classifier("dla46_c", 10, (32, 32, 1), None).save_weights(weights)
+    fit.build_classifier("dla46_c", 10, (32, 32, 1), None).save_weights(weights)
     real = datasets.classification_data
     monkeypatch.setattr(datasets, "classification_data", lambda *a, **k: real(*a, **k, limit=500))
     drawn = {}
     monkeypatch.setattr(flip_tta_accuracy.demo, "plot_confusion", lambda m, names, path: drawn.update(m=m, path=path))
     flip_tta_accuracy.main([weights, "dla46_c", "32", "--confusion", str(tmp_path / "c.png")])
 
-    model = training.build_classifier("dla46_c", 10, (32, 32, 1), weights)
+    model = fit.build_classifier("dla46_c", 10, (32, 32, 1), weights)
     test, _ = real("fashion_mnist", split="validation", batch_size=250, image_size=32, limit=500)
     images, labels = (np.concatenate(p) for p in zip(*[(a.numpy(), b.numpy()) for a, b in test], strict=True))
     plain, flipped = flip_tta_accuracy.flip_tta_predictions(model, images)

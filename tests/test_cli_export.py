@@ -9,7 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dla import cli, dla, export, export_verify, fashion_mnist
+from keras_dla import cli, export
+from keras_dla.export import verify
+from keras_dla.models import dla
+from keras_dla.training import fashion_mnist
 from tests.test_export import TOLERANCE, images, tiny_model, trained_looking
 
 
@@ -83,7 +86,7 @@ def test_int8_from_a_folder_of_real_images_with_uint8_input(capsys, tmp_path, ke
     )  # fmt: skip
     assert code == 0, err
     assert "parity on 8 real images" in out and "parity on 8 random images" in out
-    interpreter = export_verify.tflite_interpreter(str(output), None)
+    interpreter = verify.tflite_interpreter(str(output), None)
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
     # On the garments the command held out of calibration, the int8 model follows the float one.

@@ -106,7 +106,7 @@ def test_importing_keras_dla_leaves_logging_alone():
         "import keras\n"  # the backend's own settings (TensorFlow imports JAX, which sets TF_CPP_MIN_LOG_LEVEL)
         f"before = {LOGGING_STATE}\n"
         "keras_dla.DLA46C(weights=None, classes=3, input_shape=(32, 32, 3))\n"
-        "import keras_dla.export, keras_dla.export_onnx, keras_dla.training\n"
+        "import keras_dla.export, keras_dla.export.onnx_openvino, keras_dla.training\n"
         f"print(before == {LOGGING_STATE})\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_dla import augment, datasets, fashion_mnist
+from keras_dla.training import augment, datasets, fashion_mnist
 
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers: data sets made in temporary folders

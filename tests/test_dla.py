@@ -14,9 +14,9 @@ import timm
 import torch
 
 import keras_dla
-from keras_dla import fast_paths
-from keras_dla.dla import BUILDERS
-from keras_dla.names import keras_name
+from keras_dla.models import fast_paths
+from keras_dla.models.dla import BUILDERS
+from keras_dla.weights.names import keras_name
 from tests import reference
 
 VARIANTS = list(BUILDERS)
@@ -141,7 +141,7 @@ def test_equals_timm_float32(variant, tmp_path):
     before = classifier.get_weights()
     for w in classifier.weights:
         w.assign(keras.ops.zeros_like(w))
-    keras_dla.convert.load_weights(classifier, timm_layout)
+    keras_dla.weights.convert.load_weights(classifier, timm_layout)
     for a, b in zip(before, classifier.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -221,13 +221,13 @@ def test_input_tensor():
 @pytest.fixture
 def nothing_is_built(monkeypatch):
     """Fails a test that builds a layer: a refusal must come before the graph."""
-    from keras_dla import blocks
+    from keras_dla.models import blocks
 
     def built(*args, **kwargs):
         raise AssertionError("the graph was being built")
 
     monkeypatch.setattr(blocks, "conv2d", built)
-    monkeypatch.setattr(keras_dla.dla_up.resampling, "pad_to_multiple", built)
+    monkeypatch.setattr(keras_dla.models.dla_up.resampling, "pad_to_multiple", built)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ import timm
 import torch
 
 import keras_dla
-from keras_dla import convert, dla_up, fast_paths, readers, resampling
-from keras_dla.names import keras_name
+from keras_dla.models import dla_up, fast_paths, resampling
+from keras_dla.weights import convert, readers
+from keras_dla.weights.names import keras_name
 from tests import reference, torch_dla_up
 
 # The authors' `sum(p.numel() for p in model.parameters())` for 19 classes and down_ratio 2 (REFERENCE.md §4):

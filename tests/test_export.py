@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import dla, dla_up, export, export_verify, fashion_mnist
-from keras_dla.imagenet import preprocess_input
+from keras_dla import export
+from keras_dla.export import tensorflow_formats, verify
+from keras_dla.models import dla, dla_up
+from keras_dla.models.imagenet import preprocess_input
+from keras_dla.training import fashion_mnist
 
 SIZE = 32  # the smallest input DLA takes: TFLite conversion time grows with the graph, not the pixels
 QUICK = ("dla34", "dla46_c", "dla46x_c", "dla60x_c")  # the others are marked slow (minutes of conversion)
@@ -101,7 +104,7 @@ def test_classifier_exports_match_keras(variant, tmp_path):
         assert report.format == "saved_model"
         assert report.max_abs_diff <= TOLERANCE, report.summary()
         assert report.top1_agreement == 1.0
-    # No temporary leftovers; each artefact has its JSON sidecar (keras_dla.artifact).
+    # No temporary leftovers; each artefact has its JSON sidecar (keras_dla.export.sidecar).
     assert sorted(os.listdir(tmp_path)) == ["model.tflite", "model.tflite.json", "saved_model", "saved_model.json"]
 
 
@@ -153,7 +156,7 @@ def test_uint8_signature_builds_the_preprocessing_in(small_model, tmp_path):
 
 
 def _tflite_details(path):
-    interpreter = export_verify.tflite_interpreter(os.fspath(path), None)
+    interpreter = verify.tflite_interpreter(os.fspath(path), None)
     return interpreter.get_input_details()[0], interpreter.get_output_details()[0], interpreter.get_tensor_details()
 
 
@@ -207,7 +210,7 @@ def test_int8_calibration_shows_its_progress(tmp_path, capfd):
     assert "Calibrating" not in capfd.readouterr().out
     export.export_tflite(tiny_model(), tmp_path / "float.tflite", input_size=(8, 8))  # nothing to calibrate
     assert "Calibrating" not in capfd.readouterr().out
-    report = export._progress(3, "images calibrated", log_every_s=0)  # a line per image when it is time
+    report = tensorflow_formats._progress(3, "images calibrated", log_every_s=0)  # a line per image when it is time
     for done in (1, 2, 3):
         report(done)
     lines = capfd.readouterr().out.splitlines()
@@ -221,7 +224,7 @@ def fashion_model():
     """A DLA-46-C trained briefly on real Fashion-MNIST (as the demo: 28 -> 32 padded, RGB, normalised)."""
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
-    fit = export._fit(x_train[:4096, :, :, None].astype("float32"), (SIZE, SIZE))
+    fit = tensorflow_formats._fit(x_train[:4096, :, :, None].astype("float32"), (SIZE, SIZE))
     train_pixels = np.repeat(fit, 3, axis=-1)
     test_pixels = export.load_images("fashion_mnist", (SIZE, SIZE), count=1000)
     normalise = export.PREPROCESSING["fashion_mnist"]
@@ -250,7 +253,7 @@ def test_int8_keeps_top1_on_real_images(fashion_model, tmp_path):
     assert report.top1_agreement >= 0.95, report.summary()
 
     keras_accuracy = np.mean(np.argmax(model.predict(np.asarray(normalise(test_pixels)), verbose=0), -1) == labels)
-    runner = export_verify._Runner(path, None)
+    runner = verify._Runner(path, None)
     int8_predictions = [np.argmax(next(iter(runner(test_pixels[i : i + 1]).values()))) for i in range(1000)]
     int8_accuracy = np.mean(np.asarray(int8_predictions) == labels)
     assert keras_accuracy > 0.6  # a model that learned something, so agreement means something
@@ -368,7 +371,12 @@ def test_load_images_names_bad_size_and_count(tmp_path):
             export.load_images("fashion_mnist", size)
     with pytest.raises(ValueError, match=r"`count` should be a positive integer. Received: count=0"):
         export.load_images("fashion_mnist", (32, 32), count=0)
-    assert export.load_images("fashion_mnist", (np.int64(32), 32), count=np.int64(2)).shape == (2, 32, 32, 3)
+    assert export.load_images("fashion_mnist", (np.int64(32), 32), count=np.int64(2)).shape == (
+        2,
+        32,
+        32,
+        3,
+    )
 
 
 def test_tflite_needs_a_static_size(tmp_path):
@@ -430,9 +438,9 @@ def test_failure_midway_leaves_no_partial_saved_model(tmp_path, monkeypatch):
 def test_report_names_the_agreement_its_outputs_have():
     fields = dict(path="m.tflite", format="tflite", size_bytes=2**20, samples=4, max_abs_diff=1e-6, max_rel_diff=1e-7)
     fields.update(latency_ms=1.0, keras_latency_ms=2.0, input_dtype="float32")
-    classifier = export_verify.ExportReport(top1_agreement=0.75, pixel_agreement=None, **fields)
-    segmenter = export_verify.ExportReport(top1_agreement=None, pixel_agreement=0.5, **fields)
-    neither = export_verify.ExportReport(top1_agreement=None, pixel_agreement=None, **fields)
+    classifier = verify.ExportReport(top1_agreement=0.75, pixel_agreement=None, **fields)
+    segmenter = verify.ExportReport(top1_agreement=None, pixel_agreement=0.5, **fields)
+    neither = verify.ExportReport(top1_agreement=None, pixel_agreement=None, **fields)
     assert classifier.agreement() == "top-1 agreement 75.00%" and "top-1 agreement 75.00%," in classifier.summary()
     assert segmenter.agreement() == "pixel agreement 50.00%" and "pixel agreement 50.00%," in segmenter.summary()
     assert neither.agreement() == "" and "agreement" not in neither.summary()

@@ -9,7 +9,9 @@ import onnxruntime
 import openvino
 import pytest
 
-from keras_dla import artifact, dla, dla_up, export, export_onnx
+from keras_dla import export
+from keras_dla.export import onnx_openvino, sidecar
+from keras_dla.models import dla, dla_up
 from tests.test_export import TOLERANCE, trained_looking
 
 SIZE = 32
@@ -32,7 +34,7 @@ def _images(count, size=SIZE, seed=1):
 
 
 def test_onnx_classifier_float32_dynamic_batch(classifier, tmp_path):
-    path = export_onnx.export_onnx(classifier, tmp_path / "m.onnx")
+    path = onnx_openvino.export_onnx(classifier, tmp_path / "m.onnx")
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     (given,), (taken,) = session.get_inputs(), session.get_outputs()
     assert (given.name, taken.name) == ("images", "probabilities")
@@ -48,8 +50,8 @@ def test_onnx_classifier_float32_dynamic_batch(classifier, tmp_path):
 
 
 def test_onnx_sidecar_says_what_to_feed(classifier, tmp_path):
-    path = export_onnx.export_onnx(classifier, tmp_path / "m.onnx")
-    contract = artifact.read_sidecar(path)
+    path = onnx_openvino.export_onnx(classifier, tmp_path / "m.onnx")
+    contract = sidecar.read_sidecar(path)
     assert contract["format"] == "onnx" and contract["task"] == "classification"
     given = contract["input"]
     assert given["name"] == "images" and given["shape"] == [None, SIZE, SIZE, 3] and given["dtype"] == "float32"
@@ -64,7 +66,7 @@ def test_onnx_sidecar_says_what_to_feed(classifier, tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype("float32")
     fed = (pixels - np.float32(given["normalization"]["mean"])) / np.float32(given["normalization"]["std"])
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    from keras_dla.imagenet import preprocess_input
+    from keras_dla.models.imagenet import preprocess_input
 
     np.testing.assert_allclose(
         session.run(None, {"images": fed})[0], classifier.predict_on_batch(preprocess_input(pixels)), atol=TOLERANCE
@@ -74,8 +76,8 @@ def test_onnx_sidecar_says_what_to_feed(classifier, tmp_path):
 def test_onnx_uint8_input_with_labels(classifier, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")
-    path = export_onnx.export_onnx(classifier, tmp_path / "m.onnx", uint8_input=True, labels=labels)
-    contract = artifact.read_sidecar(path)
+    path = onnx_openvino.export_onnx(classifier, tmp_path / "m.onnx", uint8_input=True, labels=labels)
+    contract = sidecar.read_sidecar(path)
     assert contract["input"]["dtype"] == "uint8" and contract["input"]["normalization"] == {"applied_by": "model"}
     assert contract["classes"] == ["cat", "dog", "bird"]
     pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
@@ -85,7 +87,7 @@ def test_onnx_uint8_input_with_labels(classifier, tmp_path):
 
 def test_onnx_int8_follows_the_float_model(classifier, tmp_path):
     calibration = _images(16, seed=2)
-    path = export_onnx.export_onnx(
+    path = onnx_openvino.export_onnx(
         classifier, tmp_path / "q.onnx", quantization="int8", representative_data=calibration, calibration_steps=16
     )
     import onnx
@@ -95,12 +97,12 @@ def test_onnx_int8_follows_the_float_model(classifier, tmp_path):
     report = export.verify_export(classifier, path, _images(16, seed=3), latency_runs=1)
     assert report.max_abs_diff < 0.1, report.summary()  # probabilities
     assert report.top1_agreement >= 0.75, report.summary()
-    quant = artifact.read_sidecar(path)["quantization"]
+    quant = sidecar.read_sidecar(path)["quantization"]
     assert quant["scheme"].startswith("int8 static") and quant["calibration_images"] == 16
 
 
 def test_onnx_dla_up_any_size(segmenter, tmp_path):
-    path = export_onnx.export_onnx(segmenter, tmp_path / "seg.onnx")
+    path = onnx_openvino.export_onnx(segmenter, tmp_path / "seg.onnx")
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].name == "pixel_logits"
     for size in (64, 48):
@@ -111,13 +113,13 @@ def test_onnx_dla_up_any_size(segmenter, tmp_path):
         np.testing.assert_allclose(y, k, atol=TOLERANCE)
     report = export.verify_export(segmenter, path, _images(2, 64), latency_runs=1)
     assert report.pixel_agreement > 0.999
-    contract = artifact.read_sidecar(path)
+    contract = sidecar.read_sidecar(path)
     assert contract["task"] == "segmentation" and contract["output"]["kind"] == "per-pixel logits"
     assert contract["input"]["resize"] is None
 
 
 def test_openvino_classifier_and_dla_up(classifier, segmenter, tmp_path):
-    path = export_onnx.export_openvino(classifier, tmp_path / "m.xml")
+    path = onnx_openvino.export_openvino(classifier, tmp_path / "m.xml")
     assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.xml", "m.xml.json"]
     compiled = openvino.Core().compile_model(path, "CPU")
     assert compiled.inputs[0].get_any_name() == "images"
@@ -126,26 +128,26 @@ def test_openvino_classifier_and_dla_up(classifier, segmenter, tmp_path):
     report = export.verify_export(classifier, path, _images(3), latency_runs=1)
     assert report.format == "openvino" and report.max_abs_diff <= TOLERANCE
     assert report.size_bytes == os.path.getsize(path) + os.path.getsize(tmp_path / "m.bin")
-    assert artifact.read_sidecar(path)["weights_file"] == "m.bin"
+    assert sidecar.read_sidecar(path)["weights_file"] == "m.bin"
 
-    seg = export_onnx.export_openvino(segmenter, tmp_path / "seg.xml", input_size=(64, 64))
+    seg = onnx_openvino.export_openvino(segmenter, tmp_path / "seg.xml", input_size=(64, 64))
     report = export.verify_export(segmenter, seg, _images(2, 64), latency_runs=1)
     assert report.max_abs_diff <= TOLERANCE and report.pixel_agreement > 0.999
 
 
 def test_refusals_leave_nothing(classifier, tmp_path):
     with pytest.raises(ValueError, match=r"should end in \.onnx"):
-        export_onnx.export_onnx(classifier, tmp_path / "m.tflite")
+        onnx_openvino.export_onnx(classifier, tmp_path / "m.tflite")
     with pytest.raises(ValueError, match="quantization"):
-        export_onnx.export_onnx(classifier, tmp_path / "m.onnx", quantization="float16")
+        onnx_openvino.export_onnx(classifier, tmp_path / "m.onnx", quantization="float16")
     with pytest.raises(ValueError, match="representative"):
-        export_onnx.export_onnx(classifier, tmp_path / "m.onnx", quantization="int8")
+        onnx_openvino.export_onnx(classifier, tmp_path / "m.onnx", quantization="int8")
     with pytest.raises(ValueError, match="quantization='float16'"):
         export.export(classifier, tmp_path / "m.xml", format="openvino", quantization="float16")
     assert os.listdir(tmp_path) == []
     (tmp_path / "m.xml").write_text("keep")
     with pytest.raises(ValueError, match="overwrite"):
-        export_onnx.export_openvino(classifier, tmp_path / "m.xml")
+        onnx_openvino.export_openvino(classifier, tmp_path / "m.xml")
     assert (tmp_path / "m.xml").read_text() == "keep"
 
 
@@ -162,22 +164,22 @@ def test_a_missing_runtime_is_one_sentence(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_openvino)
     monkeypatch.delitem(__import__("sys").modules, "openvino")
     with pytest.raises(ModuleNotFoundError, match=r"pip install keras_dla\[openvino\]"):
-        export_onnx.require("openvino", "openvino")
+        onnx_openvino.require("openvino", "openvino")
 
 
 def test_sidecars_of_saved_model_and_tflite(classifier, tmp_path):
     saved = export.export_saved_model(classifier, tmp_path / "sm")
-    contract = artifact.read_sidecar(saved)
+    contract = sidecar.read_sidecar(saved)
     assert os.path.isfile(tmp_path / "sm.json")
     assert contract["format"] == "saved_model" and contract["input"]["name"] == "image"
     assert contract["output"]["name"] == "output_0" and contract["input"]["shape"] == [None, SIZE, SIZE, 3]
     lite = export.export_tflite(classifier, tmp_path / "m.tflite", uint8_input=True)
-    contract = artifact.read_sidecar(lite)
+    contract = sidecar.read_sidecar(lite)
     assert contract["input"]["dtype"] == "uint8" and contract["input"]["shape"] == [1, SIZE, SIZE, 3]
     assert contract["output"]["shape"] == [1, 3]  # the file's batch of one
     assert json.loads((tmp_path / "m.tflite.json").read_text()) == contract
 
 
 def test_imagenet_classifier_names_its_1000_classes():
-    names = artifact.class_names(1000)
+    names = sidecar.class_names(1000)
     assert len(names) == 1000 and names[0] == "tench" and names[1] == "goldfish"

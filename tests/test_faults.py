@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from keras_dla import checksum
+from keras_dla.weights import checksum
 from tests.test_data import make_class_folder
 
 EPOCHS = 2

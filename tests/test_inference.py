@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import keras_dla
-from keras_dla import dla, dla_up, fast_paths, inference
-from keras_dla.names import keras_name
+from keras_dla.export import inference
+from keras_dla.models import dla, dla_up, fast_paths
+from keras_dla.weights.names import keras_name
 from tests.test_export import classifier, images, trained_looking
 
 TOLERANCE = 1e-4  # the bound on the folded model's float32 outputs

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import checks, cli, convert, datasets, dla, dla_up, export, segmentation, training
+from keras_dla import checks, cli, export
 from keras_dla.cli import predict as predict_command
+from keras_dla.export import tensorflow_formats
+from keras_dla.models import dla, dla_up
+from keras_dla.training import datasets, fit, segmentation
+from keras_dla.weights import convert
 from tests.test_data import make_list_folder, write_png
 from tests.test_export import tiny_model
 
@@ -144,9 +148,9 @@ def test_one_low_precision_layer_anywhere_is_found(tmp_path, monkeypatch):
         head = keras.Sequential(
             [keras.Input((4,)), keras.layers.Dense(2), keras.layers.Dense(2, dtype=dtype, name="h")]
         )
-        layer, low = export._low_precision_layer(head)
+        layer, low = tensorflow_formats._low_precision_layer(head)
         assert (layer.name, low) == ("h", found)
-    assert export._low_precision_layer(tiny_model()) == (None, None)
+    assert tensorflow_formats._low_precision_layer(tiny_model()) == (None, None)
 
 
 def test_the_advice_works_weights_into_a_float32_model(tmp_path, policy):
@@ -346,11 +350,11 @@ def test_a_label_out_of_range_mid_fit_names_the_file(tmp_path, monkeypatch):
         mask[5, 5] = 9
         write_png(path, mask)
     output = str(tmp_path / "run")
-    config = training.TrainConfig(
+    config = fit.TrainConfig(
         task="segmentation", model="dla46_cup", dataset=root, classes=3, epochs=1, steps_per_epoch=2, batch_size=2,
         image_size=32, lr=0.01, output=output, verbose=0,
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"in \[0, 3\) or 255 \(ignored\); the mask .* holds 9 .*Received") as caught:
-        training.train(config)
+        fit.train(config)
     named = str(caught.value).split("the mask ", 1)[1].split(" holds 9", 1)[0]
     assert named in bad and not os.path.exists(output)

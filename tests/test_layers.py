@@ -16,8 +16,8 @@ import tensorflow as tf
 import torch
 
 import keras_dla
-from keras_dla import fast_paths, resampling
-from keras_dla.layers import BilinearKernel, DepthwiseConv2DTranspose
+from keras_dla.models import fast_paths, resampling
+from keras_dla.models.layers import BilinearKernel, DepthwiseConv2DTranspose
 
 
 def random(shape, seed=0):

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dla import dla, export, export_onnx
+from keras_dla import export
 from keras_dla.cli import main
 from keras_dla.cli import predict as predict_command
-from keras_dla.imagenet import preprocess_input
+from keras_dla.export import onnx_openvino
+from keras_dla.models import dla
+from keras_dla.models.imagenet import preprocess_input
 from tests.test_export import trained_looking
 
 SIZE = 64
@@ -72,8 +74,8 @@ def artefacts(tmp_path_factory):
         # Raw uint8 pixels in (the model normalises them); the others take ImageNet-normalised float32.
         "saved_model": export.export_saved_model(model, str(folder / "saved_model"), uint8_input=True),
         "tflite": export.export_tflite(model, str(folder / "model.tflite"), verbose=False),
-        "onnx": export_onnx.export_onnx(model, str(folder / "model.onnx")),
-        "openvino": export_onnx.export_openvino(model, str(folder / "model.xml")),
+        "onnx": onnx_openvino.export_onnx(model, str(folder / "model.onnx")),
+        "openvino": onnx_openvino.export_openvino(model, str(folder / "model.xml")),
     }
     return model, paths, photos
 

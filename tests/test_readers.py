@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from keras_dla import readers
+from keras_dla.weights import readers
 from tests.reference import save_safetensors
 
 

@@ -1,6 +1,6 @@
 """Faults keras_dla must survive: damaged weights files, slow or silent servers, what a killed process leaves.
 
-- Every weights file keras_dla writes carries a sha256 of its datasets (`keras_dla.checksum`); a byte flipped inside
+- Every weights file keras_dla writes carries a sha256 of its datasets (`weights.checksum`); a byte flipped inside
   any weight is refused by every keras_dla load, in one sentence naming the file, and plain Keras still reads it.
 - A download has a deadline for the whole file, and a process waiting for another's download says so.
 - Temporary files and folders a killed download, conversion, run or export left are removed by the next one.
@@ -22,8 +22,11 @@ import numpy as np
 import pytest
 
 import keras_dla
-from keras_dla import checksum, convert, export, files, run_folder, weights
+from keras_dla import files
 from keras_dla.cli import convert as cli_convert
+from keras_dla.export import tensorflow_formats
+from keras_dla.training import run_folder
+from keras_dla.weights import checksum, convert, pretrained
 
 try:
     import fcntl
@@ -37,9 +40,9 @@ SHAPE = (32, 32, 3)
 def isolated(tmp_path, monkeypatch):
     """A fresh KERAS_HOME and registry per test, no mirror or deadline from the environment."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(weights.TIMEOUT_ENV, raising=False)
-    monkeypatch.setattr(weights, "_REGISTERED", {})
+    monkeypatch.delenv(pretrained.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(pretrained.TIMEOUT_ENV, raising=False)
+    monkeypatch.setattr(pretrained, "_REGISTERED", {})
     return tmp_path / "keras_home" / "models"
 
 
@@ -194,14 +197,14 @@ def test_a_file_without_a_checksum_still_loads(tmp_path, model, kind):
 def test_the_converted_cache_carries_the_same_checksum(tmp_path, model):
     path = str(tmp_path / "dla46_c-x.keras_dla.h5")
     expected = _randomize(model, 6)
-    weights.save_by_layer_name(model, path, {"variant": "dla46_c"})
+    pretrained.save_by_layer_name(model, path, {"variant": "dla46_c"})
     assert checksum.verify(path) is True
     _randomize(model, 7)
-    weights.load_by_layer_name(model, path, "dla46_c")
+    pretrained.load_by_layer_name(model, path, "dla46_c")
     assert all(np.array_equal(v.numpy(), e) for v, e in zip(model.weights, expected, strict=True))
     _flip(path, _datasets(path)[0][1] + 100)
     with pytest.raises((OSError, ValueError)):  # the chunk's Fletcher-32 or the sha256: never loaded
-        weights.load_by_layer_name(model, path, "dla46_c")
+        pretrained.load_by_layer_name(model, path, "dla46_c")
 
 
 def _tiny_compiled():
@@ -329,18 +332,18 @@ def _cache_names(cache):
 def test_a_download_that_does_not_finish_in_time_ends_with_a_sentence_and_leaves_nothing(
     slow_server, isolated, monkeypatch, path
 ):
-    monkeypatch.setenv(weights.TIMEOUT_ENV, "2")
+    monkeypatch.setenv(pretrained.TIMEOUT_ENV, "2")
     keras_dla.register_weights("dla46_c", "slow", slow_server.url(path), "0" * 64)
     start = time.monotonic()
     with pytest.raises(ValueError, match=r"did not finish within 2 s \(\d+ bytes received\); set KERAS_DLA_DOWNLOAD"):
-        weights.fetch_checkpoint(weights.find("dla46_c", "slow"))
+        pretrained.fetch_checkpoint(pretrained.find("dla46_c", "slow"))
     assert time.monotonic() - start < 6
     assert _cache_names(isolated) == []
 
 
 def test_a_builder_ends_a_slow_download_at_the_deadline_and_shows_progress(slow_server, isolated, monkeypatch, capfd):
     keras_dla.register_weights("dla46_c", "slow", slow_server.url("/byte-a-second.pth"), "0" * 64)
-    monkeypatch.setenv(weights.TIMEOUT_ENV, "6.5")
+    monkeypatch.setenv(pretrained.TIMEOUT_ENV, "6.5")
     with pytest.raises(ValueError, match=r"Could not obtain the 'slow' weights.*did not finish within 6.5 s"):
         keras_dla.DLA46C(weights="slow", classes=3, input_shape=SHAPE)
     err = capfd.readouterr().err
@@ -350,26 +353,26 @@ def test_a_builder_ends_a_slow_download_at_the_deadline_and_shows_progress(slow_
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf", "1e400"])
 def test_a_download_deadline_that_is_not_a_positive_number_is_one_sentence(monkeypatch, value):
-    monkeypatch.setenv(weights.TIMEOUT_ENV, value)
+    monkeypatch.setenv(pretrained.TIMEOUT_ENV, value)
     with pytest.raises(ValueError, match=rf"^KERAS_DLA_DOWNLOAD_TIMEOUT should be a positive number.*'{value}'"):
-        weights.download_timeout()
-    monkeypatch.delenv(weights.TIMEOUT_ENV)
+        pretrained.download_timeout()
+    monkeypatch.delenv(pretrained.TIMEOUT_ENV)
     for timeout in (0, -1.5, "10", True, float("nan")):
         with pytest.raises(ValueError, match=r"`timeout` should be a positive number.*Received: timeout="):
-            weights.download_timeout(timeout)
-    assert weights.download_timeout() == weights.DOWNLOAD_TIMEOUT_S and weights.download_timeout(2) == 2.0
+            pretrained.download_timeout(timeout)
+    assert pretrained.download_timeout() == pretrained.DOWNLOAD_TIMEOUT_S and pretrained.download_timeout(2) == 2.0
 
 
 @pytest.mark.skipif(fcntl is None, reason="file locks are POSIX")
 def test_a_process_waiting_on_another_ones_download_says_so_and_gives_up_at_the_deadline(isolated, capfd):
     keras_dla.register_weights("dla46_c", "held", "/nowhere/dla46_c.pth", "1" * 64)
-    source = weights.find("dla46_c", "held").sources[0]
-    lock_path = os.path.join(weights.cache_dir(), source.filename + ".lock")
+    source = pretrained.find("dla46_c", "held").sources[0]
+    lock_path = os.path.join(pretrained.cache_dir(), source.filename + ".lock")
     with open(lock_path, "a") as holder:  # another process's download, as the lock shows it
         fcntl.flock(holder, fcntl.LOCK_EX)
         start = time.monotonic()
         with pytest.raises(ValueError, match=r"another process held the lock .*\.lock for more than 1 s"):
-            weights.load_pretrained(None, "dla46_c", "held", timeout=1)
+            pretrained.load_pretrained(None, "dla46_c", "held", timeout=1)
         assert time.monotonic() - start < 4
     err = capfd.readouterr().err
     assert f"Waiting for another process to fetch {source.filename} (it holds the lock {lock_path}" in err
@@ -424,13 +427,13 @@ def test_a_killed_download_leaves_nothing_after_the_next_fetch(isolated):
     cases = _leftovers(str(isolated), _dead_pid(), "dla46_c-mine-11111111.pth")
     keras_dla.register_weights("dla46_c", "mine", "/nowhere/dla46_c.pth", "1" * 64)
     with pytest.raises(ValueError, match="Could not obtain"):
-        weights.load_pretrained(None, "dla46_c", "mine")
+        pretrained.load_pretrained(None, "dla46_c", "mine")
     assert _partials(isolated) == sorted(n for n, stale in cases.items() if not stale)
     for name in _partials(isolated):
         os.remove(isolated / name)
     cases = _leftovers(str(isolated), _dead_pid(), "dla46_c-mine-11111111.keras_dla.h5")
     with pytest.raises(ValueError, match="No verified checkpoint"):
-        weights.fetch_checkpoint(weights.find("dla46_c", "mine"))
+        pretrained.fetch_checkpoint(pretrained.find("dla46_c", "mine"))
     assert _partials(isolated) == sorted(n for n, stale in cases.items() if not stale)
 
 
@@ -452,7 +455,7 @@ def test_a_killed_run_leaves_nothing_in_its_folder_or_backup_after_the_next_star
 
 def test_an_export_keeps_its_intermediate_files_in_its_work_folder(tmp_path):
     target = str(tmp_path / "model.tflite")
-    with export._atomic_target(target, False, is_dir=False) as tmp:
+    with tensorflow_formats._atomic_target(target, False, is_dir=False) as tmp:
         work = os.path.dirname(tmp)
         assert os.path.basename(work).startswith(f".model.tflite.{os.getpid()}.")
         assert tempfile.gettempdir() == work and os.path.dirname(tempfile.mkdtemp()) == work  # as Keras' LiteRT does
@@ -463,8 +466,8 @@ def test_an_export_keeps_its_intermediate_files_in_its_work_folder(tmp_path):
 
 _KILLED_EXPORT = """
 import os, signal, sys, tempfile
-from keras_dla import export
-with export._atomic_target(sys.argv[1], False, is_dir=True) as tmp:
+from keras_dla.export import tensorflow_formats
+with tensorflow_formats._atomic_target(sys.argv[1], False, is_dir=True) as tmp:
     os.makedirs(os.path.join(tempfile.mkdtemp(), "intermediate_saved_model"))
     os.makedirs(tmp)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -488,6 +491,6 @@ def test_a_killed_export_leaves_nothing_after_the_next_export(tmp_path):
     recent.mkdir()
     sidecar = out / f".partial.{_dead_pid()}.ab12.saved_model.json"  # a killed export's sidecar, half written
     sidecar.write_text("{")
-    with export._atomic_target(target, False, is_dir=True) as tmp:
+    with tensorflow_formats._atomic_target(target, False, is_dir=True) as tmp:
         os.makedirs(tmp)
     assert sorted(os.listdir(out)) == sorted(["saved_model", running.name, recent.name])

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import keras_dla
-from keras_dla import segmentation
-from keras_dla.names import keras_name
+from keras_dla.training import segmentation
+from keras_dla.weights.names import keras_name
 
 
 def scores_and_labels(seed=0, shape=(2, 9, 11), classes=4):

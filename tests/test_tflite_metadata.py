@@ -1,4 +1,4 @@
-"""TFLite metadata (keras_dla.tflite_metadata): what `export_tflite` writes into a `.tflite` file, read back; the file
+"""TFLite metadata (export.tflite_metadata): what `export_tflite` writes into a `.tflite` file, read back; the file
 runs in the LiteRT interpreter as before; MediaPipe's ImageClassifier and ImageSegmenter configure themselves from
 it and score a real photo as the Keras model does."""
 
@@ -15,9 +15,11 @@ from mediapipe.tasks.python import vision
 from mediapipe.tasks.python.core.base_options import BaseOptions
 from PIL import Image
 
-from keras_dla import dla, dla_up, export, tflite_metadata
-from keras_dla.export_verify import tflite_interpreter
-from keras_dla.imagenet import MEAN, STD, imagenet_classes, preprocess_input
+from keras_dla import export
+from keras_dla.export import tflite_metadata
+from keras_dla.export.verify import tflite_interpreter
+from keras_dla.models import dla, dla_up
+from keras_dla.models.imagenet import MEAN, STD, imagenet_classes, preprocess_input
 from tests.test_export import trained_looking
 
 SIZE = 64

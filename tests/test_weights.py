@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import keras_dla
-from keras_dla import names, weights
+from keras_dla.weights import names, pretrained
 from tests.reference import authors_state_dict, make_timm_model, save_safetensors, timm_outputs, timm_state_dict
 
 VARIANT = "dla46x_c"  # the smallest variant: dead `project` keys in the authors' layout, grouped convs
@@ -95,8 +95,8 @@ def server():
 def isolated(tmp_path, monkeypatch):
     """A fresh KERAS_HOME and registry per test, no mirror from the environment."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(weights, "_REGISTERED", {})
+    monkeypatch.delenv(pretrained.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(pretrained, "_REGISTERED", {})
     return tmp_path / "keras_home" / "models"
 
 
@@ -147,7 +147,7 @@ def _load(model, tag):
     """`weights.load_pretrained` (what `weights=tag` calls) into `model`, its old values zeroed first."""
     for variable in model.weights:
         variable.assign(np.zeros(variable.shape, variable.dtype))
-    weights.load_pretrained(model, VARIANT, tag)
+    pretrained.load_pretrained(model, VARIANT, tag)
     return model
 
 
@@ -165,7 +165,7 @@ def test_register_weights_full_load_equals_timm(server, reference, isolated, fmt
     # Downloaded and converted into $KERAS_HOME/models, nothing partial left behind.
     suffix = ".safetensors" if fmt == "safetensors" else ".pth"
     stem = f"{VARIANT}-mine-{sha[:8]}"
-    assert _cache_listing(isolated) == sorted([stem + suffix, stem + weights.CACHE_SUFFIX])
+    assert _cache_listing(isolated) == sorted([stem + suffix, stem + pretrained.CACHE_SUFFIX])
 
 
 def test_second_load_is_served_from_cache_with_the_server_stopped(server, reference, isolated, blank):
@@ -183,7 +183,7 @@ def test_second_load_is_served_from_cache_with_the_server_stopped(server, refere
         variable.assign(np.zeros(variable.shape, variable.dtype))
     # Warm, with the classifier. CPU time of this process: the machine running the tests may be shared.
     start = time.process_time()
-    weights.load_pretrained(blank, VARIANT, "mine")
+    pretrained.load_pretrained(blank, VARIANT, "mine")
     assert time.process_time() - start < 1.0
     np.testing.assert_allclose(_logits(blank, reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
@@ -192,7 +192,7 @@ def test_sha256_mismatch_is_reported_and_nothing_is_kept(server, reference, isol
     url, sha = _serve(server, reference)
     wrong = ("0" if sha[0] != "0" else "1") + sha[1:]
     keras_dla.register_weights(VARIANT, "mine", url, wrong)
-    with pytest.warns(weights.WeightsWarning, match="sha256 mismatch"):
+    with pytest.warns(pretrained.WeightsWarning, match="sha256 mismatch"):
         with pytest.raises(ValueError, match=r"sha256 mismatch.*Received: weights='mine'"):
             keras_dla.DLA46XC(weights="mine", input_shape=(SIZE, SIZE, 3))
     assert _cache_listing(isolated) == []
@@ -202,7 +202,7 @@ def test_truncated_download_leaves_nothing_a_later_load_accepts(server, referenc
     url, sha = _serve(server, reference, "zip", "timm")
     server.truncated.add(url[url.index("/files") :])
     keras_dla.register_weights(VARIANT, "mine", url, sha)
-    with pytest.warns(weights.WeightsWarning):
+    with pytest.warns(pretrained.WeightsWarning):
         with pytest.raises(ValueError, match="ended after.*Received: weights='mine'"):
             _load(blank, "mine")
     assert _cache_listing(isolated) == []
@@ -213,8 +213,8 @@ def test_truncated_download_leaves_nothing_a_later_load_accepts(server, referenc
 
 def _imagenet_entry(monkeypatch, *sources):
     # The built-in table, pointed at the local server: the same code path as weights="imagenet".
-    entry = weights.Pretrained(VARIANT, "imagenet", tuple(sources))
-    monkeypatch.setitem(weights.PRETRAINED, VARIANT, {"imagenet": entry})
+    entry = pretrained.Pretrained(VARIANT, "imagenet", tuple(sources))
+    monkeypatch.setitem(pretrained.PRETRAINED, VARIANT, {"imagenet": entry})
 
 
 def test_imagenet_404_then_the_next_source(server, reference, monkeypatch):
@@ -223,10 +223,10 @@ def test_imagenet_404_then_the_next_source(server, reference, monkeypatch):
     server.files[f"/rehosted/{name}"] = data
     _imagenet_entry(
         monkeypatch,
-        weights.Source(server.url(f"/authors/{name}"), name, _sha(data)[:8], "authors"),
-        weights.Source(server.url(f"/rehosted/{name}"), name, _sha(data)[:8], "copy"),
+        pretrained.Source(server.url(f"/authors/{name}"), name, _sha(data)[:8], "authors"),
+        pretrained.Source(server.url(f"/rehosted/{name}"), name, _sha(data)[:8], "copy"),
     )
-    with pytest.warns(weights.WeightsWarning, match="404"):
+    with pytest.warns(pretrained.WeightsWarning, match="404"):
         model = keras_dla.DLA46XC(input_shape=(SIZE, SIZE, 3), classifier_activation=None)  # weights="imagenet"
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
@@ -238,11 +238,11 @@ def test_mirror_is_tried_first(server, reference, monkeypatch, tmp_path, mirror_
     if mirror_kind == "folder":
         (tmp_path / "mirror").mkdir()
         (tmp_path / "mirror" / name).write_bytes(data)
-        monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))
+        monkeypatch.setenv(pretrained.MIRROR_ENV, str(tmp_path / "mirror"))
     else:
         server.files[f"/mirror/{name}"] = data
-        monkeypatch.setenv(weights.MIRROR_ENV, server.url("/mirror/"))
-    _imagenet_entry(monkeypatch, weights.Source(server.url(f"/down/{name}"), name, _sha(data)[:8], "authors"))
+        monkeypatch.setenv(pretrained.MIRROR_ENV, server.url("/mirror/"))
+    _imagenet_entry(monkeypatch, pretrained.Source(server.url(f"/down/{name}"), name, _sha(data)[:8], "authors"))
     model = _load(blank, "imagenet")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[f"/down/{name}"] == 0
@@ -252,7 +252,7 @@ def test_registered_weights_through_a_mirror_folder(server, reference, monkeypat
     data, _ = reference["files"][("safetensors", "timm")]
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "my-dla.safetensors").write_bytes(data)  # under the URL's file name
-    monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv(pretrained.MIRROR_ENV, str(tmp_path / "mirror"))
     keras_dla.register_weights(VARIANT, "mine", server.url("/gone/my-dla.safetensors"), _sha(data))
     np.testing.assert_allclose(_logits(_load(blank, "mine"), reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests["/gone/my-dla.safetensors"] == 0
@@ -265,10 +265,10 @@ def test_hub_source_is_verified_with_the_digest_it_publishes(server, reference, 
     server.redirects["/hub/unsigned.safetensors"] = ("/cdn/blob", {})
     _imagenet_entry(
         monkeypatch,
-        weights.Source(server.url("/hub/unsigned.safetensors"), "unsigned.safetensors", None, "hub", False),
-        weights.Source(server.url("/hub/model.safetensors"), "hub.safetensors", None, "hub", False),
+        pretrained.Source(server.url("/hub/unsigned.safetensors"), "unsigned.safetensors", None, "hub", False),
+        pretrained.Source(server.url("/hub/model.safetensors"), "hub.safetensors", None, "hub", False),
     )
-    with pytest.warns(weights.WeightsWarning, match="without a published sha256"):
+    with pytest.warns(pretrained.WeightsWarning, match="without a published sha256"):
         model = _load(blank, "imagenet")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert "unsigned.safetensors" not in _cache_listing(isolated)
@@ -280,7 +280,7 @@ def test_corrupt_cache_files_are_detected_and_fetched_again(server, reference, i
     path = url[url.index("/files") :]
     keras_dla.register_weights(VARIANT, "mine", url, sha)
     _load(blank, "mine")
-    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{weights.CACHE_SUFFIX}"
+    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{pretrained.CACHE_SUFFIX}"
     source = isolated / f"{VARIANT}-mine-{sha[:8]}.pth"
 
     def damage(file):
@@ -290,14 +290,14 @@ def test_corrupt_cache_files_are_detected_and_fetched_again(server, reference, i
         file.write_bytes(bytes(data))
 
     damage(converted)  # the converted weights: re-converted from the verified source file, no download
-    with pytest.warns(weights.WeightsWarning, match="damaged"):
+    with pytest.warns(pretrained.WeightsWarning, match="damaged"):
         model = _load(blank, "mine")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[path] == 1
 
     damage(converted)
     damage(source)  # and the download: fetched again
-    with pytest.warns(weights.WeightsWarning) as caught:
+    with pytest.warns(pretrained.WeightsWarning) as caught:
         model = _load(blank, "mine")
     messages = " ".join(str(w.message) for w in caught)
     assert "damaged" in messages and "sha256 mismatch" in messages
@@ -312,24 +312,24 @@ def test_cache_of_an_earlier_format_is_converted_again(server, reference, isolat
     path = url[url.index("/files") :]
     keras_dla.register_weights(VARIANT, "mine", url, sha)
     _load(blank, "mine")
-    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{weights.CACHE_SUFFIX}"
-    assert weights.CACHE_FORMAT == "keras_dla-weights-by-layer-name-3"
+    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{pretrained.CACHE_SUFFIX}"
+    assert pretrained.CACHE_FORMAT == "keras_dla-weights-by-layer-name-3"
     with h5py.File(converted, "r+") as f:
-        assert f.attrs["format"] == weights.CACHE_FORMAT
+        assert f.attrs["format"] == pretrained.CACHE_FORMAT
         index = json.loads(f.attrs["index"])
         assert "level2_tree1_conv1" in {name for name, _ in index}
         f.attrs["format"] = "keras_dla-weights-by-layer-name-2"
         f.attrs["index"] = json.dumps([[names.module_path(name), shapes] for name, shapes in index])
     with pytest.raises(ValueError, match="format 'keras_dla-weights-by-layer-name-2', not .*-name-3'"):
-        weights.load_by_layer_name(blank, converted, VARIANT)
-    with pytest.warns(weights.WeightsWarning, match="are damaged or out of date.*format"):
+        pretrained.load_by_layer_name(blank, converted, VARIANT)
+    with pytest.warns(pretrained.WeightsWarning, match="are damaged or out of date.*format"):
         model = _load(blank, "mine")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[path] == 1
     with h5py.File(converted, "r") as f:
-        assert f.attrs["format"] == weights.CACHE_FORMAT
+        assert f.attrs["format"] == pretrained.CACHE_FORMAT
     with warnings.catch_warnings():
-        warnings.simplefilter("error", weights.WeightsWarning)
+        warnings.simplefilter("error", pretrained.WeightsWarning)
         model = _load(blank, "mine")  # and the new cache loads without a warning
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
@@ -423,8 +423,8 @@ def test_unknown_tag_is_refused_before_building():
 
 
 def test_table_covers_every_variant_with_verifiable_sources():
-    assert set(weights.PRETRAINED) == set(keras_dla.MODEL_CONFIGS)
-    for tags in weights.PRETRAINED.values():
+    assert set(pretrained.PRETRAINED) == set(keras_dla.MODEL_CONFIGS)
+    for tags in pretrained.PRETRAINED.values():
         entry = tags["imagenet"]
         assert entry.top1 and entry.gmacs and entry.params
         for source in entry.sources:

@@ -34,25 +34,25 @@ def convert_all(output, entries, *, checkpoints=None, download=False, log=print)
         The manifest: `{variant: {"file", "sha256", "bytes", "source", "source_file", "source_sha256",
         "dropped_keys", "params"}}`.
     """
-    from keras_dla import weights
     from keras_dla.cli.convert import convert_to_file
-    from keras_dla.dla import DLA
+    from keras_dla.models.dla import DLA
+    from keras_dla.weights import pretrained
 
     os.makedirs(output, exist_ok=True)
     manifest = {}
     for entry in entries:
-        path, source = weights.fetch_checkpoint(entry, mirror=checkpoints or "", download=download)
+        path, source = pretrained.fetch_checkpoint(entry, mirror=checkpoints or "", download=download)
         model = DLA(entry.variant, weights=None, input_shape=(None, None, 3))
-        _, dropped = weights.convert_checkpoint(entry.variant, path, model)
+        _, dropped = pretrained.convert_checkpoint(entry.variant, path, model)
         filename = f"{entry.variant}_{entry.tag}.weights.h5"
         convert_to_file(model, os.path.join(output, filename))
         manifest[entry.variant] = {
             "file": filename,
-            "sha256": weights.sha256_of(os.path.join(output, filename)),
+            "sha256": pretrained.sha256_of(os.path.join(output, filename)),
             "bytes": os.path.getsize(os.path.join(output, filename)),
             "source": source.url,
             "source_file": source.filename,
-            "source_sha256": weights.sha256_of(path),
+            "source_sha256": pretrained.sha256_of(path),
             "dropped_keys": sorted(dropped),
             # Trainable values, as timm and the table count them (BatchNorm statistics are not parameters).
             "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
@@ -74,7 +74,7 @@ def main(argv=None):
     if not args.checkpoints and not args.download:
         parser.error("give --checkpoints FOLDER, --download, or both")
 
-    from keras_dla.weights import PRETRAINED
+    from keras_dla.weights.pretrained import PRETRAINED
 
     variants = args.variants or list(PRETRAINED)
     unknown = sorted(set(variants) - set(PRETRAINED))

@@ -22,8 +22,9 @@ def register(subparsers):
 
 
 def run(args):
-    from keras_dla import checks, weights
-    from keras_dla.dla import MODEL_CONFIGS
+    from keras_dla import checks
+    from keras_dla.models.dla import MODEL_CONFIGS
+    from keras_dla.weights import pretrained
 
     if args.model not in MODEL_CONFIGS:
         raise ValueError(
@@ -43,7 +44,7 @@ def run(args):
             "The checkpoint is a Keras .weights.h5 file already: load it with keras_dla.<Model>(weights=PATH) or "
             f"--weights PATH; convert reads PyTorch checkpoints. Received: {args.checkpoint}"
         )
-    model, dropped = weights.convert_checkpoint(args.model, args.checkpoint)
+    model, dropped = pretrained.convert_checkpoint(args.model, args.checkpoint)
     summary = convert_to_file(model, args.output)
     fc = next((layer for layer in model.layers if layer.name == "fc"), None)
     head = f"{fc.units} classes" if fc is not None else "no classifier (include_top=False)"
@@ -69,11 +70,12 @@ def convert_to_file(model, output):
     """
     import numpy as np
 
-    from keras_dla import checksum, files, weights
+    from keras_dla import files
+    from keras_dla.weights import checksum, pretrained
 
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     files.remove_stale(directory, suffix="." + os.path.basename(output))
     checksum.save_weights(model, output)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return f"{trainable:,} parameters, sha256 {weights.sha256_of(output)}"
+    return f"{trainable:,} parameters, sha256 {pretrained.sha256_of(output)}"

@@ -1,5 +1,5 @@
 """`keras-dla export`: a DLA classifier, DLA-Up model or saved `.keras` model as a SavedModel, TFLite, ONNX or
-OpenVINO file, with its JSON sidecar (`keras_dla.artifact`: what to feed it, what it returns, the class names).
+OpenVINO file, with its JSON sidecar (`keras_dla.export.sidecar`: what to feed it, what it returns, the class names).
 
 The exported artefact is then run next to the Keras model (`keras_dla.export.verify_export`; ONNX files in ONNX
 Runtime, OpenVINO files in OpenVINO) and its contract, size, parity and single-image latency are printed. Parity
@@ -186,7 +186,7 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
     """The Keras model `keras-dla export --model name` exports, with a static input when `input_size` is given."""
     import keras
 
-    from keras_dla import dla, dla_up
+    from keras_dla.models import dla, dla_up
 
     if _is_saved_model(name):
         if not os.path.isfile(name):
@@ -197,7 +197,7 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
             check_keras_archive(name)
         if weights is not None:
             raise ValueError(f"A .keras file holds its weights; use --weights none. Received: --weights {weights}")
-        from keras_dla import fast_paths
+        from keras_dla.models import fast_paths
 
         try:
             # A file Keras loads holds plain layers: give them TensorFlow's fast computations back.
@@ -209,7 +209,7 @@ def build_model(name, weights, input_size=None, classes=None, down_ratio=2, logi
             ) from None
     channels = 3
     if weights is not None and weights.endswith(".weights.h5"):
-        from keras_dla import convert
+        from keras_dla.weights import convert
 
         # A keras_dla weights file of the user's own may be of a grey (or other) model: build the model it fits.
         channels = convert.weights_file_input_channels(weights) or 3
@@ -241,7 +241,8 @@ def run(args):
 
     import numpy as np
 
-    from keras_dla import export, preprocessing
+    from keras_dla import export
+    from keras_dla.export import preprocessing
 
     preprocess = preprocessing.resolve_preprocess(args.preprocess)
     model = build_model(
@@ -283,11 +284,11 @@ def run(args):
     if args.format == "saved_model":
         path = export.export_saved_model(model, args.output, input_size=args.input_size, **kwargs)
     elif args.format in ("onnx", "openvino"):
-        from keras_dla import export_onnx
+        from keras_dla.export import onnx_openvino
 
         if args.format == "onnx":
             size = (height, width) if args.quantize == "int8" else args.input_size
-            path = export_onnx.export_onnx(
+            path = onnx_openvino.export_onnx(
                 model,
                 args.output,
                 input_size=size,
@@ -297,7 +298,7 @@ def run(args):
                 **kwargs,
             )
         else:
-            path = export_onnx.export_openvino(model, args.output, input_size=args.input_size, **kwargs)
+            path = onnx_openvino.export_openvino(model, args.output, input_size=args.input_size, **kwargs)
     else:
         path = export.export_tflite(
             model,
@@ -310,10 +311,10 @@ def run(args):
             **kwargs,
         )
     print(f"exported {args.model} ({model.count_params():,} parameters) to {path}")
-    from keras_dla import artifact
+    from keras_dla.export import sidecar
 
-    print(f"contract ({artifact.sidecar_path(path)}):")
-    for line in artifact.summary(artifact.read_sidecar(path)):
+    print(f"contract ({sidecar.sidecar_path(path)}):")
+    for line in sidecar.summary(sidecar.read_sidecar(path)):
         print(f"  {line}")
 
     checks = []

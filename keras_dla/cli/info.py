@@ -27,7 +27,7 @@ def _version(package):
 def run(args):
     from keras_dla import __version__
     from keras_dla.cli import keras_backend
-    from keras_dla.model_configs import MODEL_CONFIGS
+    from keras_dla.models.configs import MODEL_CONFIGS
 
     backends = ", ".join(f"{name} {_version(package)}" for name, package in BACKEND_PACKAGES.items())
     print(f"keras_dla {__version__}, keras {_version('keras')} ({keras_backend()}), {backends}")

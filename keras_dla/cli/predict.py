@@ -3,8 +3,8 @@
 A variant name (`dla34`, with `--weights`) is an ImageNet classifier evaluated as the authors did. A `.keras` file
 holds its weights; it takes ImageNet-normalised RGB images unless it normalises them itself (a builder's
 `include_preprocessing`). An exported artefact (a SavedModel folder, `.tflite`, `.onnx` or OpenVINO `.xml`) is
-fed as its JSON sidecar says (`keras_dla.artifact`: resize and crop, normalisation or raw pixels, class names)
-and run in its own runtime (`keras_dla.export_verify`). Each prints the same lines.
+fed as its JSON sidecar says (`keras_dla.export.sidecar`: resize and crop, normalisation or raw pixels, class names)
+and run in its own runtime (`keras_dla.export.verify`). Each prints the same lines.
 """
 
 import os
@@ -191,8 +191,8 @@ class Classifier:
     def __init__(self, run, contract, name, labels=None):
         import numpy as np
 
-        from keras_dla import artifact
-        from keras_dla.imagenet import imagenet_classes
+        from keras_dla.export import sidecar
+        from keras_dla.models.imagenet import imagenet_classes
 
         self.name = name
         self._run = run
@@ -224,7 +224,7 @@ class Classifier:
         self.geometry = _geometry(contract)
         self.geometry["channels"] = channels
         count = len(contract.get("classes") or []) or contract["output"]["shape"][-1]
-        self.classes = artifact.class_names(count, labels) if labels else list(contract["classes"])
+        self.classes = sidecar.class_names(count, labels) if labels else list(contract["classes"])
         imagenet = imagenet_classes()
         self.wnids = [w for w, _ in imagenet] if self.classes == [n for _, n in imagenet] else None
         self.batch = contract["input"]["shape"][0] or BATCH
@@ -257,18 +257,18 @@ def _artefact(name, labels):
     """A `Classifier` of an exported SavedModel folder, `.tflite`, `.onnx` or OpenVINO `.xml` file, by its sidecar."""
     import numpy as np
 
-    from keras_dla import artifact, export_verify
+    from keras_dla.export import sidecar, verify
 
     if not os.path.exists(name):
         raise FileNotFoundError(f"No exported model at this path. Received: --model {name}")
-    sidecar = artifact.sidecar_path(name)
-    if not os.path.isfile(sidecar):
+    sidecar_file = sidecar.sidecar_path(name)
+    if not os.path.isfile(sidecar_file):
         raise FileNotFoundError(
-            f"The exported model has no sidecar {sidecar} beside it (keras-dla export writes it; it says how to "
+            f"The exported model has no sidecar {sidecar_file} beside it (keras-dla export writes it; it says how to "
             f"preprocess the images and names the classes). Received: --model {name}"
         )
-    contract = artifact.read_sidecar(name)
-    runner = export_verify._Runner(name, None)
+    contract = sidecar.read_sidecar(name)
+    runner = verify._Runner(name, None)
     wanted = contract["output"].get("name")
 
     def run(batch):
@@ -291,8 +291,8 @@ def _artefact(name, labels):
 
 def _keras_file(name, labels):
     """A `Classifier` of a saved `.keras` model: ImageNet normalisation, unless its first layer normalises."""
-    from keras_dla import artifact
     from keras_dla.cli.export import build_model
+    from keras_dla.export import sidecar
 
     model = build_model(name, None)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -305,7 +305,7 @@ def _keras_file(name, labels):
             f"{shape}; export it (keras-dla export --preprocess ...) and predict with the export. Received: --model "
             f"{name}"
         )
-    contract = artifact.describe(
+    contract = sidecar.describe(
         model,
         format="keras",
         input_name=model.inputs[0].name,
@@ -321,8 +321,8 @@ def _keras_file(name, labels):
 def _variant(name, weights, labels):
     """A `Classifier` of a DLA variant with ImageNet weights, evaluated as the authors did."""
     import keras_dla
-    from keras_dla import artifact
-    from keras_dla.dla import BUILDERS
+    from keras_dla.export import sidecar
+    from keras_dla.models.dla import BUILDERS
 
     model = BUILDERS[name](
         weights="imagenet" if weights is None else weights,
@@ -336,7 +336,7 @@ def _variant(name, weights, labels):
             "normalization": {"applied_by": "model"},  # preprocess_input is applied in `run` below
         },
         "output": {"kind": "probabilities", "shape": [None, 1000]},
-        "classes": artifact.class_names(1000),
+        "classes": sidecar.class_names(1000),
     }
 
     def run(batch):
@@ -363,7 +363,7 @@ def run(args):
             f"A .keras file or an exported model holds its weights; leave out --weights. Received: --weights "
             f"{args.weights}"
         )
-    from keras_dla.dla import BUILDERS
+    from keras_dla.models.dla import BUILDERS
 
     if not saved and args.model not in BUILDERS:
         raise ValueError(

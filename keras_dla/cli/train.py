@@ -72,7 +72,7 @@ def register(subparsers):
 
 
 def config_from_args(args):
-    from keras_dla.training import TrainConfig
+    from keras_dla.training.fit import TrainConfig
 
     dataset = args.dataset or ("fashion_mnist" if args.task == "classification" else "fashion_mnist_scenes")
     return TrainConfig(
@@ -109,11 +109,11 @@ def config_from_args(args):
 
 
 def run(args):
-    from keras_dla import training
+    from keras_dla.training import fit
 
     config = config_from_args(args)
     try:
-        result = training.train(config)
+        result = fit.train(config)
     except FloatingPointError as e:
         print(f"keras-dla train: {e}")
         return 3

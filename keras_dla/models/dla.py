@@ -3,7 +3,7 @@
 Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018; the authors' `ucbdrive/dla` code
 and timm's port. Layer names are the PyTorch module paths with underscores for dots (`fc`,
-`level3_tree1_root_conv`, ...; `keras_dla.names` maps them both ways).
+`level3_tree1_root_conv`, ...; `keras_dla.weights.names` maps them both ways).
 """
 
 import numbers
@@ -12,9 +12,10 @@ import os
 import keras
 from keras import layers
 
-from keras_dla import blocks, checks, convert, fast_paths, imagenet
-from keras_dla import weights as pretrained
-from keras_dla.model_configs import MODEL_CONFIGS  # the table, re-exported here as keras_dla.dla.MODEL_CONFIGS
+from keras_dla import checks
+from keras_dla.models import blocks, fast_paths, imagenet
+from keras_dla.models.configs import MODEL_CONFIGS  # the table, re-exported here as keras_dla.models.dla.MODEL_CONFIGS
+from keras_dla.weights import convert, pretrained
 
 LEVEL_NAMES = tuple(f"level{i}" for i in range(6))
 MIN_INPUT_SIZE = 32
@@ -221,7 +222,7 @@ BASE_DOCSTRING = """Instantiates the {title} architecture (Deep Layer Aggregatio
 
     The model computes what the authors' PyTorch `{variant}` computes, on every Keras backend: layer
     names are the PyTorch module paths with underscores for dots (`level3_tree1_root_conv`, see
-    `keras_dla.names`) and a PyTorch checkpoint in the authors' or timm's layout loads through
+    `keras_dla.weights.names`) and a PyTorch checkpoint in the authors' or timm's layout loads through
     `weights=<path>`. The layers are Keras' own: a saved `.keras` file loads with plain Keras.
     Inputs are RGB images normalised with `keras_dla.preprocess_input` (scale to [0, 1], ImageNet
     mean and std). Any height and width >= 32 works, odd sizes included.

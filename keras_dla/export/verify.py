@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_dla import checks
-from keras_dla.preprocessing import resolve_preprocess
+from keras_dla.export.preprocessing import resolve_preprocess
 
 SERVING_SIGNATURE = "serving_default"
 # ONNX Runtime's names of the input types an exported image model may take.
@@ -138,7 +138,7 @@ class _Runner:
             raise ValueError(f"No exported model at this path. Received: path={path!r}")
 
     def _init_onnx(self, path, num_threads):
-        from keras_dla.export_onnx import require
+        from keras_dla.export.onnx_openvino import require
 
         (ort,) = require("onnx", "onnxruntime")
         self.format = "onnx"
@@ -162,7 +162,7 @@ class _Runner:
         self._out_quant = {}
 
     def _init_openvino(self, path, num_threads):
-        from keras_dla.export_onnx import require
+        from keras_dla.export.onnx_openvino import require
 
         (ov,) = require("openvino", "openvino")
         self.format = "openvino"

@@ -16,7 +16,7 @@ Cache, in `$KERAS_HOME/models` (default `~/.keras/models`):
 Every file is written under a unique temporary name and renamed into place, so an interrupted download or
 conversion leaves nothing a later load accepts, and the next fetch removes what a killed one left
 (`files.remove_stale`); a per-file lock keeps concurrent processes from doing the same work twice, and either
-process succeeds if the other dies. The converted file carries the checksum of `keras_dla.checksum`, as every
+process succeeds if the other dies. The converted file carries the checksum of `keras_dla.weights.checksum`, as every
 weights file keras_dla writes.
 
 A download has a deadline for the whole file (`KERAS_DLA_DOWNLOAD_TIMEOUT` seconds, default 900, or the
@@ -47,7 +47,8 @@ import warnings
 import h5py
 import numpy as np
 
-from keras_dla import checksum, files, readers
+from keras_dla import files
+from keras_dla.weights import checksum, readers
 
 try:  # POSIX; elsewhere the unique temporary names alone keep concurrent loads correct
     import fcntl
@@ -56,7 +57,7 @@ except ImportError:  # pragma: no cover
 
 MIRROR_ENV = "KERAS_DLA_WEIGHTS_MIRROR"
 CACHE_SUFFIX = ".keras_dla.h5"
-# 3: layer names with underscores for dots (`keras_dla.names`); a cache of an earlier format is converted again.
+# 3: layer names with underscores for dots (`keras_dla.weights.names`); a cache of an earlier format is converted again.
 CACHE_FORMAT = "keras_dla-weights-by-layer-name-3"
 TIMEOUT_S = 30  # for one read
 TIMEOUT_ENV = "KERAS_DLA_DOWNLOAD_TIMEOUT"
@@ -186,7 +187,7 @@ def _suffix(name):
 
 
 def _variant_of(model):
-    from keras_dla.dla import BUILDERS, MODEL_CONFIGS
+    from keras_dla.models.dla import BUILDERS, MODEL_CONFIGS
 
     if isinstance(model, str) and model in MODEL_CONFIGS:
         return model
@@ -615,8 +616,8 @@ def convert_checkpoint(variant, checkpoint, model=None):
     Returns:
         The loaded model and `{key: reason}` of the checkpoint keys dropped by design.
     """
-    from keras_dla import convert
-    from keras_dla.dla import DLA, MODEL_CONFIGS
+    from keras_dla.models.dla import DLA, MODEL_CONFIGS
+    from keras_dla.weights import convert
 
     state_dict = readers.read_state_dict(checkpoint)
     if model is None or not _fits_head(model, state_dict):
@@ -671,7 +672,7 @@ def load_pretrained(model, variant, tag, timeout=None):
     Raises:
         ValueError: no source gave a verified, loadable file (each one's reason is in the message).
     """
-    from keras_dla import convert  # Keras: imported when weights are loaded, not for `keras-dla list`
+    from keras_dla.weights import convert  # Keras: imported when weights are loaded, not for `keras-dla list`
 
     entry = find(variant, tag)
     if entry is None:

@@ -1,6 +1,6 @@
 """PyTorch state dict -> Keras weights, by name, with every key accounted for.
 
-Keras layer names are PyTorch module paths with underscores for dots (`keras_dla.names`), so a checkpoint
+Keras layer names are PyTorch module paths with underscores for dots (`keras_dla.weights.names`), so a checkpoint
 key is `<module path of the layer>.<tensor name>`. The converter walks the model's layers, takes the keys each
 one needs, and then checks that every key of the checkpoint was used or is on the list of keys that have no Keras
 counterpart (`ignored_keys`). Anything else is an error naming the key: loading is never silently partial.
@@ -15,8 +15,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_dla import checksum, legacy_weights, names, readers, resampling
-from keras_dla.layers import DepthwiseConv2DTranspose
+from keras_dla.models import resampling
+from keras_dla.models.layers import DepthwiseConv2DTranspose
+from keras_dla.weights import checksum, legacy, names, readers
 
 DEAD_KEYS_NOTE = (
     "dead in the authors' code: a Tree of more than one level builds `project` but passes its output to "
@@ -212,8 +213,8 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
             warnings.simplefilter("always")
             try:
                 checksum.verify(path)  # a file keras_dla wrote; one without a digest has nothing to check
-                if legacy_weights.is_legacy(path):
-                    legacy_weights.load(model, path)
+                if legacy.is_legacy(path):
+                    legacy.load(model, path)
                 else:
                     model.load_weights(path)
             except OSError as e:  # h5py: an HDF5 file cut short (an interrupted copy or download)
@@ -223,7 +224,7 @@ def load_weights(model, path, *, dead_prefixes=(), ignored_prefixes=None):
                 ) from None
             except checksum.DamagedWeightsError as e:
                 raise ValueError(f"{e} Received: weights={path!r}") from None
-            except legacy_weights.LegacyWeightsError as e:
+            except legacy.LegacyWeightsError as e:
                 raise ValueError(
                     f"Could not load {path!r}, a weights file of keras_dla 0.1, into {model.name}: {e}. Is it a "
                     f"weights file of another DLA variant or class count? Received: weights={path!r}"

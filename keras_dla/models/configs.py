@@ -1,6 +1,6 @@
 """The DLA variants as data: blocks and channels per level, block type and width, one row per ImageNet variant.
 
-Kept apart from `keras_dla.dla` (the builder) so that what needs only the table, such as `keras-dla info`, reads it
+Apart from `keras_dla.models.dla` (the builder) so that what needs only the table, such as `keras-dla info`, reads it
 without importing Keras.
 """
 

@@ -1,13 +1,13 @@
 """What an artefact that takes uint8 pixels computes on them before the model: named preprocessings.
 
 `keras_dla.export` builds the chosen one into a uint8-input SavedModel or TFLite file, and
-`keras_dla.export_verify` applies the same one to the pixels it feeds the Keras model, so the two compare alike.
+`keras_dla.export.verify` applies the same one to the pixels it feeds the Keras model, so the two compare alike.
 """
 
 import keras
 
-from keras_dla import fashion_mnist
-from keras_dla.imagenet import preprocess_input
+from keras_dla.models.imagenet import preprocess_input
+from keras_dla.training import fashion_mnist
 
 
 def _unit_scale(x):

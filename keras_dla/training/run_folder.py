@@ -14,7 +14,7 @@ Under multi-worker training only the chief writes DIR; every other worker keeps 
 DIR/workers/worker-<index>/ (so that it resumes at the same epoch as the chief) and its other files in a temporary
 folder that is deleted at the end (Keras 3 callbacks have no chief-only logic of their own). Weights files and
 the curves are written through a temporary file and renamed, so that a kill never leaves a half-written one, and
-every weights file (best, final, the backup) carries the checksum of `keras_dla.checksum`, verified when it is
+every weights file (best, final, the backup) carries the checksum of `keras_dla.weights.checksum`, verified when it is
 loaded or resumed from.
 """
 
@@ -29,7 +29,8 @@ import h5py
 import keras
 import numpy as np
 
-from keras_dla import checksum, files
+from keras_dla import files
+from keras_dla.weights import checksum
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -233,7 +234,7 @@ class FiniteBackup(keras.callbacks.BackupAndRestore):
 
     Keras writes the backup in place; a kill mid-write would damage it. Here every file of it (the weights, the
     metadata, and their previous copies with `double_checkpoint`) is replaced only by a complete one, the weights
-    carry their checksum (`keras_dla.checksum`), and the epoch to resume at is read from the weights file. A latest
+    carry their checksum (`weights.checksum`), and the epoch to resume at is read from the weights file. A latest
     backup that fails its checksum is an `OSError`, so that Keras falls back to the previous one.
     """
 

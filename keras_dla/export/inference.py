@@ -21,7 +21,8 @@ import numpy as np
 from keras.src.models.functional import Functional
 from keras.src.utils import module_utils
 
-from keras_dla import checks, fast_paths
+from keras_dla import checks
+from keras_dla.models import fast_paths
 
 
 def _producer(layer):
@@ -102,7 +103,7 @@ def fold_batch_norms(model):
     The copy has the same layer names (less the folded batch norms), inputs and outputs; the folded convolutions
     gain a bias. It computes what `model(x, training=False)` computes, up to float rounding. Nested functional
     models (a DLA-Up's backbone) are folded too. Other layers keep their weights. Every layer is a plain Keras one,
-    with the TensorFlow fast paths attached (`keras_dla.fast_paths`), as keras_dla's builders make them.
+    with the TensorFlow fast paths attached (`keras_dla.models.fast_paths`), as keras_dla's builders make them.
     """
     return _fold(model, policy=None, outermost=True)
 

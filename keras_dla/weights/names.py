@@ -11,7 +11,7 @@ parameter and torch refuses names that contain a dot:
 The reverse direction knows the module names of the authors' code that contain an underscore themselves
 (`base_layer`, `dla_up`, `ida_<i>`, `proj_<k>`, `up_<k>`, `node_<k>`), so the mapping is exact both ways for every
 module path of `DLA` and `DLASeg`. A checkpoint key is `<module path>.<tensor name>` (`level3.tree1.root.conv.weight`);
-`keras_dla.convert` walks the layers of a model with `module_path`.
+`keras_dla.weights.convert` walks the layers of a model with `module_path`.
 
     model.get_layer(keras_name("level3.tree1.root.conv"))
     module_path("dla_up_ida_0_proj_1_0")  # "dla_up.ida_0.proj_1.0"

@@ -2,7 +2,7 @@
 
 Sources, by the `dataset` argument:
 
-- classification: `"fashion_mnist"` (the real data set, embedded: see `keras_dla.fashion_mnist`), a
+- classification: `"fashion_mnist"` (the real data set, embedded: see `keras_dla.training.fashion_mnist`), a
   tensorflow-datasets name (`"tf_flowers"`, `"imagenette/160px"`, ...), or a folder of class sub-folders
   (`root/<class>/*.jpg`; with `root/train/<class>/` and `root/val/<class>/` when it has them).
 - segmentation: `"fashion_mnist_scenes"` (composed scenes of real garments, embedded), the tensorflow-datasets
@@ -10,7 +10,7 @@ Sources, by the `dataset` argument:
   background 0, pet 1, border 255), or a folder in the authors' list-file format (`info.json` with `mean` and
   `std`, `train_images.txt` / `train_labels.txt` and `val_*.txt` with one path per line, relative to the folder).
 
-Training pipelines apply the authors' augmentations (`keras_dla.augment`), each example with its own seed drawn
+Training pipelines apply the authors' augmentations (`keras_dla.training.augment`), each example with its own seed drawn
 from `seed`, so a pipeline is reproducible; evaluation resizes and centre-crops (classification) or pads and
 centre-crops (segmentation). Label value 255 means "ignore" throughout.
 """
@@ -25,10 +25,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_dla import augment, checks, fashion_mnist
-from keras_dla.augment import IGNORE_LABEL
-from keras_dla.imagenet import MEAN as IMAGENET_MEAN
-from keras_dla.imagenet import STD as IMAGENET_STD
+from keras_dla import checks
+from keras_dla.models.imagenet import MEAN as IMAGENET_MEAN
+from keras_dla.models.imagenet import STD as IMAGENET_STD
+from keras_dla.training import augment, fashion_mnist
+from keras_dla.training.augment import IGNORE_LABEL
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CLASSIFICATION_EMBEDDED = ("fashion_mnist",)

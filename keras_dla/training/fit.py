@@ -7,7 +7,7 @@ MirroredStrategy over the local GPUs or logical CPUs, or MultiWorkerMirroredStra
 GPU; on PyTorch one device), checks every argument and the
 data before anything trains, builds and compiles the model inside the strategy's scope (SGD with momentum 0.9 and
 weight decay 1e-4, the authors' learning-rate schedules), and fits it with the callbacks of
-`keras_dla.run_folder`, which make the run resumable and write its folder.
+`keras_dla.training.run_folder`, which make the run resumable and write its folder.
 """
 
 import contextlib
@@ -20,14 +20,16 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_dla import checks, convert, datasets, files, run_folder
-from keras_dla.dla import DLA, MIN_INPUT_SIZE, MODEL_CONFIGS
+from keras_dla import checks, files
+from keras_dla.models.dla import DLA, MIN_INPUT_SIZE, MODEL_CONFIGS
+from keras_dla.training import datasets, run_folder
+from keras_dla.weights import convert
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
 SCHEDULES = ("step", "poly", "cosine")
 OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (with momentum); adamw: short runs. Keras decouples weight decay
 TASKS = ("classification", "segmentation")
-# Augmentation recipes per task; None is each task's default (the authors': see `keras_dla.datasets`).
+# Augmentation recipes per task; None is each task's default (the authors': see `keras_dla.training.datasets`).
 # Segmentation's "flip" drops the random scale and rotation (the crop and flip stay), for short runs as the demo's.
 AUGMENTS = {"classification": ("imagenet", "small", "small-erasing", "flip"), "segmentation": ("flip",)}
 MOMENTUM = 0.9
@@ -469,12 +471,12 @@ def build_classifier(model, classes, input_shape, weights):
 
 
 def build_segmenter(model, classes, input_shape, weights, down_ratio):
-    """A DLA-Up model (`keras_dla.dla_up.DLAUp`) on the DLA backbone named by `model` (`dla34up` or `dla34`)."""
+    """A DLA-Up model (`keras_dla.models.dla_up.DLAUp`) on the DLA backbone named by `model` (`dla34up` or `dla34`)."""
     try:
-        from keras_dla.dla_up import DLAUp
+        from keras_dla.models.dla_up import DLAUp
     except ImportError as e:
         raise ValueError(
-            f"Segmentation needs keras_dla.dla_up, which this installation lacks. Received: model={model!r}"
+            f"Segmentation needs keras_dla.models.dla_up, which this installation lacks. Received: model={model!r}"
         ) from e
     backbone_weights = None if weights == "none" or str(weights).endswith(".weights.h5") else weights
     net = DLAUp(
@@ -497,8 +499,8 @@ def _outputs_probabilities(model):
 
 
 def segmentation_loss_and_metrics(classes, from_logits):
-    """`keras_dla.segmentation`'s 255-ignoring cross-entropy and mean IoU, and the labelled-pixel accuracy."""
-    from keras_dla import segmentation
+    """`keras_dla.training.segmentation`'s 255-ignoring cross-entropy and mean IoU, and the labelled-pixel accuracy."""
+    from keras_dla.training import segmentation
 
     loss = segmentation.SegmentationCrossEntropy(from_logits=from_logits)
     return loss, [segmentation.SegmentationMeanIoU(classes, name="mean_iou"), _pixel_accuracy()]

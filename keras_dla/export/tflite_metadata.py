@@ -245,12 +245,12 @@ def unpack(table, buf, file_identifier=None):
 def _normalization(preprocess, channels):
     """`(mean, std)` per channel with `preprocess(x) == (x - mean) / std` on pixels in [0, 255], or None.
 
-    `preprocess` (a name in `keras_dla.preprocessing.PREPROCESSING` or a callable) is evaluated on three probe
+    `preprocess` (a name in `keras_dla.export.preprocessing.PREPROCESSING` or a callable) is evaluated on three probe
     pixels; None when it is not such a per-channel affine map, or does not take `channels` channels.
     """
     import keras
 
-    from keras_dla.preprocessing import resolve_preprocess
+    from keras_dla.export.preprocessing import resolve_preprocess
 
     probe = np.repeat(np.array([0.0, 255.0, 100.0], dtype="float32")[:, None], channels, axis=1)[None, None]
     try:
@@ -463,7 +463,7 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
             `(1, classes)`), a segmentation model (`(1, height, width, classes)`), or any other (several outputs
             are described by their shapes only).
         preprocess: for a float input, what turns pixels in [0, 255] into the values it takes: a name in
-            `keras_dla.preprocessing.PREPROCESSING` or a callable. When it is `(x - mean) / std` per channel
+            `keras_dla.export.preprocessing.PREPROCESSING` or a callable. When it is `(x - mean) / std` per channel
             (all the named ones are), the metadata gives that normalisation to the app; otherwise, or when
             None, it gives none (an app then cannot feed a float file raw pixels). Unused for a uint8 input.
         labels: the class names, one per output class, in output order: a list, or the path of a text file of
@@ -491,7 +491,7 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
     if labels is not None and not single:
         raise ValueError(f"`labels` name the classes of a model with one output. Received: {len(outputs)} outputs")
     if labels is None and single and not segmentation and out_shape[-1] == 1000:
-        from keras_dla.imagenet import imagenet_classes
+        from keras_dla.models.imagenet import imagenet_classes
 
         labels = [class_name for _, class_name in imagenet_classes()]
     if labels is not None:

@@ -2,7 +2,7 @@
 
 Every function here takes a symbolic Keras tensor and returns one, creating Keras' own layers named after the
 PyTorch module paths of the authors' `dla.py` (and timm's `dla.py`) with underscores for dots
-(`level3.tree1.root.conv` -> `level3_tree1_root_conv`, see `keras_dla.names`). The PyTorch checkpoint key of a
+(`level3.tree1.root.conv` -> `level3_tree1_root_conv`, see `keras_dla.weights.names`). The PyTorch checkpoint key of a
 weight is then `<module path>.<tensor name>`, which is what `convert.py` walks.
 
 Numerics follow PyTorch: BatchNorm epsilon 1e-5, and strided convolutions padded symmetrically with an

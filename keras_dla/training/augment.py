@@ -2,7 +2,7 @@
 
 Every function transforms one example with stateless random ops fed by a `(2,)` seed, so that a pipeline is
 reproducible under parallel maps and an image and its mask always get the same transform. Pixels are in
-[0, 255]; label value 255 means "ignore". `keras_dla.datasets` assembles them into tf.data pipelines.
+[0, 255]; label value 255 means "ignore". `keras_dla.training.datasets` assembles them into tf.data pipelines.
 
 - classification: `augment_classification` (the recipes `"imagenet"`, `"small"`, `"small-erasing"`, `"flip"`),
   built from `random_resized_crop`, `colour_jitter`, `pca_lighting`, `random_erasing` and `fit_small`;

@@ -1,4 +1,4 @@
-"""Export any Keras model to a TensorFlow SavedModel or a TFLite (LiteRT) file, and measure the result.
+"""Export any Keras model to a TensorFlow SavedModel or a TFLite (LiteRT) file.
 
 Both formats go through Keras' own export path (`model.export`, which writes a SavedModel with an
 `ExportArchive` and, for `format="litert"`, converts that SavedModel with `TFLiteConverter.from_saved_model`);
@@ -8,8 +8,6 @@ Both formats go through Keras' own export path (`model.export`, which writes a S
   with the preprocessing built in.
 - `export_tflite`: a `.tflite` file with a static input shape, float32 or quantized (`"float16"`, `"dynamic"`,
   `"int8"`), TFLite builtin ops only: an op that would need the Flex (select TF ops) runtime is an error.
-- `verify_export` (from `keras_dla.export_verify`, importable from here too): runs the artefact next to the
-  Keras model and reports the largest difference, top-1 or pixel agreement, file size and single-image latency.
 
 Writes are atomic: the artefact is built next to its target under a temporary name and renamed into place
 only once complete, so a failure leaves nothing behind, and an existing target is refused unless
@@ -27,25 +25,13 @@ import time
 import keras
 import numpy as np
 
-from keras_dla import artifact, checks, fast_paths, files
-from keras_dla.datasets import IMAGE_EXTENSIONS
-from keras_dla.export_verify import SERVING_SIGNATURE, ExportReport, verify_export
-from keras_dla.preprocessing import PREPROCESSING, resolve_preprocess
+from keras_dla import checks, files
+from keras_dla.export import sidecar
+from keras_dla.export.preprocessing import resolve_preprocess
+from keras_dla.models import fast_paths
+from keras_dla.training.datasets import IMAGE_EXTENSIONS
 
-FORMATS = ("saved_model", "tflite", "onnx", "openvino")
-QUANTIZATIONS = (None, "float16", "dynamic", "int8")
-__all__ = [
-    "FORMATS",
-    "QUANTIZATIONS",
-    "SERVING_SIGNATURE",
-    "PREPROCESSING",
-    "ExportReport",
-    "export",
-    "export_saved_model",
-    "export_tflite",
-    "load_images",
-    "verify_export",
-]
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")  # of TFLite files
 
 
 class _Preprocess(keras.layers.Layer):
@@ -218,7 +204,7 @@ def export_saved_model(
             before the model, so that callers send raw images.
         preprocess: with `uint8_input`, a name in `PREPROCESSING` (`"imagenet"`: the DLA normalisation,
             `"unit"`: x / 255, `"none"`) or a callable on float32 tensors.
-        labels: optional file of class names (one a line) for the JSON sidecar (`keras_dla.artifact`) written
+        labels: optional file of class names (one a line) for the JSON sidecar (`keras_dla.export.sidecar`) written
             beside the SavedModel as `<path>.json`.
         overwrite: replace an existing `path`; otherwise an existing path is an error.
 
@@ -239,7 +225,7 @@ def export_saved_model(
     export_model, dtype = _export_model(model, shape, uint8_input, preprocess)
     with _atomic_target(target, overwrite, is_dir=True) as tmp:
         export_model.export(tmp, format="tf_saved_model", input_signature=_input_signature(shape, dtype), verbose=False)
-    artifact.write_tf_sidecar(model, target, "saved_model", shape, dtype, uint8_input, preprocess, labels)
+    sidecar.write_tf_sidecar(model, target, "saved_model", shape, dtype, uint8_input, preprocess, labels)
     return target
 
 
@@ -318,8 +304,8 @@ def _progress(total, what, log_every_s=10.0):
 
 
 def _fit(images, size):
-    """Fits grey images to `size` as the classification pipeline does (`keras_dla.augment.fit_small`)."""
-    from keras_dla.augment import fit_small
+    """Fits grey images to `size` as the classification pipeline does (`keras_dla.training.augment.fit_small`)."""
+    from keras_dla.training.augment import fit_small
 
     return np.clip(np.round(np.asarray(fit_small(images, size))), 0, 255).astype(np.uint8)
 
@@ -328,7 +314,7 @@ def load_images(source, size, channels=3, *, count=256):
     """Real images for calibration and parity checks: uint8 pixels `(N, height, width, channels)`.
 
     Args:
-        source: `"fashion_mnist"` (the test split, read by `keras_dla.fashion_mnist.load_data`; grey images are
+        source: `"fashion_mnist"` (the test split, read by `keras_dla.training.fashion_mnist.load_data`; grey images are
             fitted to `size` as training does, then repeated to `channels`), or a folder of image files (read in
             sorted order, walked recursively, resized to `size`).
         size: `(height, width)`.
@@ -343,7 +329,7 @@ def load_images(source, size, channels=3, *, count=256):
     count = checks.positive_int("count", count)
     source = os.fspath(source)
     if source == "fashion_mnist":
-        from keras_dla import fashion_mnist
+        from keras_dla.training import fashion_mnist
 
         _, (images, _) = fashion_mnist.load_data()
         images = _fit(images[:count, :, :, None].astype(np.float32), size)
@@ -504,36 +490,11 @@ def export_tflite(
                 "The model uses TensorFlow ops that TFLite's builtin op set lacks and would need the Flex "
                 f"(select TF ops) runtime, which keras_dla does not export. Received: a model with the ops {flex}"
             ) from None
-        from keras_dla import tflite_metadata
+        from keras_dla.export import tflite_metadata
 
         # The file's contract for MediaPipe and the Android Task Library, in the file before it is renamed into place.
         tflite_metadata.write_metadata(tmp, preprocess=preprocess, labels=labels, name=model.name)
-    artifact.write_tf_sidecar(
+    sidecar.write_tf_sidecar(
         model, target, "tflite", shape, dtype, uint8_input, preprocess, labels, quantization=quantization
     )
     return target
-
-
-def export(model, path, *, format="saved_model", quantization=None, **kwargs):
-    """Exports `model` in `format`, one of `FORMATS`; see `export_saved_model`, `export_tflite` and
-    `keras_dla.export_onnx.export_onnx`, `export_openvino`."""
-    if format not in FORMATS:
-        raise ValueError(f"`format` should be one of {FORMATS}. Received: format={format!r}")
-    if format in ("onnx", "openvino"):
-        from keras_dla import export_onnx
-
-        if format == "onnx":
-            return export_onnx.export_onnx(model, path, quantization=quantization, **kwargs)
-        if quantization is not None:
-            raise ValueError(
-                f"OpenVINO export is float32 only. Received: format='openvino', quantization={quantization!r}"
-            )
-        return export_onnx.export_openvino(model, path, **kwargs)
-    if format == "saved_model":
-        if quantization is not None:
-            raise ValueError(
-                f"Quantization applies to the TFLite format only. Received: format='saved_model', "
-                f"quantization={quantization!r}"
-            )
-        return export_saved_model(model, path, **kwargs)
-    return export_tflite(model, path, quantization=quantization, **kwargs)

@@ -13,7 +13,7 @@ fixes them.
 - `export_openvino`: an OpenVINO IR model, `model.xml` and its weights `model.bin` beside it, float32. A graph
   that OpenVINO's TensorFlow front end cannot shape (DLA-Up's upsampling) is converted from its ONNX export.
 
-Each writes its JSON sidecar (`keras_dla.artifact`) and, like `keras_dla.export`, writes atomically: a failure
+Each writes its JSON sidecar (`keras_dla.export.sidecar`) and, like `keras_dla.export`, writes atomically: a failure
 leaves nothing behind, an existing target is refused unless `overwrite=True`.
 """
 
@@ -22,11 +22,12 @@ import os
 import shutil
 import tempfile
 
-from keras_dla import artifact, checks, export
+from keras_dla import checks
+from keras_dla.export import sidecar, tensorflow_formats
 
 QUANTIZATIONS = (None, "int8")
 INPUT_NAME = "images"
-# Output tensor names by what `keras_dla.artifact.describe` calls the output.
+# Output tensor names by what `keras_dla.export.sidecar.describe` calls the output.
 OUTPUT_NAMES = {"probabilities": "probabilities", "logits": "logits", "log-probabilities": "log_probabilities"}
 # What to install for each runtime; named in the error when one is missing.
 EXTRAS = {
@@ -51,14 +52,14 @@ def require(extra, *modules):
 
 def output_name(model):
     """The tensor name of `model`'s output: `probabilities`, `logits`, ... (`pixel_...` for a per-pixel output)."""
-    activation = artifact.output_activation(model)
-    kind = artifact.OUTPUT_KINDS.get(activation, activation)
+    activation = sidecar.output_activation(model)
+    kind = sidecar.OUTPUT_KINDS.get(activation, activation)
     name = OUTPUT_NAMES.get(kind, kind.replace("-", "_"))
     return f"pixel_{name}" if len(model.outputs[0].shape) == 4 else name
 
 
 def _prepare(model, path, input_size, batch_size, uint8_input, preprocess, overwrite, suffix, what):
-    export._require_tensorflow(what)
+    tensorflow_formats._require_tensorflow(what)
     uint8_input, overwrite = checks.flag("uint8_input", uint8_input), checks.flag("overwrite", overwrite)
     if not os.fspath(path).endswith(suffix):
         raise ValueError(f"An {what} file should end in {suffix}. Received: path={os.fspath(path)!r}")
@@ -67,9 +68,9 @@ def _prepare(model, path, input_size, batch_size, uint8_input, preprocess, overw
             f"{what} export takes a float32 model; build it without mixed precision (or reload its weights into "
             f"a float32 copy). Received: dtype policy {model.dtype_policy.name!r}"
         )
-    shape = export._static_shape(model, input_size, batch_size)
-    target = export._check_target(path, overwrite, "file")
-    export_model, dtype = export._export_model(model, shape, uint8_input, preprocess)
+    shape = tensorflow_formats._static_shape(model, input_size, batch_size)
+    target = tensorflow_formats._check_target(path, overwrite, "file")
+    export_model, dtype = tensorflow_formats._export_model(model, shape, uint8_input, preprocess)
     return shape, target, export_model, dtype, uint8_input, overwrite
 
 
@@ -167,7 +168,7 @@ def export_onnx(
             takes them, or uint8 pixels with `uint8_input`). Real images calibrate best.
         calibration_steps: at most this many representative images are used.
         uint8_input: the file takes uint8 RGB pixels in [0, 255] and applies `preprocess` itself.
-        preprocess: a name in `keras_dla.preprocessing.PREPROCESSING` or a callable (see `export_saved_model`).
+        preprocess: a name in `keras_dla.export.preprocessing.PREPROCESSING` or a callable (see `export_saved_model`).
         labels: optional file of class names (one a line) for the sidecar.
         opset: ONNX opset (default: tf2onnx's).
         overwrite: replace an existing `path` (and its sidecar); otherwise an existing path is an error.
@@ -188,11 +189,11 @@ def export_onnx(
         calibration_shape = (1, *shape[1:])
         if None in shape[1:3] and hasattr(representative_data, "shape"):  # a dynamic size: the images' own
             calibration_shape = (1, *representative_data.shape[1:])
-        calibration = export._representative_dataset(
+        calibration = tensorflow_formats._representative_dataset(
             representative_data, calibration_shape, dtype, calibration_steps, checks.flag("verbose", verbose)
         )
     out_name = output_name(model)
-    with export._atomic_target(target, overwrite, is_dir=False) as tmp:
+    with tensorflow_formats._atomic_target(target, overwrite, is_dir=False) as tmp:
         float_path = os.path.join(os.path.dirname(tmp), "float.onnx")
         export_model.export(
             float_path, format="onnx", input_signature=_signature(shape, dtype), opset_version=opset, verbose=False
@@ -211,7 +212,7 @@ def export_onnx(
             "calibration_images": min(calibration_steps, _count(representative_data)),
             "input_output": f"{dtype} in, float32 out (quantised inside the graph)",
         }
-    contract = artifact.describe(
+    contract = sidecar.describe(
         model,
         format="onnx",
         input_name=INPUT_NAME,
@@ -223,7 +224,7 @@ def export_onnx(
         labels=labels,
         quantization=quant,
     )
-    artifact.write_sidecar(target, contract)
+    sidecar.write_sidecar(target, contract)
     return target
 
 
@@ -306,7 +307,7 @@ def export_openvino(
         # The weights first: the .xml, which readers open, appears only once its .bin is in place.
         os.replace(named[: -len(".xml")] + ".bin", weights)
         os.replace(named, target)
-    contract = artifact.describe(
+    contract = sidecar.describe(
         model,
         format="openvino",
         input_name=INPUT_NAME,
@@ -318,5 +319,5 @@ def export_openvino(
         labels=labels,
     )
     contract["weights_file"] = os.path.basename(weights)
-    artifact.write_sidecar(target, contract)
+    sidecar.write_sidecar(target, contract)
     return target

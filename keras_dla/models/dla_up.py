@@ -3,10 +3,10 @@
 Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018, section 4, and the authors'
 `dla_up.py` (`DLASeg`, `DLAUp`, `IDAUp`). Layer names are the PyTorch module paths of `DLASeg` with
-underscores for dots (`keras_dla.names`): the backbone is the sub-model `base` (`base.level3.tree1.conv1` is its
+underscores for dots (`keras_dla.weights.names`): the backbone is the sub-model `base` (`base.level3.tree1.conv1` is its
 layer `level3_tree1_conv1`), the decoder's layers are `dla_up_ida_{i}_{proj,up,node}_{k}`, then `fc_0` and the
 frozen bilinear `up`. A state dict of the authors' model therefore loads by name, every key accounted for. Every
-layer is one of Keras' own (`keras_dla.resampling` builds the upsampling and the padding from them).
+layer is one of Keras' own (`keras_dla.models.resampling` builds the upsampling and the padding from them).
 """
 
 import math
@@ -16,7 +16,9 @@ import re
 import keras
 from keras import layers
 
-from keras_dla import blocks, checks, convert, dla, fast_paths, imagenet, readers, resampling
+from keras_dla import checks
+from keras_dla.models import blocks, dla, fast_paths, imagenet, resampling
+from keras_dla.weights import convert, readers
 
 DOWN_RATIOS = (2, 4, 8, 16)
 # The deepest level (level5) has stride 32: every level is twice the next only at multiples of 32.
@@ -282,7 +284,7 @@ BASE_DOCSTRING = """Instantiates DLA-Up segmentation on the {title} backbone (th
     the backbone levels `log2(down_ratio)` to 5 are fused by iterative deep aggregation (`dla_up`), a
     1x1 conv (`fc_0`) scores the classes at stride `down_ratio`, and a frozen bilinear depthwise
     transposed conv (`up`) brings the scores to the input resolution. Layer names are the PyTorch module
-    paths with underscores for dots (`keras_dla.names`), so a state dict of the authors' model loads through
+    paths with underscores for dots (`keras_dla.weights.names`), so a state dict of the authors' model loads through
     `weights=<path>`; the layers are Keras' own, so a saved `.keras` file loads with plain Keras. Inputs are RGB images
     normalised with `keras_dla.preprocess_input`. Any height and width >= 32 works: the model pads to a
     multiple of 32 inside and crops the output back (the authors' model needs multiples of 32).

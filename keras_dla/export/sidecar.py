@@ -1,6 +1,6 @@
 """The contract of an exported model, in a JSON sidecar beside it: what to feed it and what it returns.
 
-Every export (`keras_dla.export`, `keras_dla.export_onnx`) writes `<file>.json` beside a file (`model.onnx.json`,
+Every export (SavedModel, TFLite, ONNX, OpenVINO) writes `<file>.json` beside a file (`model.onnx.json`,
 `model.tflite.json`, `model.xml.json`) or `<folder>.json` beside a SavedModel folder, holding:
 
 - `input`: tensor name, shape (`null` for a dynamic size), dtype, layout (NHWC), colour order, the pixel range the
@@ -52,7 +52,7 @@ def class_names(classes, labels=None):
             )
         return names
     if classes == 1000:
-        from keras_dla.imagenet import imagenet_classes
+        from keras_dla.models.imagenet import imagenet_classes
 
         return [name for _, name in imagenet_classes()]
     return [str(i) for i in range(classes)]
@@ -124,7 +124,7 @@ def describe(
         input_shape: `(batch, height, width, channels)` of the artefact's input, `None` for a dynamic size.
         input_dtype: what the artefact takes (`"float32"`, `"uint8"`, `"int8"`).
         uint8_input: the artefact applies `preprocess` itself to uint8 pixels.
-        preprocess: a name of `keras_dla.preprocessing.PREPROCESSING`, or a callable.
+        preprocess: a name of `keras_dla.export.preprocessing.PREPROCESSING`, or a callable.
         labels: optional file of class names, one a line.
         quantization: `None` (float32) or a dict (`{"scheme": "int8", ...}`) to record as it is.
     """
@@ -230,7 +230,7 @@ TFLITE_QUANTIZATIONS = {
 
 def _tflite_io_quantization(path):
     """The dtype, scale and zero point of a `.tflite` file's input and output, as its signature runner has them."""
-    from keras_dla.export_verify import SERVING_SIGNATURE, tflite_interpreter
+    from keras_dla.export.verify import SERVING_SIGNATURE, tflite_interpreter
 
     runner = tflite_interpreter(path, None).get_signature_runner(SERVING_SIGNATURE)
     found = {}
