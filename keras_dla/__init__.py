@@ -9,29 +9,14 @@ segmentation loss and metric) when their module is imported: use one of them, or
 
 import importlib
 
+from keras_dla.models.configs import VARIANTS
 from keras_dla.version import __version__
 
 # Each public name and the module that defines it (as `name` or, for an alias, `(module, attribute)`).
 _PUBLIC = {
     "DLA": "models.dla",
-    "DLA34": "models.dla",
-    "DLA46C": "models.dla",
-    "DLA46XC": "models.dla",
-    "DLA60XC": "models.dla",
-    "DLA60": "models.dla",
-    "DLA60X": "models.dla",
-    "DLA102": "models.dla",
-    "DLA102X": "models.dla",
-    "DLA102X2": "models.dla",
-    "DLA169": "models.dla",
-    "DLA60Res2Net": "models.dla",
-    "DLA60Res2NeXt": "models.dla",
     "MODEL_CONFIGS": "models.configs",
     "DLAUp": "models.dla_up",
-    "DLA34Up": "models.dla_up",
-    "DLA60Up": "models.dla_up",
-    "DLA102Up": "models.dla_up",
-    "DLA169Up": "models.dla_up",
     "DepthwiseConv2DTranspose": "models.layers",
     "inference_model": "export.inference",
     "fold_batch_norms": "export.inference",
@@ -47,6 +32,11 @@ _PUBLIC = {
     "preprocess_input": "models.imagenet",
     "register_weights": "weights.pretrained",
 }
+
+# The builder of every row of the variants table: `DLA34` (models.dla), and `DLA34Up` (models.dla_up) where the
+# authors' dla_up.py has one.
+_PUBLIC.update({row.function: "models.dla" for row in VARIANTS})
+_PUBLIC.update({row.segmentation_function: "models.dla_up" for row in VARIANTS if row.segmentation})
 
 __all__ = [*_PUBLIC, "__version__"]
 

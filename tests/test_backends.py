@@ -22,7 +22,7 @@ import torch
 import keras_dla
 from keras_dla.models.dla import BUILDERS
 from keras_dla.models.dla_up import UP_BUILDERS
-from tests import reference, torch_dla_up
+from tests import contract, reference, torch_dla_up
 
 BACKEND = keras.backend.backend()
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -118,10 +118,16 @@ def test_dla_up_equals_the_authors_dlaseg(variant, tmp_path):
     np.testing.assert_allclose(numpy(model(x, training=False)), expected, rtol=RTOL, atol=ATOL)
 
 
+# Tiny architectures of the two kinds of graph keras_dla builds: a classifier with grouped convs and residual roots,
+# and a DLA-Up (the backbone a nested model).
+TINY_CLASSIFIER = contract.TINY_ARCHITECTURES["bottleneck"]
+TINY_BACKBONE = contract.TINY_ARCHITECTURES["basic"]
+
+
 def _small_models():
-    """A grouped-conv classifier and a DLA-Up, the two kinds of graph keras_dla builds, with random weights."""
-    classifier = keras_dla.DLA46XC(weights=None, classes=5, input_shape=(None, None, 3))
-    segmenter = keras_dla.DLAUp("dla46_c", classes=3, down_ratio=4, weights=None)
+    """A classifier and a DLA-Up of tiny architectures, with random weights."""
+    classifier = keras_dla.DLA(**TINY_CLASSIFIER, weights=None, classes=5, input_shape=(None, None, 3))
+    segmenter = keras_dla.DLAUp(TINY_BACKBONE, classes=3, down_ratio=4, weights=None)
     return {"classifier": classifier, "segmenter": segmenter}
 
 
@@ -177,7 +183,7 @@ def test_files_load_with_plain_keras_on_every_backend(tmp_path):
 
 
 def test_fit_trains_and_round_trips(tmp_path):
-    model = keras_dla.DLA46XC(weights=None, classes=3, input_shape=(32, 32, 3))
+    model = keras_dla.DLA(**TINY_CLASSIFIER, weights=None, classes=3, input_shape=(32, 32, 3))
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
     before = [numpy(w).copy() for w in model.trainable_weights]
     x, y = images((8, 32, 32, 3), seed=3), np.arange(8) % 3
@@ -186,7 +192,9 @@ def test_fit_trains_and_round_trips(tmp_path):
     assert np.all(np.isfinite(losses)) and len(losses) == 2
     assert any(not np.allclose(b, numpy(w)) for b, w in zip(before, model.trainable_weights, strict=True))
     model.save_weights(tmp_path / "trained.weights.h5")
-    again = keras_dla.DLA46XC(weights=str(tmp_path / "trained.weights.h5"), classes=3, input_shape=(32, 32, 3))
+    again = keras_dla.DLA(
+        **TINY_CLASSIFIER, weights=str(tmp_path / "trained.weights.h5"), classes=3, input_shape=(32, 32, 3)
+    )
     np.testing.assert_allclose(numpy(again(x, training=False)), numpy(model(x, training=False)), rtol=RTOL, atol=1e-6)
 
 
@@ -209,10 +217,12 @@ def test_include_preprocessing_takes_raw_pixels_and_the_same_weights(kind, tmp_p
     """`include_preprocessing=True` computes model(preprocess_input(x)) from [0, 255] pixels; weights files load
     both ways, through keras_dla and through plain `load_weights`."""
     build = {
-        "classifier": lambda **k: keras_dla.DLA46XC(
-            **{"weights": None, "classes": 5, "input_shape": (None, None, 3), **k}
+        "classifier": lambda **k: keras_dla.DLA(
+            **TINY_CLASSIFIER, **{"weights": None, "classes": 5, "input_shape": (None, None, 3), **k}
         ),
-        "segmenter": lambda **k: keras_dla.DLAUp("dla46_c", **{"classes": 3, "down_ratio": 4, "weights": None, **k}),
+        "segmenter": lambda **k: keras_dla.DLAUp(
+            TINY_BACKBONE, **{"classes": 3, "down_ratio": 4, "weights": None, **k}
+        ),
     }[kind]
     plain = build()
     plain.save_weights(tmp_path / "plain.weights.h5")

@@ -1,8 +1,10 @@
 """The DLA classifiers against the keras.applications contract and the PyTorch reference (timm)."""
 
+import inspect
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -17,16 +19,11 @@ import keras_dla
 from keras_dla.models import fast_paths
 from keras_dla.models.dla import BUILDERS
 from keras_dla.weights.names import keras_name
-from tests import reference
+from tests import reference, variants
 
-VARIANTS = list(BUILDERS)
-# The wide and deep variants take most of the suite's time: the parameter counts and the float32 parity run
-# for every variant in the default run; the other per-variant checks of these run with `-m slow` (or with
-# no marker filter: `python -m pytest`).
-HEAVY = {"dla60", "dla60x", "dla102", "dla102x", "dla102x2", "dla169", "dla60_res2net", "dla60_res2next"}
-VARIANTS_HEAVY_SLOW = [pytest.param(v, marks=pytest.mark.slow) if v in HEAVY else v for v in VARIANTS]
+VARIANTS = variants.ALL
 
-# Trainable parameters with 1000 classes; timm 1.0.31's `sum(p.numel())` (REFERENCE.md §1).
+# Trainable parameters with 1000 classes: timm 1.0.31's `sum(p.numel() for p in model.parameters())`.
 PARAMETER_COUNTS = {
     "dla34": 15_742_104,
     "dla46_c": 1_301_400,
@@ -41,7 +38,6 @@ PARAMETER_COUNTS = {
     "dla60_res2net": 20_848_072,
     "dla60_res2next": 17_032_984,
 }
-CHANNELS = {v: keras_dla.MODEL_CONFIGS[v]["channels"] for v in VARIANTS}
 
 
 def images(shape, seed=0):
@@ -97,29 +93,6 @@ def test_parameter_count_and_top(variant):
     ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
-def test_levels_pooling_and_any_size(variant):
-    channels = CHANNELS[variant]
-    levels = BUILDERS[variant](weights=None, return_levels=True)
-    assert levels.input_shape == (None, None, None, 3)
-    assert sorted(levels.output) == [f"level{i}" for i in range(6)]
-    # Odd, 32k - 1 and non-square sizes: level k has stride 2**k, rounding up like the strided convs.
-    for height, width in ((33, 47), (63, 95)):
-        out = run(levels, images((2, height, width, 3)))
-        for k in range(6):
-            assert out[f"level{k}"].shape == (2, -(-height // 2**k), -(-width // 2**k), channels[k])
-            assert np.isfinite(out[f"level{k}"]).all()
-    features = BUILDERS[variant](weights=None, include_top=False)
-    assert features.output_shape == (None, None, None, channels[-1])
-    for pooling, reduce in (("avg", np.mean), ("max", np.max)):
-        pooled = BUILDERS[variant](weights=None, include_top=False, pooling=pooling, input_shape=(63, 95, 3))
-        assert pooled.output_shape == (None, channels[-1])
-        pooled.set_weights(levels.get_weights())
-        np.testing.assert_allclose(
-            run(pooled, images((2, 63, 95, 3))), reduce(out["level5"], axis=(1, 2)), rtol=1e-5, atol=1e-5
-        )
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_equals_timm_float32(variant, tmp_path):
     """Logits and every level equal timm's at two sizes, one odd and non-square; both checkpoint layouts load."""
@@ -146,7 +119,7 @@ def test_equals_timm_float32(variant, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
+@pytest.mark.parametrize("variant", variants.tier(variants.LIGHT))
 def test_equals_timm_float64(variant, tmp_path, float64):
     """With plain (untempered) random weights in float64 the graphs agree to round-off: same arithmetic."""
     torch.manual_seed(1)
@@ -158,49 +131,6 @@ def test_equals_timm_float64(variant, tmp_path, float64):
     ours = run(model, x)
     assert ours.dtype == np.float64
     assert np.abs(ours - logits).max() <= 1e-9 * np.abs(logits).max()
-
-
-@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
-def test_save_load_and_config_round_trip(variant, tmp_path):
-    model = BUILDERS[variant](weights=None, input_shape=(None, None, 3), classes=7)
-    x = images((1, 64, 64, 3))
-    expected = run(model, x)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    assert "keras_dla" not in json.dumps(model.get_config())
-    # Plain Keras loads the file (no keras_dla class in it), without TensorFlow's fast paths: the same function
-    # up to float rounding; with them attached again, the same computation.
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(run(loaded, x), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(run(keras_dla.attach_fast_paths(loaded), x), expected)
-    clone = keras.Model.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(run(keras_dla.attach_fast_paths(clone), x), expected)
-
-
-def test_keras_weights_file_round_trip(tmp_path):
-    model = keras_dla.DLA60Res2NeXt(weights=None, input_shape=(None, None, 3), classes=7)
-    x = images((1, 64, 64, 3))
-    path = tmp_path / "model.weights.h5"
-    model.save_weights(path)
-    reloaded = keras_dla.DLA60Res2NeXt(weights=path, input_shape=(None, None, 3), classes=7)
-    np.testing.assert_array_equal(run(reloaded, x), run(model, x))
-
-
-@pytest.mark.parametrize("variant", VARIANTS_HEAVY_SLOW)
-def test_training_step_gradients(variant):
-    model = BUILDERS[variant](weights=None, input_shape=(32, 32, 3), classes=5, classifier_activation=None)
-    x = images((4, 32, 32, 3))
-    y = np.array([0, 1, 2, 3])
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(y, model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_weights)
-    for weight, grad in zip(model.trainable_weights, grads, strict=True):
-        assert grad is not None, weight.path
-        grad = grad.numpy()
-        assert np.isfinite(grad).all(), weight.path
-        assert np.abs(grad).max() > 0, weight.path
 
 
 @pytest.mark.parametrize("channels", [1, 4])
@@ -408,21 +338,97 @@ def test_import_has_no_side_effects(tmp_path):
 
 
 def test_model_code_is_backend_agnostic():
-    """Model code uses Keras layers and keras.ops only, so the builders can run on JAX and PyTorch too."""
-    import re
-
+    """Model and weights code uses Keras layers and keras.ops only, so the builders run on JAX and PyTorch too."""
     package = os.path.dirname(keras_dla.__file__)
     backend_import = re.compile(r"^\s*(import|from)\s+(tensorflow|torch)\b", re.MULTILINE)
-    model_code = ("blocks.py", "dla.py", "dla_up.py", "layers.py", "resampling.py", "names.py", "convert.py")
-    for module in (*model_code, "legacy_weights.py", "readers.py", "imagenet.py"):
-        with open(os.path.join(package, module), encoding="utf-8") as f:
-            source = f.read()
-        assert not backend_import.search(source), module
-        assert "tf." not in source, module
+    top_level_import = re.compile(r"^(import|from)\s+(tensorflow|torch)\b", re.MULTILINE)
     # TensorFlow's fast paths and the TensorFlow `serve` import TensorFlow inside the functions that run on that
     # backend only, never when the module is imported.
-    top_level_import = re.compile(r"^(import|from)\s+(tensorflow|torch)\b", re.MULTILINE)
-    for module in ("fast_paths.py", "inference.py"):
+    backend_specific = {"models/fast_paths.py", "export/inference.py"}
+    modules = [f"{folder}/{name}" for folder in ("models", "weights") for name in os.listdir(f"{package}/{folder}")]
+    modules += [name for name in ("checks.py", "files.py", "resampling.py") if os.path.exists(f"{package}/{name}")]
+    checked = 0
+    for module in sorted({*modules, *backend_specific}):
+        if not module.endswith(".py"):
+            continue
         with open(os.path.join(package, module), encoding="utf-8") as f:
             source = f.read()
-        assert not top_level_import.search(source), module
+        if module in backend_specific:
+            assert not top_level_import.search(source), module
+        else:
+            assert not backend_import.search(source), module
+            assert "tf." not in source, module
+        checked += 1
+    assert checked >= 15
+
+
+def test_the_generic_builder_takes_an_architecture():
+    """`DLA(levels=..., channels=..., ...)` builds any architecture; an architecture equal to a named variant's is
+    that variant (its name, its pretrained weights); the named builders are `DLA` with their row."""
+    tiny = dict(levels=(1, 1, 1, 2, 1, 1), channels=(4, 8, 8, 16, 16, 32), block="bottleneck", groups=2)
+    model = keras_dla.DLA(**tiny, weights=None, classes=3, input_shape=(32, 32, 3))
+    assert model.name == "dla" and model.output_shape == (None, 3)
+    assert model.get_layer(keras_name("level3.tree2.conv2")).groups == 2
+    # DLA-X-46-C's row, given as arguments, is DLA-X-46-C: same name, same graph.
+    row = keras_dla.MODEL_CONFIGS["dla46x_c"]
+    as_arguments = keras_dla.DLA(**row, weights=None, include_top=False, input_shape=(32, 32, 3))
+    named = keras_dla.DLA46XC(weights=None, include_top=False, input_shape=(32, 32, 3))
+    assert as_arguments.name == named.name == "dla46x_c"
+    assert [w.shape for w in as_arguments.weights] == [w.shape for w in named.weights]
+    assert json.dumps(as_arguments.get_config()) == json.dumps(named.get_config())
+    # A variant's architecture with one argument changed is a new architecture: no pretrained weights for it.
+    wider = keras_dla.DLA("dla46x_c", groups=16, weights=None, include_top=False, input_shape=(32, 32, 3))
+    assert wider.name == "dla" and wider.get_layer(keras_name("level2.tree1.conv2")).groups == 16
+    with pytest.raises(ValueError, match="none of the named DLA variants.*Received: weights='imagenet'"):
+        keras_dla.DLA("dla46x_c", groups=16)
+    assert str(inspect.signature(keras_dla.DLA34)).startswith("(include_top=True, weights='imagenet', input_tensor")
+    assert keras_dla.DLA34.variant == "dla34" and "DLA-34" in keras_dla.DLA34.__doc__
+    with pytest.raises(TypeError, match=r"DLA34\(\) got an unexpected keyword argument 'level'"):
+        keras_dla.DLA34(level=(1,))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(levels=(1, 1, 1, 1, 1)), r"`levels` should be 6 positive integers.*Received: levels=\(1, 1, 1, 1, 1\)"),
+        (dict(levels=(1, 1, 1, 0, 1, 1)), r"`levels\[3\]` should be a positive integer. Received: levels\[3\]=0"),
+        (dict(channels="wide"), r"`channels` should be 6 positive integers.*Received: channels='wide'"),
+        (dict(block="resnet"), r"`block` should be one of \['basic', 'bottleneck', 'res2net'\]. Received"),
+        (dict(block="bottleneck", groups=0), r"`groups` should be a positive integer. Received: groups=0"),
+        (dict(block="bottleneck", groups=3, base_width=1), r"level2 would have 1 channels, not a positive multiple"),
+        (dict(residual_root="yes"), r"`residual_root` should be True or False"),
+        (dict(variant="dla35"), r"Unknown DLA variant.*Received: variant='dla35'"),
+    ],
+)
+def test_bad_architectures_are_refused_before_the_graph(nothing_is_built, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_dla.DLA(**kwargs, weights=None)
+    if "variant" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            keras_dla.DLAUp(kwargs, classes=3)
+
+
+def test_a_variant_is_one_row(tmp_path):
+    """A row added to `configs.VARIANTS` (in a copy of the package) is a builder, a public name, a DLA-Up builder
+    when it says so, and a `keras-dla info` line, with nothing else changed."""
+    package = os.path.dirname(keras_dla.__file__)
+    copy = tmp_path / "keras_dla"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    configs = copy / "models" / "configs.py"
+    row = 'Variant("dla20", "DLA20", "DLA-20", dict(levels=(1, 1, 1, 1, 1, 1)), segmentation=True),\n'
+    configs.write_text(configs.read_text().replace("VARIANTS = (\n", "VARIANTS = (\n    " + row, 1))
+    script = (
+        "import keras_dla, json; m = keras_dla.DLA20(weights=None, input_shape=(32, 32, 3)); "
+        "u = keras_dla.DLA20Up(classes=2, input_shape=(32, 32, 3)); "
+        "print(json.dumps([m.name, m.count_params(), u.name, 'DLA20' in keras_dla.__all__]))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, params, up_name, public = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (name, up_name, public) == ("dla20", "dla20up", True)
+    assert params < keras_dla.DLA34(weights=None, input_shape=(32, 32, 3)).count_params()
+    info = subprocess.run(
+        [sys.executable, "-m", "keras_dla.cli", "info"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert info.returncode == 0 and "dla20" in info.stdout, info.stderr[-2000:]

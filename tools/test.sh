@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The test suite as CI runs it: everything on the TensorFlow backend, and the backend contract
-# (tests/test_backends.py) on JAX and on PyTorch, one process per backend. The JAX and PyTorch passes run beside
-# the TensorFlow one (much of each pass is single-threaded: graph building, compiling, process start-up) and print
-# their output when they end. Extra arguments go to the TensorFlow pass instead of `-m "not slow"`:
+# The test suite as CI runs it: everything on the TensorFlow backend, and the model and backend contracts
+# (tests/test_contract.py, tests/test_backends.py) on JAX and on PyTorch, one process per backend. The JAX and
+# PyTorch passes run beside the TensorFlow one (much of each pass is single-threaded: graph building, compiling,
+# process start-up) and print their output when they end. Extra arguments go to the TensorFlow pass instead of `-m "not slow"`:
 # `bash tools/test.sh tests` runs everything, the slow-marked cases (the large variants' extra checks) included;
 # `bash tools/test.sh tests/test_dla.py` one file. Uses .venv's Python where there is one (tools/setup.sh makes it).
 set -euo pipefail
@@ -20,15 +20,15 @@ trap 'rm -rf "$others"' EXIT
 declare -A pids
 for backend in jax torch; do
   KERAS_BACKEND=$backend $python -m pytest -q --durations=5 -m "not slow" -p no:cacheprovider \
-    --basetemp="$others/$backend" tests/test_backends.py >"$others/$backend.log" 2>&1 &
+    --basetemp="$others/$backend" tests/test_contract.py tests/test_backends.py >"$others/$backend.log" 2>&1 &
   pids[$backend]=$!
 done
-echo "tests/test_backends.py on JAX and PyTorch: running beside this pass; their output follows it"
+echo "tests/test_contract.py and tests/test_backends.py on JAX and PyTorch: running beside this pass; their output follows it"
 status=0
 KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 "$@" || status=$?
 for backend in jax torch; do
   wait "${pids[$backend]}" || status=1
-  echo "===== KERAS_BACKEND=$backend pytest tests/test_backends.py"
+  echo "===== KERAS_BACKEND=$backend pytest tests/test_contract.py tests/test_backends.py"
   cat "$others/$backend.log"
 done
 exit $status

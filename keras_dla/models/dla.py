@@ -1,4 +1,4 @@
-"""DLA ImageNet classifiers: the config table, one generic builder and a thin function per variant.
+"""DLA classifiers: one generic builder that takes the architecture, and a function per row of `configs.VARIANTS`.
 
 Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 [Deep Layer Aggregation](https://arxiv.org/abs/1707.06484), CVPR 2018; the authors' `ucbdrive/dla` code
@@ -13,8 +13,8 @@ import keras
 from keras import layers
 
 from keras_dla import checks
-from keras_dla.models import blocks, fast_paths, imagenet
-from keras_dla.models.configs import MODEL_CONFIGS  # the table, re-exported here as keras_dla.models.dla.MODEL_CONFIGS
+from keras_dla.models import blocks, configs, fast_paths, imagenet, variants
+from keras_dla.models.configs import MODEL_CONFIGS
 from keras_dla.weights import convert, pretrained
 
 LEVEL_NAMES = tuple(f"level{i}" for i in range(6))
@@ -23,11 +23,61 @@ DEFAULT_SIZE = 224
 POOLINGS = (None, "avg", "max")
 
 
+def _sequence_of_positive_ints(name, value):
+    if not isinstance(value, (tuple, list)) or len(value) != len(LEVEL_NAMES):
+        raise ValueError(
+            f"`{name}` should be {len(LEVEL_NAMES)} positive integers, one per level. Received: {name}={value!r}"
+        )
+    return tuple(checks.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def resolve_architecture(variant=None, **given):
+    """The full architecture (the arguments of `DEFAULT_ARCHITECTURE`) and the variant it is, checked.
+
+    `variant` names a row of `configs.VARIANTS` whose architecture the `given` arguments that are not None
+    override; without one, they override the default architecture (DLA-34's). The variant returned is the named
+    one whose architecture this is (the one asked for, or any row the arguments happen to equal), or None.
+    """
+    if variant is not None and variant not in MODEL_CONFIGS:
+        raise ValueError(f"Unknown DLA variant; expected one of {list(MODEL_CONFIGS)}. Received: variant={variant!r}")
+    unknown = sorted(set(given) - set(configs.DEFAULT_ARCHITECTURE))
+    if unknown:
+        raise ValueError(
+            f"Unknown DLA architecture argument(s) {unknown}; expected some of {list(configs.DEFAULT_ARCHITECTURE)}. "
+            f"Received: {given!r}"
+        )
+    base = MODEL_CONFIGS[variant] if variant is not None else configs.DEFAULT_ARCHITECTURE
+    arch = dict(base, **{k: v for k, v in given.items() if v is not None})
+    arch["levels"] = _sequence_of_positive_ints("levels", arch["levels"])
+    arch["channels"] = _sequence_of_positive_ints("channels", arch["channels"])
+    if arch["block"] not in blocks.BLOCKS:
+        raise ValueError(f"`block` should be one of {list(blocks.BLOCKS)}. Received: block={arch['block']!r}")
+    for key in ("groups", "base_width", "scale"):
+        arch[key] = checks.positive_int(key, arch[key])
+    arch["residual_root"] = checks.flag("residual_root", arch["residual_root"])
+    if arch["block"] != "basic":
+        for level in range(2, len(LEVEL_NAMES)):
+            width = blocks.bottleneck_width(arch["channels"][level], arch["groups"], arch["base_width"])
+            if width < arch["groups"] or width % arch["groups"]:
+                raise ValueError(
+                    f"The grouped 3x3 conv of level{level} would have {width} channels, not a positive multiple of "
+                    f"groups={arch['groups']} (width = channels * base_width / 64 * groups / 2). Received: "
+                    f"channels={arch['channels']}, groups={arch['groups']}, base_width={arch['base_width']}"
+                )
+    if variant is None or arch != MODEL_CONFIGS[variant]:
+        variant = next((name for name, row in MODEL_CONFIGS.items() if row == arch), None)
+    return arch, variant
+
+
 def _validate_arguments(variant, include_top, weights, pooling, classes, classifier_activation):
     """keras.applications' argument checks, raised before any layer is built."""
-    if variant not in MODEL_CONFIGS:
-        raise ValueError(f"Unknown DLA variant; expected one of {sorted(MODEL_CONFIGS)}. Received: variant={variant!r}")
     is_file = isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights)
+    if variant is None and not (weights is None or is_file):
+        raise ValueError(
+            "This architecture is none of the named DLA variants, so it has no pretrained weights: `weights` "
+            "should be `None` (random initialization) or the path to an existing weights file. "
+            f"Received: weights={weights!r}"
+        )
     if not (weights is None or pretrained.find(variant, weights) is not None or is_file):
         raise ValueError(
             "The `weights` argument should be either `None` (random initialization), `'imagenet'` "
@@ -132,8 +182,15 @@ def check_name(name):
 
 
 def DLA(
-    variant,
+    levels=None,
+    channels=None,
+    block=None,
     *,
+    groups=None,
+    base_width=None,
+    scale=None,
+    residual_root=None,
+    variant=None,
     include_top=True,
     weights="imagenet",
     input_tensor=None,
@@ -145,12 +202,48 @@ def DLA(
     include_preprocessing=False,
     name=None,
 ):
-    """Builds any DLA variant of `MODEL_CONFIGS`; see `DLA34` for the arguments."""
+    """Builds a DLA classifier (or backbone) of any architecture.
+
+    The named variants (`DLA34`, ...) call this with their row of `configs.VARIANTS`; `DLA("dla34", ...)` is
+    `DLA(variant="dla34", ...)`. Any architecture argument left None takes the variant's value (DLA-34's without
+    a variant), so `DLA(levels=(1, 1, 1, 1, 1, 1), channels=(8, 8, 16, 16, 32, 32), weights=None)` is a small DLA
+    of basic blocks.
+
+    Args:
+        levels: blocks per level, six positive integers: level0 and level1 count 3x3 convs, level2 to level5 are
+            aggregation trees of that depth.
+        channels: the output channels of the six levels.
+        block: the trees' block, `"basic"` (two 3x3 convs), `"bottleneck"` or `"res2net"`.
+        groups: groups of a bottleneck's 3x3 conv (32 in the X variants).
+        base_width: with `groups`, the width of a bottleneck's 3x3 conv (`blocks.bottleneck_width`).
+        scale: the number of Res2Net splits (res2net blocks only).
+        residual_root: whether each tree's root adds its first child back (DLA-102 and deeper).
+        variant: a key of `MODEL_CONFIGS` whose architecture the arguments above override.
+        weights: as for `DLA34`; pretrained weights (`"imagenet"`, a registered tag) exist only for an
+            architecture that is a named variant's.
+        include_top, input_tensor, input_shape, pooling, classes, classifier_activation, return_levels,
+            include_preprocessing, name: as for `DLA34`.
+
+    Returns:
+        A `keras.Model` instance, named `name`, else its variant's name, else "dla".
+    """
+    if isinstance(levels, str):  # DLA("dla34", ...)
+        variant, levels = levels, None
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
             "keras_dla builds channels_last models only. "
             f"Received: keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
+    config, variant = resolve_architecture(
+        variant,
+        levels=as_python_ints(levels),
+        channels=as_python_ints(channels),
+        block=block,
+        groups=as_python_ints(groups),
+        base_width=as_python_ints(base_width),
+        scale=as_python_ints(scale),
+        residual_root=residual_root,
+    )
     classes, input_shape = as_python_ints(classes), as_python_ints(input_shape)
     include_top, return_levels = checks.flag("include_top", include_top), checks.flag("return_levels", return_levels)
     include_preprocessing = checks.flag("include_preprocessing", include_preprocessing)
@@ -161,11 +254,10 @@ def DLA(
     img_input, input_shape = _make_input(input_tensor, input_shape, include_top and not return_levels)
     _validate_input_shape(input_shape, weights)  # the shape may have come from input_tensor
     imagenet.check_preprocessing_channels(include_preprocessing, input_shape)
-    config = MODEL_CONFIGS[variant]
 
     levels, channels = config["levels"], config["channels"]
     block_args = dict(groups=config["groups"], base_width=config["base_width"])
-    if "scale" in config:
+    if config["block"] == "res2net":
         block_args["scale"] = config["scale"]
 
     x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
@@ -205,9 +297,9 @@ def DLA(
         outputs = x
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = fast_paths.attach(keras.Model(inputs, outputs, name=name or variant))
+    model = fast_paths.attach(keras.Model(inputs, outputs, name=name or variant or "dla"))
 
-    if pretrained.find(variant, weights) is not None:
+    if variant is not None and pretrained.find(variant, weights) is not None:
         # Fetched, verified and converted once; later loads read the converted cache.
         pretrained.load_pretrained(model, variant, weights)
     elif weights is not None:
@@ -259,64 +351,28 @@ BASE_DOCSTRING = """Instantiates the {title} architecture (Deep Layer Aggregatio
 """
 
 
-def _variant(fn_name, variant, title):
-    def builder(
-        include_top=True,
-        weights="imagenet",
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        name=variant,
-        return_levels=False,
-        include_preprocessing=False,
-    ):
-        return DLA(
-            variant,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            return_levels=return_levels,
-            include_preprocessing=include_preprocessing,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = fn_name
-    builder.__doc__ = BASE_DOCSTRING.format(title=title, variant=variant, fn=fn_name)
-    builder.__module__ = __name__
-    return builder
+# The arguments of every classifier function (keras.applications' and ours), in order, with their defaults.
+PARAMETERS = (
+    ("include_top", True),
+    ("weights", "imagenet"),
+    ("input_tensor", None),
+    ("input_shape", None),
+    ("pooling", None),
+    ("classes", 1000),
+    ("classifier_activation", "softmax"),
+    ("name", None),
+    ("return_levels", False),
+    ("include_preprocessing", False),
+)
 
 
-DLA34 = _variant("DLA34", "dla34", "DLA-34")
-DLA46C = _variant("DLA46C", "dla46_c", "DLA-46-C")
-DLA46XC = _variant("DLA46XC", "dla46x_c", "DLA-X-46-C")
-DLA60XC = _variant("DLA60XC", "dla60x_c", "DLA-X-60-C")
-DLA60 = _variant("DLA60", "dla60", "DLA-60")
-DLA60X = _variant("DLA60X", "dla60x", "DLA-X-60")
-DLA102 = _variant("DLA102", "dla102", "DLA-102")
-DLA102X = _variant("DLA102X", "dla102x", "DLA-X-102")
-DLA102X2 = _variant("DLA102X2", "dla102x2", "DLA-X-102 64")
-DLA169 = _variant("DLA169", "dla169", "DLA-169")
-DLA60Res2Net = _variant("DLA60Res2Net", "dla60_res2net", "DLA-60 Res2Net")
-DLA60Res2NeXt = _variant("DLA60Res2NeXt", "dla60_res2next", "DLA-60 Res2NeXt")
+def _builder(row):
+    docstring = BASE_DOCSTRING.format(title=row.title, variant=row.name, fn=row.function)
+    parameters = tuple((key, row.name if key == "name" else value) for key, value in PARAMETERS)
+    return variants.builder(DLA, row.name, row.function, docstring, parameters)
 
-# Builder function of each variant, in the order of the paper's table.
-BUILDERS = {
-    "dla34": DLA34,
-    "dla46_c": DLA46C,
-    "dla46x_c": DLA46XC,
-    "dla60x_c": DLA60XC,
-    "dla60": DLA60,
-    "dla60x": DLA60X,
-    "dla102": DLA102,
-    "dla102x": DLA102X,
-    "dla102x2": DLA102X2,
-    "dla169": DLA169,
-    "dla60_res2net": DLA60Res2Net,
-    "dla60_res2next": DLA60Res2NeXt,
-}
+
+# The builder function of each variant, in the order of the paper's table: `BUILDERS["dla34"]` is `DLA34`.
+BUILDERS = {row.name: _builder(row) for row in configs.VARIANTS}
+globals().update({builder.__name__: builder for builder in BUILDERS.values()})
+__all__ = ["DLA", "MODEL_CONFIGS", "BUILDERS", *(builder.__name__ for builder in BUILDERS.values())]

@@ -17,7 +17,7 @@ import keras
 from keras import layers
 
 from keras_dla import checks
-from keras_dla.models import blocks, dla, fast_paths, imagenet, resampling
+from keras_dla.models import blocks, configs, dla, fast_paths, imagenet, resampling, variants
 from keras_dla.weights import convert, readers
 
 DOWN_RATIOS = (2, 4, 8, 16)
@@ -111,11 +111,25 @@ def dla_up(features, *, name="dla_up"):
     return features[-1]
 
 
-def _validate_arguments(backbone, classes, down_ratio, weights, activation):
-    if backbone not in dla.MODEL_CONFIGS:
-        raise ValueError(
-            f"Unknown DLA backbone; expected one of {sorted(dla.MODEL_CONFIGS)}. Received: backbone={backbone!r}"
-        )
+def backbone_architecture(backbone):
+    """The architecture of `backbone` (a variant name or a dict of `keras_dla.DLA`'s architecture arguments) and
+    the variant it is, or None; see `dla.resolve_architecture`."""
+    if isinstance(backbone, str):
+        if backbone not in dla.MODEL_CONFIGS:
+            raise ValueError(
+                f"Unknown DLA backbone; expected one of {list(dla.MODEL_CONFIGS)} or a dict of architecture "
+                f"arguments. Received: backbone={backbone!r}"
+            )
+        return dla.resolve_architecture(backbone)
+    if isinstance(backbone, dict):
+        return dla.resolve_architecture(**backbone)
+    raise ValueError(
+        "`backbone` should be a DLA variant name or a dict of `keras_dla.DLA`'s architecture arguments (levels, "
+        f"channels, block, ...). Received: backbone={backbone!r}"
+    )
+
+
+def _validate_arguments(classes, down_ratio, weights, activation):
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ValueError(f"`classes` should be a positive integer. Received: classes={classes!r}")
     if not isinstance(down_ratio, int) or isinstance(down_ratio, bool) or down_ratio not in DOWN_RATIOS:
@@ -217,7 +231,12 @@ def DLAUp(
     include_preprocessing=False,
     name=None,
 ):
-    """Builds DLA-Up segmentation on any backbone of `MODEL_CONFIGS`; see `DLA34Up` for the arguments."""
+    """Builds DLA-Up segmentation on any DLA backbone; see `DLA34Up` for the other arguments.
+
+    `backbone` is a variant name (a key of `MODEL_CONFIGS`) or a dict of `keras_dla.DLA`'s architecture
+    arguments (`{"levels": ..., "channels": ..., "block": "bottleneck"}`; what it leaves out is DLA-34's).
+    `weights="imagenet"` needs a backbone that is a named variant with ImageNet weights.
+    """
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
             "keras_dla builds channels_last models only. "
@@ -225,7 +244,13 @@ def DLAUp(
         )
     classes, input_shape = dla.as_python_ints(classes), dla.as_python_ints(input_shape)
     dla.check_name(name)
-    _validate_arguments(backbone, classes, down_ratio, weights, activation)
+    backbone_config, backbone = backbone_architecture(backbone)
+    _validate_arguments(classes, down_ratio, weights, activation)
+    if weights == "imagenet" and backbone is None:
+        raise ValueError(
+            "This backbone is none of the named DLA variants, so it has no ImageNet weights: `weights` should be "
+            "`None` or the path to a weights file. Received: weights='imagenet'"
+        )
     if input_shape is not None:
         dla._validate_input_shape(input_shape, weights)
     include_preprocessing = checks.flag("include_preprocessing", include_preprocessing)
@@ -242,7 +267,7 @@ def DLAUp(
     x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
     x = resampling.pad_to_multiple(x, SIZE_MULTIPLE, name="pad")  # the normalised image, zero-padded as upstream
     base = dla.DLA(
-        backbone,
+        **backbone_config,
         include_top=False,
         weights="imagenet" if weights == "imagenet" else None,
         input_shape=(None, None, input_shape[-1]),
@@ -259,10 +284,10 @@ def DLAUp(
         x = layers.Activation(activation, dtype="float32", name="predictions")(x)
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = fast_paths.attach(keras.Model(inputs, x, name=name or f"{backbone}up"))
+    model = fast_paths.attach(keras.Model(inputs, x, name=name or f"{backbone or 'dla'}up"))
 
     if state_dict is not None:
-        dead = tuple(f"base.{prefix}" for prefix in convert.dead_project_keys(dla.MODEL_CONFIGS[backbone]))
+        dead = tuple(f"base.{prefix}" for prefix in convert.dead_project_keys(backbone_config))
         convert.assign_state_dict(
             model,
             state_dict,
@@ -315,39 +340,26 @@ BASE_DOCSTRING = """Instantiates DLA-Up segmentation on the {title} backbone (th
 """
 
 
-def _variant(fn_name, variant, title):
-    def builder(
-        classes=19,
-        down_ratio=2,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        activation="softmax",
-        include_preprocessing=False,
-        name=f"{variant}up",
-    ):
-        return DLAUp(
-            variant,
-            classes=classes,
-            down_ratio=down_ratio,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            activation=activation,
-            include_preprocessing=include_preprocessing,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = fn_name
-    builder.__doc__ = BASE_DOCSTRING.format(title=title, variant=variant, fn=fn_name)
-    builder.__module__ = __name__
-    return builder
+# The arguments of every DLA-Up function, in order, with their defaults.
+PARAMETERS = (
+    ("classes", 19),
+    ("down_ratio", 2),
+    ("weights", None),
+    ("input_tensor", None),
+    ("input_shape", None),
+    ("activation", "softmax"),
+    ("include_preprocessing", False),
+    ("name", None),
+)
 
 
-# The variants of the authors' dla_up.py; `DLAUp(backbone=...)` builds the others.
-DLA34Up = _variant("DLA34Up", "dla34", "DLA-34")
-DLA60Up = _variant("DLA60Up", "dla60", "DLA-60")
-DLA102Up = _variant("DLA102Up", "dla102", "DLA-102")
-DLA169Up = _variant("DLA169Up", "dla169", "DLA-169")
+def _builder(row):
+    docstring = BASE_DOCSTRING.format(title=row.title, variant=row.name, fn=row.segmentation_function)
+    parameters = tuple((key, f"{row.name}up" if key == "name" else value) for key, value in PARAMETERS)
+    return variants.builder(DLAUp, row.name, row.segmentation_function, docstring, parameters)
 
-UP_BUILDERS = {"dla34": DLA34Up, "dla60": DLA60Up, "dla102": DLA102Up, "dla169": DLA169Up}
+
+# The variants of the authors' dla_up.py (`DLA34Up`, ...), by backbone; `DLAUp(backbone=...)` builds the others.
+UP_BUILDERS = {row.name: _builder(row) for row in configs.VARIANTS if row.segmentation}
+globals().update({builder.__name__: builder for builder in UP_BUILDERS.values()})
+__all__ = ["DLAUp", "UP_BUILDERS", *(builder.__name__ for builder in UP_BUILDERS.values())]
