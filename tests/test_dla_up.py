@@ -16,7 +16,8 @@ import timm
 import torch
 
 import keras_dla
-from keras_dla.models import dla_up, fast_paths, resampling
+from keras_dla import resampling
+from keras_dla.models import dla_up, fast_paths
 from keras_dla.weights import convert, readers
 from keras_dla.weights.names import keras_name
 from tests import reference, torch_dla_up

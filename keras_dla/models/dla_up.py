@@ -6,7 +6,7 @@ Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 underscores for dots (`keras_dla.weights.names`): the backbone is the sub-model `base` (`base.level3.tree1.conv1` is its
 layer `level3_tree1_conv1`), the decoder's layers are `dla_up_ida_{i}_{proj,up,node}_{k}`, then `fc_0` and the
 frozen bilinear `up`. A state dict of the authors' model therefore loads by name, every key accounted for. Every
-layer is one of Keras' own (`keras_dla.models.resampling` builds the upsampling and the padding from them).
+layer is one of Keras' own (`keras_dla.resampling` builds the upsampling and the padding from them).
 """
 
 import math
@@ -16,8 +16,8 @@ import re
 import keras
 from keras import layers
 
-from keras_dla import checks
-from keras_dla.models import blocks, dla, fast_paths, imagenet, resampling
+from keras_dla import checks, resampling
+from keras_dla.models import blocks, dla, fast_paths, imagenet
 from keras_dla.weights import convert, readers
 
 DOWN_RATIOS = (2, 4, 8, 16)

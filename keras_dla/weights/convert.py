@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_dla.models import resampling
+from keras_dla import resampling
 from keras_dla.models.layers import DepthwiseConv2DTranspose
 from keras_dla.weights import checksum, legacy, names, readers
 
