@@ -17,12 +17,13 @@ import time
 import warnings
 
 import h5py
+import keras
 import numpy as np
 import pytest
 import torch
 
 import keras_dla
-from keras_dla.weights import names, pretrained
+from keras_dla.weights import convert, names, pretrained
 from tests.reference import authors_state_dict, make_timm_model, save_safetensors, timm_outputs, timm_state_dict
 
 VARIANT = "dla46x_c"  # the smallest variant: dead `project` keys in the authors' layout, grouped convs
@@ -433,3 +434,63 @@ def test_table_covers_every_variant_with_verifiable_sources():
             else:
                 assert source.filename.endswith(f"-{source.sha256}.pth")
                 assert len(source.sha256) == 8 and source.url.endswith(source.filename)
+
+
+def test_register_weights_knows_a_builder_by_its_variant_attribute_or_its_name():
+    def builder(**kwargs):
+        raise AssertionError("register_weights only reads the builder")
+
+    builder.variant = "dla60"
+    keras_dla.register_weights(builder, "mine", "https://example.org/w.pth", "a" * 64)
+    assert pretrained.find("dla60", "mine").variant == "dla60"
+
+    def DLA34(**kwargs):  # a function of the user's, named as a builder of keras_dla.models.dla
+        raise AssertionError("register_weights only reads the builder")
+
+    with pytest.raises(ValueError, match=r"`model` should be a DLA variant name.*Received: model=<function"):
+        keras_dla.register_weights(DLA34, "mine", "https://example.org/w.pth", "a" * 64)
+
+
+def test_convert_checkpoint_fills_the_given_model_or_builds_one_with_the_builder(reference, tmp_path, blank):
+    data, _ = reference["files"][("safetensors", "authors")]
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(data)
+    built, dropped = pretrained.convert_checkpoint(VARIANT, str(path), keras_dla.DLA46XC)
+    assert built.get_layer("fc").units == 1000 and "level4.project.0.weight" in dropped
+    np.testing.assert_allclose(_logits(built, reference), reference["logits"], rtol=1e-3, atol=ATOL)
+    filled, _ = pretrained.convert_checkpoint(VARIANT, str(path), blank)
+    assert filled is blank
+    np.testing.assert_allclose(_logits(blank, reference), reference["logits"], rtol=1e-3, atol=ATOL)
+    ten = keras_dla.DLA46XC(weights=None, classes=10, input_shape=(SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match=r"classifies 1000 classes and dla46x_c 10; build .*Received: checkpoint="):
+        pretrained.convert_checkpoint(VARIANT, str(path), ten)
+    with pytest.raises(ValueError, match=r"`model` should be a Keras model or a DLA builder.*Received: model='x'"):
+        pretrained.convert_checkpoint(VARIANT, str(path), "x")
+
+
+@pytest.mark.parametrize("variant", ["dla34", VARIANT, "dla102"])
+def test_dead_project_keys_read_from_a_model_hold_those_of_its_config(variant):
+    model = keras_dla.DLA(variant, weights=None, include_top=False, input_shape=(None, None, 3))
+    from_model = convert.dead_project_keys_of(model)
+    assert set(convert.dead_project_keys(keras_dla.MODEL_CONFIGS[variant])) <= set(from_model)
+    paths = [path for path, _ in convert.named_layers(model)]
+    assert not any(path.startswith(prefix) for prefix in from_model for path in paths)  # none is a layer's
+
+
+def test_the_transposed_conv_layer_converts_by_its_registered_name():
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras_dla.DepthwiseConv2DTranspose(2, name="up")(inputs))
+    weight = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype("float32")  # PyTorch (C, 1, kh, kw)
+    assert convert.assign_state_dict(model, {"up.weight": weight}) == {}
+    np.testing.assert_array_equal(model.get_layer("up").kernel.numpy(), weight.transpose(2, 3, 0, 1))
+
+    class DepthwiseConv2DTranspose(keras.layers.Layer):  # the same class name, not keras_dla's layer
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(4, 4, 3, 1))
+
+        def call(self, x):
+            return x
+
+    other = keras.Model(inputs, DepthwiseConv2DTranspose(name="up")(inputs))
+    with pytest.raises(TypeError, match="No PyTorch mapping for layer 'up'"):
+        convert.assign_state_dict(other, {"up.weight": weight})

@@ -186,16 +186,35 @@ def _suffix(name):
     return None
 
 
-def _variant_of(model):
-    from keras_dla.models.dla import BUILDERS, MODEL_CONFIGS
+# The variant of each builder of `keras_dla.models.dla`, by its function name: how a builder that carries no
+# `variant` attribute is recognised without importing the builders.
+_BUILDER_VARIANTS = {
+    "DLA34": "dla34",
+    "DLA46C": "dla46_c",
+    "DLA46XC": "dla46x_c",
+    "DLA60XC": "dla60x_c",
+    "DLA60": "dla60",
+    "DLA60X": "dla60x",
+    "DLA102": "dla102",
+    "DLA102X": "dla102x",
+    "DLA102X2": "dla102x2",
+    "DLA169": "dla169",
+    "DLA60Res2Net": "dla60_res2net",
+    "DLA60Res2NeXt": "dla60_res2next",
+}
+_BUILDERS_MODULE = "keras_dla.models.dla"
 
-    if isinstance(model, str) and model in MODEL_CONFIGS:
-        return model
-    for variant, builder in BUILDERS.items():
-        if model is builder:
-            return variant
+
+def _variant_of(model):
+    """The variant named by `model`: a variant name, or a builder (its `variant` attribute, else its name)."""
+    variant = model if isinstance(model, str) else getattr(model, "variant", None)
+    if variant is None and callable(model) and getattr(model, "__module__", None) == _BUILDERS_MODULE:
+        variant = _BUILDER_VARIANTS.get(getattr(model, "__name__", None))
+    # Every variant has an entry in the weights table (tests/test_weights.py checks it against MODEL_CONFIGS).
+    if isinstance(variant, str) and variant in PRETRAINED:
+        return variant
     raise ValueError(
-        f"`model` should be a DLA variant name ({', '.join(MODEL_CONFIGS)}) or its builder (keras_dla.DLA34). "
+        f"`model` should be a DLA variant name ({', '.join(PRETRAINED)}) or its builder (keras_dla.DLA34). "
         f"Received: model={model!r}"
     )
 
@@ -530,18 +549,20 @@ def fetch_checkpoint(entry, *, mirror=None, download=True, timeout=None):
 # --- the converted cache --------------------------------------------------------------------------------------
 
 
-def save_by_layer_name(model, path, attrs=None):
+def save_by_layer_name(model, path, attrs=None, extra_layers=None):
     """Writes the weights of `model`'s layers, by layer name, to one checksummed HDF5 file.
 
     The float32 values of every variable are concatenated into one Fletcher-32 checksummed dataset, with a
     JSON index of `[layer name, [variable shapes]]`: one read loads them all, and any damaged chunk fails
-    that read.
+    that read. `extra_layers`, `{layer name: [arrays]}`, adds layers `model` does not have (the checkpoint's
+    classifier, for a model built with `include_top=False`).
     """
     index, values = [], []
-    for layer in model.layers:
-        if layer.weights:
-            arrays = [np.asarray(variable.numpy(), dtype="float32") for variable in layer.weights]
-            index.append([layer.name, [list(a.shape) for a in arrays]])
+    layer_arrays = [(layer.name, [variable.numpy() for variable in layer.weights]) for layer in model.layers]
+    for name, arrays in [*layer_arrays, *(extra_layers or {}).items()]:
+        if arrays:
+            arrays = [np.asarray(a, dtype="float32") for a in arrays]
+            index.append([name, [list(a.shape) for a in arrays]])
             values.extend(a.ravel() for a in arrays)
     with h5py.File(path, "w") as f:
         f.attrs["format"] = CACHE_FORMAT
@@ -585,7 +606,7 @@ def load_by_layer_name(model, path, variant):
         offset, shapes = offsets[layer.name]
         if [tuple(shape) for shape in shapes] != [tuple(v.shape) for v in layer.weights]:
             raise _DoesNotFitError(
-                f"the weights of {layer.name!r} in {os.path.basename(path)} have shapes {shapes}, the model's "
+                f"The weights of {layer.name!r} in {os.path.basename(path)} have shapes {shapes}, the model's "
                 f"{[tuple(v.shape) for v in layer.weights]} (built with another class count?)"
             )
         for shape, variable in zip(shapes, layer.weights, strict=True):
@@ -596,46 +617,68 @@ def load_by_layer_name(model, path, variant):
         variable.assign(value)
 
 
-def _fits_head(model, state_dict):
-    """Whether `model` has exactly the classifier the checkpoint has (or neither has one)."""
+def _check_head(model, state_dict, what):
+    """Raises `_DoesNotFitError` unless `model` has the checkpoint's classifier or none (then it is dropped)."""
     fc = next((layer for layer in model.layers if layer.name == "fc"), None)
+    if fc is None:
+        return
     if "fc.weight" not in state_dict:
-        return fc is None
-    return fc is not None and getattr(fc, "units", None) == state_dict["fc.weight"].shape[0]
+        raise _DoesNotFitError(
+            f"The {what} has no classifier (`fc`) and {model.name} has one; build the model with include_top=False"
+        )
+    classes = int(state_dict["fc.weight"].shape[0])
+    if getattr(fc, "units", None) != classes:
+        raise _DoesNotFitError(
+            f"The {what} classifies {classes} classes and {model.name} {getattr(fc, 'units', None)}; build the model "
+            f"with classes={classes}, or with include_top=False to add a classifier of another class count"
+        )
 
 
-def convert_checkpoint(variant, checkpoint, model=None):
-    """Loads a PyTorch checkpoint into a `variant` model; returns `(model, dropped)`.
+def _fill(model, state_dict, what):
+    """Copies `state_dict` into `model` (`convert.assign_state_dict`); returns the keys dropped by design."""
+    from keras_dla.weights import convert
+
+    _check_head(model, state_dict, what)
+    return convert.assign_state_dict(model, state_dict, dead_prefixes=convert.dead_project_keys_of(model), source=what)
+
+
+def convert_checkpoint(variant, checkpoint, model):
+    """Loads a PyTorch checkpoint of `variant` into a model; returns `(model, dropped)`.
 
     Args:
-        variant: a key of `MODEL_CONFIGS`.
+        variant: the DLA variant the checkpoint holds (`"dla34"`), named in errors.
         checkpoint: path of a `.pth` / `.safetensors` file (authors' or timm layout).
-        model: a model to load into when its classifier fits the checkpoint's; otherwise (or when None)
-            one is built with the checkpoint's class count, or without top when it has no `fc`.
+        model: the model to fill, with the checkpoint's classifier or none; or the variant's builder
+            (`keras_dla.DLA34`), called with the checkpoint's class count, or `include_top=False` when it has
+            no `fc`.
 
     Returns:
         The loaded model and `{key: reason}` of the checkpoint keys dropped by design.
+
+    Raises:
+        ValueError: the checkpoint does not fit the model (another variant, class count or classifier).
     """
-    from keras_dla.models.dla import DLA, MODEL_CONFIGS
-    from keras_dla.weights import convert
+    import keras
 
     state_dict = readers.read_state_dict(checkpoint)
-    if model is None or not _fits_head(model, state_dict):
+    what = f"checkpoint {os.path.basename(checkpoint)!r} of {variant}"
+    if not isinstance(model, keras.Model):
+        if not callable(model):
+            raise ValueError(
+                f"`model` should be a Keras model or a DLA builder such as keras_dla.DLA34. Received: model={model!r}"
+            )
         fc = state_dict.get("fc.weight")
-        model = DLA(
-            variant,
+        model = model(
             weights=None,
             include_top=fc is not None,
             classes=int(fc.shape[0]) if fc is not None else 1000,
             classifier_activation=None,
             input_shape=(None, None, 3),
         )
-    dropped = convert.assign_state_dict(
-        model,
-        state_dict,
-        dead_prefixes=convert.dead_project_keys(MODEL_CONFIGS[variant]),
-        source=f"checkpoint {os.path.basename(checkpoint)!r}",
-    )
+    try:
+        dropped = _fill(model, state_dict, what)
+    except _DoesNotFitError as e:
+        raise ValueError(f"{e}. Received: checkpoint={checkpoint!r}") from None
     return model, dropped
 
 
@@ -662,6 +705,31 @@ def _load_cached(model, path, variant):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         return False
+
+
+def _convert_into_cache(model, checkpoint, converted, attrs):
+    """Fills `model` from `checkpoint` and writes the converted cache file `converted` from it.
+
+    The file holds the checkpoint's classifier also when `model` has none, so that any later model of the variant
+    loads from it.
+
+    Raises:
+        _DoesNotFitError: `model` has another classifier than the checkpoint.
+        _SourceError: the checkpoint is verified but not loadable.
+    """
+    from keras_dla.weights import convert
+
+    try:
+        state_dict = readers.read_state_dict(checkpoint)
+        _fill(model, state_dict, f"checkpoint {os.path.basename(checkpoint)!r}")
+    except _DoesNotFitError:
+        raise
+    except ValueError as e:
+        raise _SourceError(f"verified but not loadable: {e}") from None
+    classifier = convert.classifier_weights(state_dict)
+    has_fc = any(layer.name == "fc" for layer in model.layers)
+    extra = {"fc": classifier} if classifier is not None and not has_fc else None
+    files.write_atomically(converted, lambda tmp: save_by_layer_name(model, tmp, attrs, extra))
 
 
 def load_pretrained(model, variant, tag, timeout=None):
@@ -695,20 +763,13 @@ def load_pretrained(model, variant, tag, timeout=None):
                 local = _fetch(source, directory, timeout=timeout)
                 if _suffix(source.filename) == ".weights.h5":
                     convert.load_weights(model, local)
-                    return
-                try:
-                    # Into the user's model when its head fits the checkpoint's, else into a full one.
-                    reference, _ = convert_checkpoint(variant, local, model)
-                except ValueError as e:
-                    raise _SourceError(f"verified but not loadable: {e}") from None
-                attrs = {"variant": variant, "tag": tag, "source": source.url, "source_sha256": sha256_of(local)}
-                files.write_atomically(converted, lambda tmp, m=reference, a=attrs: save_by_layer_name(m, tmp, a))
-                if reference is model:
-                    return
-                del reference
-            if _load_cached(model, converted, variant):
+                else:
+                    attrs = {"variant": variant, "tag": tag, "source": source.url, "source_sha256": sha256_of(local)}
+                    try:
+                        _convert_into_cache(model, local, converted, attrs)
+                    except _DoesNotFitError as e:
+                        raise ValueError(f"{e}. Received: weights={tag!r}") from None
                 return
-            problems.append(f"{source.host}: the converted file did not load")
         except _SourceError as e:
             problems.append(f"{source.host}: {e}")
     raise ValueError(
