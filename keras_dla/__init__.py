@@ -45,7 +45,7 @@ _PUBLIC = {
     "CITYSCAPES_PALETTE": "training.segmentation",
     "decode_predictions": "models.imagenet",
     "preprocess_input": "models.imagenet",
-    "register_weights": "weights.pretrained",
+    "register_weights": "weights.sources",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -72,11 +72,11 @@ def convert_to_file(model, output):
     import numpy as np
 
     from keras_dla import files
-    from keras_dla.weights import checksum, pretrained
+    from keras_dla.weights import checksum, download
 
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     files.remove_stale(directory, suffix="." + os.path.basename(output))
     checksum.save_weights(model, output)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return f"{trainable:,} parameters, sha256 {pretrained.sha256_of(output)}"
+    return f"{trainable:,} parameters, sha256 {download.sha256_of(output)}"
