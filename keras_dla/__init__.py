@@ -30,7 +30,7 @@ _PUBLIC = {
     "CITYSCAPES_PALETTE": "training.segmentation",
     "decode_predictions": "models.imagenet",
     "preprocess_input": "models.imagenet",
-    "register_weights": "weights.pretrained",
+    "register_weights": "weights.sources",
 }
 
 # The builder of every row of the variants table: `DLA34` (models.dla), and `DLA34Up` (models.dla_up) where the

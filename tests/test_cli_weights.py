@@ -14,7 +14,7 @@ import keras_dla
 from keras_dla.cli import main
 from keras_dla.cli import predict as predict_command
 from keras_dla.models.imagenet import MEAN, STD, imagenet_classes
-from keras_dla.weights import pretrained
+from keras_dla.weights import cache, sources
 from tests.reference import authors_state_dict, make_timm_model, timm_outputs
 
 VARIANT = "dla46x_c"
@@ -136,7 +136,7 @@ def test_convert_a_checkpoint_of_another_variant_fails_clearly(checkpoint, tmp_p
 def test_list_shows_every_variant_and_the_cache(keras_home, capsys):
     models = keras_home / "models"
     models.mkdir(parents=True)
-    (models / f"dla34-ba72cf86{pretrained.CACHE_SUFFIX}").write_bytes(b"")
+    (models / f"dla34-ba72cf86{cache.CACHE_SUFFIX}").write_bytes(b"")
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in lines[1:-1]}
@@ -311,11 +311,11 @@ def test_release_script_converts_a_folder_of_checkpoints(checkpoint, tmp_path):
     (tmp_path / "checkpoints" / name).write_bytes(data)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / name).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    unreachable = pretrained.Source(f"http://127.0.0.1:9/{name}", name, hashlib.sha256(data).hexdigest()[:8], "authors")
-    entry = pretrained.Pretrained(VARIANT, "imagenet", (unreachable,))
+    unreachable = sources.Source(f"http://127.0.0.1:9/{name}", name, hashlib.sha256(data).hexdigest()[:8], "authors")
+    entry = sources.Pretrained(VARIANT, "imagenet", (unreachable,))
     script = _release_script()
 
-    with pytest.warns(pretrained.WeightsWarning, match="sha256 mismatch"):
+    with pytest.warns(sources.WeightsWarning, match="sha256 mismatch"):
         with pytest.raises(ValueError, match="No verified checkpoint"):
             script.convert_all(tmp_path / "release-bad", [entry], checkpoints=tmp_path / "bad", log=lambda _: None)
     assert not (tmp_path / "release-bad" / "manifest.json").exists()
@@ -327,7 +327,7 @@ def test_release_script_converts_a_folder_of_checkpoints(checkpoint, tmp_path):
     assert record["sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
     assert record["source_sha256"] == hashlib.sha256(data).hexdigest()
     assert "level4.project.0.weight" in record["dropped_keys"]
-    assert record["params"] == pretrained.PRETRAINED[VARIANT]["imagenet"].params
+    assert record["params"] == sources.PRETRAINED[VARIANT]["imagenet"].params
 
     images = np.random.default_rng(3).standard_normal((1, SIZE, SIZE, 3)).astype("float32")
     released = keras_dla.DLA46XC(weights=str(output), input_shape=(SIZE, SIZE, 3), classifier_activation=None)

@@ -16,8 +16,9 @@ import timm
 import torch
 
 import keras_dla
-from keras_dla.models import dla_up, fast_paths, resampling
-from keras_dla.weights import convert, readers
+from keras_dla import resampling
+from keras_dla.models import blocks, dla_up, fast_paths
+from keras_dla.weights import convert, dlaseg, readers
 from keras_dla.weights.names import keras_name
 from tests import reference, torch_dla_up
 
@@ -322,4 +323,5 @@ def test_checkpoint_backbone_is_recognised_for_every_variant():
     for variant in keras_dla.MODEL_CONFIGS:
         with torch.device("meta"):
             state = timm.create_model(variant, pretrained=False).state_dict()
-        assert dla_up._checkpoint_backbone({f"base.{k}": v for k, v in state.items()}) == variant
+        state = {f"base.{k}": v for k, v in state.items()}
+        assert dlaseg.checkpoint_backbone(state, keras_dla.MODEL_CONFIGS, blocks.bottleneck_width) == variant

@@ -16,7 +16,8 @@ import tensorflow as tf
 import torch
 
 import keras_dla
-from keras_dla.models import fast_paths, resampling
+from keras_dla import resampling
+from keras_dla.models import fast_paths
 from keras_dla.models.layers import BilinearKernel, DepthwiseConv2DTranspose
 
 

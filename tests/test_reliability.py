@@ -26,7 +26,7 @@ from keras_dla import files
 from keras_dla.cli import convert as cli_convert
 from keras_dla.export import tensorflow_formats
 from keras_dla.training import run_folder
-from keras_dla.weights import checksum, convert, pretrained
+from keras_dla.weights import cache, checksum, convert, download, pretrained, sources
 
 try:
     import fcntl
@@ -40,9 +40,9 @@ SHAPE = (32, 32, 3)
 def isolated(tmp_path, monkeypatch):
     """A fresh KERAS_HOME and registry per test, no mirror or deadline from the environment."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.delenv(pretrained.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(pretrained.TIMEOUT_ENV, raising=False)
-    monkeypatch.setattr(pretrained, "_REGISTERED", {})
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(download.TIMEOUT_ENV, raising=False)
+    monkeypatch.setattr(sources, "_REGISTERED", {})
     return tmp_path / "keras_home" / "models"
 
 
@@ -197,14 +197,14 @@ def test_a_file_without_a_checksum_still_loads(tmp_path, model, kind):
 def test_the_converted_cache_carries_the_same_checksum(tmp_path, model):
     path = str(tmp_path / "dla46_c-x.keras_dla.h5")
     expected = _randomize(model, 6)
-    pretrained.save_by_layer_name(model, path, {"variant": "dla46_c"})
+    cache.save_by_layer_name(model, path, {"variant": "dla46_c"})
     assert checksum.verify(path) is True
     _randomize(model, 7)
-    pretrained.load_by_layer_name(model, path, "dla46_c")
+    cache.load_by_layer_name(model, path, "dla46_c")
     assert all(np.array_equal(v.numpy(), e) for v, e in zip(model.weights, expected, strict=True))
     _flip(path, _datasets(path)[0][1] + 100)
     with pytest.raises((OSError, ValueError)):  # the chunk's Fletcher-32 or the sha256: never loaded
-        pretrained.load_by_layer_name(model, path, "dla46_c")
+        cache.load_by_layer_name(model, path, "dla46_c")
 
 
 def _tiny_compiled():
@@ -332,18 +332,18 @@ def _cache_names(cache):
 def test_a_download_that_does_not_finish_in_time_ends_with_a_sentence_and_leaves_nothing(
     slow_server, isolated, monkeypatch, path
 ):
-    monkeypatch.setenv(pretrained.TIMEOUT_ENV, "2")
+    monkeypatch.setenv(download.TIMEOUT_ENV, "2")
     keras_dla.register_weights("dla46_c", "slow", slow_server.url(path), "0" * 64)
     start = time.monotonic()
     with pytest.raises(ValueError, match=r"did not finish within 2 s \(\d+ bytes received\); set KERAS_DLA_DOWNLOAD"):
-        pretrained.fetch_checkpoint(pretrained.find("dla46_c", "slow"))
+        pretrained.fetch_checkpoint(sources.find("dla46_c", "slow"))
     assert time.monotonic() - start < 6
     assert _cache_names(isolated) == []
 
 
 def test_a_builder_ends_a_slow_download_at_the_deadline_and_shows_progress(slow_server, isolated, monkeypatch, capfd):
     keras_dla.register_weights("dla46_c", "slow", slow_server.url("/byte-a-second.pth"), "0" * 64)
-    monkeypatch.setenv(pretrained.TIMEOUT_ENV, "6.5")
+    monkeypatch.setenv(download.TIMEOUT_ENV, "6.5")
     with pytest.raises(ValueError, match=r"Could not obtain the 'slow' weights.*did not finish within 6.5 s"):
         keras_dla.DLA46C(weights="slow", classes=3, input_shape=SHAPE)
     err = capfd.readouterr().err
@@ -353,21 +353,21 @@ def test_a_builder_ends_a_slow_download_at_the_deadline_and_shows_progress(slow_
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf", "1e400"])
 def test_a_download_deadline_that_is_not_a_positive_number_is_one_sentence(monkeypatch, value):
-    monkeypatch.setenv(pretrained.TIMEOUT_ENV, value)
+    monkeypatch.setenv(download.TIMEOUT_ENV, value)
     with pytest.raises(ValueError, match=rf"^KERAS_DLA_DOWNLOAD_TIMEOUT should be a positive number.*'{value}'"):
-        pretrained.download_timeout()
-    monkeypatch.delenv(pretrained.TIMEOUT_ENV)
+        download.download_timeout()
+    monkeypatch.delenv(download.TIMEOUT_ENV)
     for timeout in (0, -1.5, "10", True, float("nan")):
         with pytest.raises(ValueError, match=r"`timeout` should be a positive number.*Received: timeout="):
-            pretrained.download_timeout(timeout)
-    assert pretrained.download_timeout() == pretrained.DOWNLOAD_TIMEOUT_S and pretrained.download_timeout(2) == 2.0
+            download.download_timeout(timeout)
+    assert download.download_timeout() == download.DOWNLOAD_TIMEOUT_S and download.download_timeout(2) == 2.0
 
 
 @pytest.mark.skipif(fcntl is None, reason="file locks are POSIX")
 def test_a_process_waiting_on_another_ones_download_says_so_and_gives_up_at_the_deadline(isolated, capfd):
     keras_dla.register_weights("dla46_c", "held", "/nowhere/dla46_c.pth", "1" * 64)
-    source = pretrained.find("dla46_c", "held").sources[0]
-    lock_path = os.path.join(pretrained.cache_dir(), source.filename + ".lock")
+    source = sources.find("dla46_c", "held").sources[0]
+    lock_path = os.path.join(sources.cache_dir(), source.filename + ".lock")
     with open(lock_path, "a") as holder:  # another process's download, as the lock shows it
         fcntl.flock(holder, fcntl.LOCK_EX)
         start = time.monotonic()
@@ -433,7 +433,7 @@ def test_a_killed_download_leaves_nothing_after_the_next_fetch(isolated):
         os.remove(isolated / name)
     cases = _leftovers(str(isolated), _dead_pid(), "dla46_c-mine-11111111.keras_dla.h5")
     with pytest.raises(ValueError, match="No verified checkpoint"):
-        pretrained.fetch_checkpoint(pretrained.find("dla46_c", "mine"))
+        pretrained.fetch_checkpoint(sources.find("dla46_c", "mine"))
     assert _partials(isolated) == sorted(n for n, stale in cases.items() if not stale)
 
 

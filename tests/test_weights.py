@@ -17,12 +17,13 @@ import time
 import warnings
 
 import h5py
+import keras
 import numpy as np
 import pytest
 import torch
 
 import keras_dla
-from keras_dla.weights import names, pretrained
+from keras_dla.weights import cache, convert, download, names, pretrained, sources
 from tests.reference import authors_state_dict, make_timm_model, save_safetensors, timm_outputs, timm_state_dict
 
 VARIANT = "dla46x_c"  # the smallest variant: dead `project` keys in the authors' layout, grouped convs
@@ -95,8 +96,8 @@ def server():
 def isolated(tmp_path, monkeypatch):
     """A fresh KERAS_HOME and registry per test, no mirror from the environment."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.delenv(pretrained.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(pretrained, "_REGISTERED", {})
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(sources, "_REGISTERED", {})
     return tmp_path / "keras_home" / "models"
 
 
@@ -165,7 +166,7 @@ def test_register_weights_full_load_equals_timm(server, reference, isolated, fmt
     # Downloaded and converted into $KERAS_HOME/models, nothing partial left behind.
     suffix = ".safetensors" if fmt == "safetensors" else ".pth"
     stem = f"{VARIANT}-mine-{sha[:8]}"
-    assert _cache_listing(isolated) == sorted([stem + suffix, stem + pretrained.CACHE_SUFFIX])
+    assert _cache_listing(isolated) == sorted([stem + suffix, stem + cache.CACHE_SUFFIX])
 
 
 def test_second_load_is_served_from_cache_with_the_server_stopped(server, reference, isolated, blank):
@@ -192,7 +193,7 @@ def test_sha256_mismatch_is_reported_and_nothing_is_kept(server, reference, isol
     url, sha = _serve(server, reference)
     wrong = ("0" if sha[0] != "0" else "1") + sha[1:]
     keras_dla.register_weights(VARIANT, "mine", url, wrong)
-    with pytest.warns(pretrained.WeightsWarning, match="sha256 mismatch"):
+    with pytest.warns(sources.WeightsWarning, match="sha256 mismatch"):
         with pytest.raises(ValueError, match=r"sha256 mismatch.*Received: weights='mine'"):
             keras_dla.DLA46XC(weights="mine", input_shape=(SIZE, SIZE, 3))
     assert _cache_listing(isolated) == []
@@ -202,7 +203,7 @@ def test_truncated_download_leaves_nothing_a_later_load_accepts(server, referenc
     url, sha = _serve(server, reference, "zip", "timm")
     server.truncated.add(url[url.index("/files") :])
     keras_dla.register_weights(VARIANT, "mine", url, sha)
-    with pytest.warns(pretrained.WeightsWarning):
+    with pytest.warns(sources.WeightsWarning):
         with pytest.raises(ValueError, match="ended after.*Received: weights='mine'"):
             _load(blank, "mine")
     assert _cache_listing(isolated) == []
@@ -211,10 +212,10 @@ def test_truncated_download_leaves_nothing_a_later_load_accepts(server, referenc
     np.testing.assert_allclose(_logits(_load(blank, "mine"), reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
 
-def _imagenet_entry(monkeypatch, *sources):
+def _imagenet_entry(monkeypatch, *imagenet_sources):
     # The built-in table, pointed at the local server: the same code path as weights="imagenet".
-    entry = pretrained.Pretrained(VARIANT, "imagenet", tuple(sources))
-    monkeypatch.setitem(pretrained.PRETRAINED, VARIANT, {"imagenet": entry})
+    entry = sources.Pretrained(VARIANT, "imagenet", tuple(imagenet_sources))
+    monkeypatch.setitem(sources.PRETRAINED, VARIANT, {"imagenet": entry})
 
 
 def test_imagenet_404_then_the_next_source(server, reference, monkeypatch):
@@ -223,10 +224,10 @@ def test_imagenet_404_then_the_next_source(server, reference, monkeypatch):
     server.files[f"/rehosted/{name}"] = data
     _imagenet_entry(
         monkeypatch,
-        pretrained.Source(server.url(f"/authors/{name}"), name, _sha(data)[:8], "authors"),
-        pretrained.Source(server.url(f"/rehosted/{name}"), name, _sha(data)[:8], "copy"),
+        sources.Source(server.url(f"/authors/{name}"), name, _sha(data)[:8], "authors"),
+        sources.Source(server.url(f"/rehosted/{name}"), name, _sha(data)[:8], "copy"),
     )
-    with pytest.warns(pretrained.WeightsWarning, match="404"):
+    with pytest.warns(sources.WeightsWarning, match="404"):
         model = keras_dla.DLA46XC(input_shape=(SIZE, SIZE, 3), classifier_activation=None)  # weights="imagenet"
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
@@ -238,11 +239,11 @@ def test_mirror_is_tried_first(server, reference, monkeypatch, tmp_path, mirror_
     if mirror_kind == "folder":
         (tmp_path / "mirror").mkdir()
         (tmp_path / "mirror" / name).write_bytes(data)
-        monkeypatch.setenv(pretrained.MIRROR_ENV, str(tmp_path / "mirror"))
+        monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "mirror"))
     else:
         server.files[f"/mirror/{name}"] = data
-        monkeypatch.setenv(pretrained.MIRROR_ENV, server.url("/mirror/"))
-    _imagenet_entry(monkeypatch, pretrained.Source(server.url(f"/down/{name}"), name, _sha(data)[:8], "authors"))
+        monkeypatch.setenv(download.MIRROR_ENV, server.url("/mirror/"))
+    _imagenet_entry(monkeypatch, sources.Source(server.url(f"/down/{name}"), name, _sha(data)[:8], "authors"))
     model = _load(blank, "imagenet")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[f"/down/{name}"] == 0
@@ -252,7 +253,7 @@ def test_registered_weights_through_a_mirror_folder(server, reference, monkeypat
     data, _ = reference["files"][("safetensors", "timm")]
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "my-dla.safetensors").write_bytes(data)  # under the URL's file name
-    monkeypatch.setenv(pretrained.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "mirror"))
     keras_dla.register_weights(VARIANT, "mine", server.url("/gone/my-dla.safetensors"), _sha(data))
     np.testing.assert_allclose(_logits(_load(blank, "mine"), reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests["/gone/my-dla.safetensors"] == 0
@@ -265,10 +266,10 @@ def test_hub_source_is_verified_with_the_digest_it_publishes(server, reference, 
     server.redirects["/hub/unsigned.safetensors"] = ("/cdn/blob", {})
     _imagenet_entry(
         monkeypatch,
-        pretrained.Source(server.url("/hub/unsigned.safetensors"), "unsigned.safetensors", None, "hub", False),
-        pretrained.Source(server.url("/hub/model.safetensors"), "hub.safetensors", None, "hub", False),
+        sources.Source(server.url("/hub/unsigned.safetensors"), "unsigned.safetensors", None, "hub", False),
+        sources.Source(server.url("/hub/model.safetensors"), "hub.safetensors", None, "hub", False),
     )
-    with pytest.warns(pretrained.WeightsWarning, match="without a published sha256"):
+    with pytest.warns(sources.WeightsWarning, match="without a published sha256"):
         model = _load(blank, "imagenet")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert "unsigned.safetensors" not in _cache_listing(isolated)
@@ -280,7 +281,7 @@ def test_corrupt_cache_files_are_detected_and_fetched_again(server, reference, i
     path = url[url.index("/files") :]
     keras_dla.register_weights(VARIANT, "mine", url, sha)
     _load(blank, "mine")
-    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{pretrained.CACHE_SUFFIX}"
+    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{cache.CACHE_SUFFIX}"
     source = isolated / f"{VARIANT}-mine-{sha[:8]}.pth"
 
     def damage(file):
@@ -290,14 +291,14 @@ def test_corrupt_cache_files_are_detected_and_fetched_again(server, reference, i
         file.write_bytes(bytes(data))
 
     damage(converted)  # the converted weights: re-converted from the verified source file, no download
-    with pytest.warns(pretrained.WeightsWarning, match="damaged"):
+    with pytest.warns(sources.WeightsWarning, match="damaged"):
         model = _load(blank, "mine")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[path] == 1
 
     damage(converted)
     damage(source)  # and the download: fetched again
-    with pytest.warns(pretrained.WeightsWarning) as caught:
+    with pytest.warns(sources.WeightsWarning) as caught:
         model = _load(blank, "mine")
     messages = " ".join(str(w.message) for w in caught)
     assert "damaged" in messages and "sha256 mismatch" in messages
@@ -312,24 +313,24 @@ def test_cache_of_an_earlier_format_is_converted_again(server, reference, isolat
     path = url[url.index("/files") :]
     keras_dla.register_weights(VARIANT, "mine", url, sha)
     _load(blank, "mine")
-    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{pretrained.CACHE_SUFFIX}"
-    assert pretrained.CACHE_FORMAT == "keras_dla-weights-by-layer-name-3"
+    converted = isolated / f"{VARIANT}-mine-{sha[:8]}{cache.CACHE_SUFFIX}"
+    assert cache.CACHE_FORMAT == "keras_dla-weights-by-layer-name-3"
     with h5py.File(converted, "r+") as f:
-        assert f.attrs["format"] == pretrained.CACHE_FORMAT
+        assert f.attrs["format"] == cache.CACHE_FORMAT
         index = json.loads(f.attrs["index"])
         assert "level2_tree1_conv1" in {name for name, _ in index}
         f.attrs["format"] = "keras_dla-weights-by-layer-name-2"
         f.attrs["index"] = json.dumps([[names.module_path(name), shapes] for name, shapes in index])
     with pytest.raises(ValueError, match="format 'keras_dla-weights-by-layer-name-2', not .*-name-3'"):
-        pretrained.load_by_layer_name(blank, converted, VARIANT)
-    with pytest.warns(pretrained.WeightsWarning, match="are damaged or out of date.*format"):
+        cache.load_by_layer_name(blank, converted, VARIANT)
+    with pytest.warns(sources.WeightsWarning, match="are damaged or out of date.*format"):
         model = _load(blank, "mine")
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
     assert server.requests[path] == 1
     with h5py.File(converted, "r") as f:
-        assert f.attrs["format"] == pretrained.CACHE_FORMAT
+        assert f.attrs["format"] == cache.CACHE_FORMAT
     with warnings.catch_warnings():
-        warnings.simplefilter("error", pretrained.WeightsWarning)
+        warnings.simplefilter("error", sources.WeightsWarning)
         model = _load(blank, "mine")  # and the new cache loads without a warning
     np.testing.assert_allclose(_logits(model, reference), reference["logits"], rtol=1e-3, atol=ATOL)
 
@@ -423,8 +424,8 @@ def test_unknown_tag_is_refused_before_building():
 
 
 def test_table_covers_every_variant_with_verifiable_sources():
-    assert set(pretrained.PRETRAINED) == set(keras_dla.MODEL_CONFIGS)
-    for tags in pretrained.PRETRAINED.values():
+    assert set(sources.PRETRAINED) == set(keras_dla.MODEL_CONFIGS)
+    for tags in sources.PRETRAINED.values():
         entry = tags["imagenet"]
         assert entry.top1 and entry.gmacs and entry.params
         for source in entry.sources:
@@ -433,3 +434,63 @@ def test_table_covers_every_variant_with_verifiable_sources():
             else:
                 assert source.filename.endswith(f"-{source.sha256}.pth")
                 assert len(source.sha256) == 8 and source.url.endswith(source.filename)
+
+
+def test_register_weights_knows_a_builder_by_its_variant_attribute_or_its_name():
+    def builder(**kwargs):
+        raise AssertionError("register_weights only reads the builder")
+
+    builder.variant = "dla60"
+    keras_dla.register_weights(builder, "mine", "https://example.org/w.pth", "a" * 64)
+    assert sources.find("dla60", "mine").variant == "dla60"
+
+    def DLA34(**kwargs):  # a function of the user's, named as a builder of keras_dla.models.dla
+        raise AssertionError("register_weights only reads the builder")
+
+    with pytest.raises(ValueError, match=r"`model` should be a DLA variant name.*Received: model=<function"):
+        keras_dla.register_weights(DLA34, "mine", "https://example.org/w.pth", "a" * 64)
+
+
+def test_convert_checkpoint_fills_the_given_model_or_builds_one_with_the_builder(reference, tmp_path, blank):
+    data, _ = reference["files"][("safetensors", "authors")]
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(data)
+    built, dropped = pretrained.convert_checkpoint(VARIANT, str(path), keras_dla.DLA46XC)
+    assert built.get_layer("fc").units == 1000 and "level4.project.0.weight" in dropped
+    np.testing.assert_allclose(_logits(built, reference), reference["logits"], rtol=1e-3, atol=ATOL)
+    filled, _ = pretrained.convert_checkpoint(VARIANT, str(path), blank)
+    assert filled is blank
+    np.testing.assert_allclose(_logits(blank, reference), reference["logits"], rtol=1e-3, atol=ATOL)
+    ten = keras_dla.DLA46XC(weights=None, classes=10, input_shape=(SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match=r"classifies 1000 classes and dla46x_c 10; build .*Received: checkpoint="):
+        pretrained.convert_checkpoint(VARIANT, str(path), ten)
+    with pytest.raises(ValueError, match=r"`model` should be a Keras model or a DLA builder.*Received: model='x'"):
+        pretrained.convert_checkpoint(VARIANT, str(path), "x")
+
+
+@pytest.mark.parametrize("variant", ["dla34", VARIANT, "dla102"])
+def test_dead_project_keys_read_from_a_model_hold_those_of_its_config(variant):
+    model = keras_dla.DLA(variant, weights=None, include_top=False, input_shape=(None, None, 3))
+    from_model = convert.dead_project_keys_of(model)
+    assert set(convert.dead_project_keys(keras_dla.MODEL_CONFIGS[variant])) <= set(from_model)
+    paths = [path for path, _ in convert.named_layers(model)]
+    assert not any(path.startswith(prefix) for prefix in from_model for path in paths)  # none is a layer's
+
+
+def test_the_transposed_conv_layer_converts_by_its_registered_name():
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras_dla.DepthwiseConv2DTranspose(2, name="up")(inputs))
+    weight = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype("float32")  # PyTorch (C, 1, kh, kw)
+    assert convert.assign_state_dict(model, {"up.weight": weight}) == {}
+    np.testing.assert_array_equal(model.get_layer("up").kernel.numpy(), weight.transpose(2, 3, 0, 1))
+
+    class DepthwiseConv2DTranspose(keras.layers.Layer):  # the same class name, not keras_dla's layer
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(4, 4, 3, 1))
+
+        def call(self, x):
+            return x
+
+    other = keras.Model(inputs, DepthwiseConv2DTranspose(name="up")(inputs))
+    with pytest.raises(TypeError, match="No PyTorch mapping for layer 'up'"):
+        convert.assign_state_dict(other, {"up.weight": weight})

@@ -6,7 +6,7 @@ variant, the file, its sha256 and size, and the verified checkpoint it came from
 
 Checkpoints come from a folder holding them under their upstream names (`--checkpoints`, read offline), or
 are downloaded through keras_dla's own sources and verification (`--download`, into $KERAS_HOME/models).
-Each one is verified against the sha256 (prefix) of `keras_dla.weights.PRETRAINED` before it is read.
+Each one is verified against the sha256 (prefix) of `keras_dla.weights.sources.PRETRAINED` before it is read.
 
     python weights/convert_all.py --checkpoints ~/dla-checkpoints --output release/
     python weights/convert_all.py --download --output release/ --variants dla34 dla60
@@ -25,7 +25,7 @@ def convert_all(output, entries, *, checkpoints=None, download=False, log=print)
 
     Args:
         output: the folder to write the Keras files and `manifest.json` into.
-        entries: `Pretrained` entries (`keras_dla.weights.PRETRAINED[variant]["imagenet"]` ...).
+        entries: `Pretrained` entries (`keras_dla.weights.sources.PRETRAINED[variant]["imagenet"]` ...).
         checkpoints: a folder of checkpoints under their upstream names, or None.
         download: whether to download what the folder (and the cache) lack.
         log: where progress lines go.
@@ -37,6 +37,7 @@ def convert_all(output, entries, *, checkpoints=None, download=False, log=print)
     from keras_dla.cli.convert import convert_to_file
     from keras_dla.models.dla import DLA
     from keras_dla.weights import pretrained
+    from keras_dla.weights.download import sha256_of
 
     os.makedirs(output, exist_ok=True)
     manifest = {}
@@ -48,11 +49,11 @@ def convert_all(output, entries, *, checkpoints=None, download=False, log=print)
         convert_to_file(model, os.path.join(output, filename))
         manifest[entry.variant] = {
             "file": filename,
-            "sha256": pretrained.sha256_of(os.path.join(output, filename)),
+            "sha256": sha256_of(os.path.join(output, filename)),
             "bytes": os.path.getsize(os.path.join(output, filename)),
             "source": source.url,
             "source_file": source.filename,
-            "source_sha256": pretrained.sha256_of(path),
+            "source_sha256": sha256_of(path),
             "dropped_keys": sorted(dropped),
             # Trainable values, as timm and the table count them (BatchNorm statistics are not parameters).
             "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
@@ -74,7 +75,7 @@ def main(argv=None):
     if not args.checkpoints and not args.download:
         parser.error("give --checkpoints FOLDER, --download, or both")
 
-    from keras_dla.weights.pretrained import PRETRAINED
+    from keras_dla.weights.sources import PRETRAINED
 
     variants = args.variants or list(PRETRAINED)
     unknown = sorted(set(variants) - set(PRETRAINED))

@@ -23,7 +23,7 @@ def register(subparsers):
 
 def run(args):
     from keras_dla import checks
-    from keras_dla.models.dla import MODEL_CONFIGS
+    from keras_dla.models.dla import BUILDERS, MODEL_CONFIGS
     from keras_dla.weights import pretrained
 
     if args.model not in MODEL_CONFIGS:
@@ -44,7 +44,8 @@ def run(args):
             "The checkpoint is a Keras .weights.h5 file already: load it with keras_dla.<Model>(weights=PATH) or "
             f"--weights PATH; convert reads PyTorch checkpoints. Received: {args.checkpoint}"
         )
-    model, dropped = pretrained.convert_checkpoint(args.model, args.checkpoint)
+    # Built with the checkpoint's classifier: its class count, or none.
+    model, dropped = pretrained.convert_checkpoint(args.model, args.checkpoint, BUILDERS[args.model])
     summary = convert_to_file(model, args.output)
     fc = next((layer for layer in model.layers if layer.name == "fc"), None)
     head = f"{fc.units} classes" if fc is not None else "no classifier (include_top=False)"
@@ -71,11 +72,11 @@ def convert_to_file(model, output):
     import numpy as np
 
     from keras_dla import files
-    from keras_dla.weights import checksum, pretrained
+    from keras_dla.weights import checksum, download
 
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     files.remove_stale(directory, suffix="." + os.path.basename(output))
     checksum.save_weights(model, output)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return f"{trainable:,} parameters, sha256 {pretrained.sha256_of(output)}"
+    return f"{trainable:,} parameters, sha256 {download.sha256_of(output)}"

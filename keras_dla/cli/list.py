@@ -17,12 +17,12 @@ def register(subparsers):
 
 
 def run(args):
-    from keras_dla.weights import pretrained
+    from keras_dla.weights import cache, sources
 
     print(f"{'variant':16s} {'params':>12s} {'GMACs':>6s} {'top-1':>7s}  cached weights")
-    for variant, tags in pretrained.PRETRAINED.items():
+    for variant, tags in sources.PRETRAINED.items():
         entry = tags["imagenet"]
-        cached = ", ".join(pretrained.cached_tags(variant)) or "-"
+        cached = ", ".join(cache.cached_tags(variant)) or "-"
         print(f"{variant:16s} {entry.params:>12,d} {entry.gmacs:>6.2f} {entry.top1:>7.3f}  {cached}")
-    print(f"cache: {pretrained.cache_dir()}")
+    print(f"cache: {sources.cache_dir()}")
     return 0

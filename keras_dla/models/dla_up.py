@@ -6,19 +6,18 @@ Reference: Fisher Yu, Dequan Wang, Evan Shelhamer, Trevor Darrell,
 underscores for dots (`keras_dla.weights.names`): the backbone is the sub-model `base` (`base.level3.tree1.conv1` is its
 layer `level3_tree1_conv1`), the decoder's layers are `dla_up_ida_{i}_{proj,up,node}_{k}`, then `fc_0` and the
 frozen bilinear `up`. A state dict of the authors' model therefore loads by name, every key accounted for. Every
-layer is one of Keras' own (`keras_dla.models.resampling` builds the upsampling and the padding from them).
+layer is one of Keras' own (`keras_dla.resampling` builds the upsampling and the padding from them).
 """
 
 import math
 import os
-import re
 
 import keras
 from keras import layers
 
-from keras_dla import checks
-from keras_dla.models import blocks, configs, dla, fast_paths, imagenet, resampling, variants
-from keras_dla.weights import convert, readers
+from keras_dla import checks, resampling
+from keras_dla.models import blocks, configs, dla, fast_paths, imagenet, variants
+from keras_dla.weights import convert, dlaseg
 
 DOWN_RATIOS = (2, 4, 8, 16)
 # The deepest level (level5) has stride 32: every level is twice the next only at multiples of 32.
@@ -27,7 +26,6 @@ BASE_FC_NOTE = (
     "the backbone's ImageNet classifier: the authors' DLASeg builds its base with `fc` (return_levels=True) "
     "but never runs it"
 )
-DATAPARALLEL_PREFIX = "module."  # what torch.nn.DataParallel, which the authors train with, prepends to keys
 
 
 def _upstream_conv_init():
@@ -149,76 +147,6 @@ def _validate_arguments(classes, down_ratio, weights, activation):
             ) from None
 
 
-def _checkpoint_backbone(state_dict):
-    """The `MODEL_CONFIGS` variant whose backbone the `base.*` keys of a DLASeg state dict hold, or None.
-
-    Read from key names (tree depths, block kind) and shapes (level widths, the grouped 3x3 width).
-    """
-    levels, channels = [], []
-    for i in range(6):
-        prefix = f"base.level{i}."
-        keys = [k for k in state_dict if k.startswith(prefix) and k.endswith(".weight")]
-        if i < 2:
-            convs = [k for k in keys if re.fullmatch(rf"base\.level{i}\.\d+\.weight", k) and state_dict[k].ndim == 4]
-            if not convs:
-                return None
-            levels.append(len(convs))
-            channels.append(state_dict[convs[0]].shape[0])
-        else:
-            roots = [k for k in keys if k.endswith("root.conv.weight")]
-            if not roots:
-                return None
-            levels.append(max(k.count(".tree") for k in keys if ".project." not in k))
-            channels.append(state_dict[roots[0]].shape[0])
-    names = " ".join(state_dict)
-    block = "res2net" if ".convs." in names else "bottleneck" if ".conv3." in names else "basic"
-    mid_keys = [k for k in state_dict if re.fullmatch(r"base\.level2\.(tree\d\.)+(conv2|convs\.0)\.weight", k)]
-    mid = state_dict[mid_keys[0]].shape[:2] if mid_keys else None
-    for variant, config in dla.MODEL_CONFIGS.items():
-        if (tuple(levels), tuple(channels), block) != (config["levels"], config["channels"], config["block"]):
-            continue
-        if block == "basic":
-            expected_mid = (config["channels"][2], config["channels"][2])
-        else:
-            width = blocks.bottleneck_width(config["channels"][2], config["groups"], config["base_width"])
-            expected_mid = (width, width // config["groups"])
-        if mid is not None and tuple(mid) == expected_mid:
-            return variant
-    return None
-
-
-def _read_dlaseg_state_dict(path, backbone, classes, down_ratio):
-    """Reads a DLASeg state dict and checks that it fits the model before any tensor is copied."""
-    state_dict = readers.read_state_dict(path)
-    if state_dict and all(key.startswith(DATAPARALLEL_PREFIX) for key in state_dict):
-        state_dict = {key[len(DATAPARALLEL_PREFIX) :]: value for key, value in state_dict.items()}
-    if "fc.0.weight" not in state_dict or not any(key.startswith("base.") for key in state_dict):
-        raise ValueError(
-            "Not a checkpoint of the authors' DLASeg layout (keys `base.*`, `dla_up.*`, `fc.0.*`, `up.weight`); "
-            f"for a backbone checkpoint use `weights=None` and load it into the backbone. Received: weights={path!r}"
-        )
-    checkpoint_classes = state_dict["fc.0.weight"].shape[0]
-    if checkpoint_classes != classes:
-        raise ValueError(
-            f"The checkpoint {os.path.basename(path)!r} predicts {checkpoint_classes} classes; build the model "
-            f"with classes={checkpoint_classes}. Received: classes={classes}"
-        )
-    checkpoint_backbone = _checkpoint_backbone(state_dict)
-    if checkpoint_backbone != backbone:
-        held = f"a {checkpoint_backbone} backbone" if checkpoint_backbone else "a backbone that is no DLA variant"
-        raise ValueError(
-            f"The checkpoint {os.path.basename(path)!r} holds {held}, not {backbone}. Received: backbone={backbone!r}"
-        )
-    if "up.weight" in state_dict:
-        checkpoint_ratio = state_dict["up.weight"].shape[-1] // 2
-        if checkpoint_ratio != down_ratio:
-            raise ValueError(
-                f"The checkpoint {os.path.basename(path)!r} was built with down_ratio={checkpoint_ratio}. "
-                f"Received: down_ratio={down_ratio}"
-            )
-    return state_dict
-
-
 def DLAUp(
     backbone="dla34",
     *,
@@ -261,7 +189,14 @@ def DLAUp(
     state_dict = None
     if weights not in (None, "imagenet") and not os.fspath(weights).endswith(".weights.h5"):
         # Read and checked before building, so that a checkpoint of another model fails fast.
-        state_dict = _read_dlaseg_state_dict(os.fspath(weights), backbone, classes, down_ratio)
+        state_dict = dlaseg.read_state_dict(
+            os.fspath(weights),
+            backbone,
+            classes,
+            down_ratio,
+            configs=dla.MODEL_CONFIGS,
+            bottleneck_width=blocks.bottleneck_width,
+        )
 
     first_level = int(math.log2(down_ratio))
     x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
@@ -356,7 +291,7 @@ PARAMETERS = (
 def _builder(row):
     docstring = BASE_DOCSTRING.format(title=row.title, variant=row.name, fn=row.segmentation_function)
     parameters = tuple((key, f"{row.name}up" if key == "name" else value) for key, value in PARAMETERS)
-    return variants.builder(DLAUp, row.name, row.segmentation_function, docstring, parameters)
+    return variants.builder(DLAUp, row.name, row.segmentation_function, docstring, parameters, attribute="backbone")
 
 
 # The variants of the authors' dla_up.py (`DLA34Up`, ...), by backbone; `DLAUp(backbone=...)` builds the others.

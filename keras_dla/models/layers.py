@@ -1,13 +1,13 @@
 """`DepthwiseConv2DTranspose`: PyTorch's grouped transposed convolution as a Keras layer, for users' own models.
 
-keras_dla's DLA-Up builds the same computation from Keras' own layers (`keras_dla.models.resampling`), so that its files
+keras_dla's DLA-Up builds the same computation from Keras' own layers (`keras_dla.resampling`), so that its files
 load with plain Keras; this layer offers it as one layer, with the kernel in the transposed conv's own layout.
 """
 
 import keras
 from keras import layers, ops
 
-from keras_dla.models import resampling
+from keras_dla import resampling
 
 
 @keras.saving.register_keras_serializable(package="keras_dla")

@@ -8,12 +8,14 @@ keras.applications arguments with this variant's defaults) and which calls `buil
 import inspect
 
 
-def builder(build, variant, function, docstring, parameters):
+def builder(build, variant, function, docstring, parameters, *, attribute="variant"):
     """A function `function(**parameters)` that returns `build(variant, **arguments)`.
 
     Args:
         build: the generic builder (`keras_dla.DLA`, `keras_dla.DLAUp`), called with the variant name first.
-        variant: the variant's name (a key of `MODEL_CONFIGS`), also set as the function's `variant` attribute.
+        variant: the variant's name (a key of `MODEL_CONFIGS`), also set as the function's attribute `attribute`
+            (`DLA34.variant`, by which `keras_dla.register_weights(DLA34, ...)` knows the variant;
+            `DLA34Up.backbone`).
         function: the function's name (`"DLA34"`).
         docstring: its docstring.
         parameters: its arguments and their defaults, in order (positional use follows this order, as in
@@ -35,5 +37,5 @@ def builder(build, variant, function, docstring, parameters):
     make.__doc__ = docstring
     make.__signature__ = signature
     make.__module__ = build.__module__
-    make.variant = variant
+    setattr(make, attribute, variant)
     return make

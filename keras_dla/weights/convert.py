@@ -15,8 +15,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_dla.models import resampling
-from keras_dla.models.layers import DepthwiseConv2DTranspose
+from keras_dla import resampling
 from keras_dla.weights import checksum, legacy, names, readers
 
 DEAD_KEYS_NOTE = (
@@ -25,6 +24,9 @@ DEAD_KEYS_NOTE = (
 )
 BATCHES_TRACKED_NOTE = "BatchNorm step counter, not used by the forward pass"
 FC_NOTE = "classifier, not built with include_top=False"
+# The name `keras_dla.models.layers` registers its `DepthwiseConv2DTranspose` under: the layer is recognised by it
+# (`keras.saving.get_registered_name`), so that the converter imports no model module.
+DEPTHWISE_TRANSPOSE_NAME = "keras_dla>DepthwiseConv2DTranspose"
 
 
 def _transpose_conv_kernel(w):
@@ -52,7 +54,7 @@ def _tensor_map(layer):
         pairs = [("weight", None), ("bias", None), ("running_mean", None), ("running_var", None)]
     elif isinstance(layer, layers.Dense):
         pairs = [("weight", _dense_kernel), ("bias", None)]
-    elif isinstance(layer, DepthwiseConv2DTranspose):
+    elif keras.saving.get_registered_name(type(layer)) == DEPTHWISE_TRANSPOSE_NAME:
         pairs = [("weight", _depthwise_transpose_kernel)]
     elif isinstance(layer, layers.DepthwiseConv2D) and not layer.use_bias:
         # DLA-Up's upsampling (`resampling.depthwise_conv_transpose`): a ConvTranspose2d weight as a phase kernel.
@@ -84,6 +86,30 @@ def dead_project_keys(config):
     for i in range(2, 6):
         walk(f"level{i}", config["levels"][i], channels[i - 1], channels[i])
     return tuple(prefixes)
+
+
+def dead_project_keys_of(model):
+    """The `dead_project_keys` of a built model: `<node>.project.` for each of its tree nodes of more than one level.
+
+    A node of more than one level is one whose first child is a tree too: the model has layers under
+    `<node>.tree1.tree1.`. A node whose input and output widths are equal has no `project`, so its prefix matches
+    no key. For a model of a config this holds the prefixes of `dead_project_keys(config)`.
+    """
+    nodes = set()
+    marker = ".tree1.tree1."
+    for path, _ in named_layers(model):
+        position = path.find(marker)
+        while position >= 0:
+            nodes.add(path[:position])
+            position = path.find(marker, position + 1)
+    return tuple(sorted(f"{node}.project." for node in nodes))
+
+
+def classifier_weights(state_dict):
+    """The checkpoint's classifier as Keras' `fc` Dense layer holds it, `[kernel, bias]`; None without one."""
+    if "fc.weight" not in state_dict or "fc.bias" not in state_dict:
+        return None
+    return [_dense_kernel(np.asarray(state_dict["fc.weight"])), np.asarray(state_dict["fc.bias"])]
 
 
 def named_layers(model, prefix=""):

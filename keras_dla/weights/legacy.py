@@ -12,7 +12,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_dla.models import resampling
+from keras_dla import resampling
 
 # keras_dla 0.1's class of each of today's layers, by the rule that chose it.
 _FUSED_BATCH_NORM = "fused_batch_normalization"
