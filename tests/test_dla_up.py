@@ -22,7 +22,7 @@ from keras_dla.weights import convert, dlaseg, readers
 from keras_dla.weights.names import keras_name
 from tests import reference, torch_dla_up
 
-# The authors' `sum(p.numel() for p in model.parameters())` for 19 classes and down_ratio 2 (REFERENCE.md §4):
+# The authors' `sum(p.numel() for p in model.parameters())` for 19 classes and down_ratio 2 (their `dla_up.py`):
 # it includes the backbone's ImageNet `fc` and its dead `project` layers, which the Keras model does not build.
 AUTHORS_PARAMETERS = {
     "dla34": 18_095_163,

@@ -1,6 +1,6 @@
 """A PyTorch DLA-Up (the paper's section 4) on a timm DLA backbone: the numeric reference of test_dla_up.py.
 
-Written from the facts in REFERENCE.md section 4, with the module paths of the authors' `DLASeg`, so its
+Written from the paper's section 4 and the authors' `dla_up.py`, with the module paths of their `DLASeg`, so its
 state dict has the authors' keys: `base.*` (the backbone, plus the authors' dead `project` tensors and
 its unused ImageNet `fc`), `dla_up.ida_{i}.{proj,up,node}_{k}.*`, `fc.0.*`, `up.weight`.
 
