@@ -94,7 +94,7 @@ def test_float64_is_exact(factor, float64):
 
 
 def test_bilinear_kernel_values():
-    # The authors' fill for kernel 4 (factor 2) and 8 (factor 4), worked out by hand from the authors' `dla_up.py` (`fill_up_weights`).
+    # The authors' fill (`fill_up_weights` in their `dla_up.py`) for kernel 4 (factor 2) and 8 (factor 4), by hand.
     taps = {
         4: [0.25, 0.75, 0.75, 0.25],
         8: [0.125, 0.375, 0.625, 0.875, 0.875, 0.625, 0.375, 0.125],
