@@ -18,13 +18,14 @@ import numpy as np
 
 from keras_dla import demo
 from keras_dla.training import datasets, fit
+from keras_dla.training.config import TrainConfig
 
 """
 ## Training with `keras_dla.training`
 
-`training.train` builds `DLAUp` on the named backbone inside the distribution strategy's scope, compiles it with
-the 255-ignoring cross-entropy and mean IoU, trains with SGD (momentum 0.9, weight decay 1e-4) on the poly
-schedule of the authors, and leaves a resumable run folder (backup, best weights, logs, curves).
+`keras_dla.training.fit.train` builds `DLAUp` on the named backbone inside the distribution strategy's scope,
+compiles it with the 255-ignoring cross-entropy and mean IoU, trains with SGD (momentum 0.9, weight decay 1e-4) on
+the poly schedule of the authors, and leaves a resumable run folder (backup, best weights, logs, curves).
 """
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[2])
@@ -36,7 +37,7 @@ parser.add_argument("--output", default="runs/segmentation_example")
 parser.add_argument("--full", action="store_true")
 args = parser.parse_args()
 
-config = fit.TrainConfig(
+config = TrainConfig(
     task="segmentation",
     model=args.model,
     dataset=args.dataset,

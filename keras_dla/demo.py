@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dla import checks, export, files
-from keras_dla.training import datasets, fashion_mnist, fit, run_folder
+from keras_dla.training import datasets, distribute, fashion_mnist, fit, run_folder
+from keras_dla.training.config import TrainConfig
 
 # The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
 # DLA-46-C underfit with the authors' SGD: AdamW with label smoothing reached 92.43% in 10 (see README).
@@ -55,7 +56,7 @@ def _default_devices():
         return None
     wanted = max(1, min(os.cpu_count() or 1, MAX_CPU_REPLICAS))
     try:
-        fit.configure_devices(wanted)
+        distribute.configure_devices(wanted)
     except ValueError:  # TensorFlow already runs in this process (a notebook, the tests): keep its devices
         return None
     return wanted
@@ -232,7 +233,7 @@ def run_demo(
         raise ValueError(f"`test_limit` should be a positive integer. Received: test_limit={test_limit!r}")
     segmentation = task == "segmentation"
     dataset = "fashion_mnist_scenes" if segmentation else "fashion_mnist"
-    config = fit.TrainConfig(
+    config = TrainConfig(
         task=task,
         model=settings["model"],
         dataset=dataset,

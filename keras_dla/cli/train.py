@@ -72,7 +72,7 @@ def register(subparsers):
 
 
 def config_from_args(args):
-    from keras_dla.training.fit import TrainConfig
+    from keras_dla.training.config import TrainConfig
 
     dataset = args.dataset or ("fashion_mnist" if args.task == "classification" else "fashion_mnist_scenes")
     return TrainConfig(
