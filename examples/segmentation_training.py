@@ -16,8 +16,7 @@ import argparse
 
 import numpy as np
 
-from keras_dla import demo
-from keras_dla.training import datasets, fit
+from keras_dla.training import datasets, evaluation, fit
 from keras_dla.training.config import TrainConfig
 
 """
@@ -61,8 +60,8 @@ val, info = datasets.segmentation_data(
 matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
 for images, masks in val:
     predictions = np.argmax(model(images, training=False).numpy(), axis=-1)
-    matrix += demo.confusion_matrix(masks.numpy(), predictions, info.num_classes, ignore=datasets.IGNORE_LABEL)
-ious = demo.iou_per_class(matrix)
+    matrix += evaluation.confusion_matrix(masks.numpy(), predictions, info.num_classes, ignore=datasets.IGNORE_LABEL)
+ious = evaluation.iou_per_class(matrix)
 print(f"mean IoU {np.nanmean(ious):.4f}")
 for name, iou in zip(info.class_names, ious, strict=True):
     print(f"  {name:12s} {iou:.4f}")

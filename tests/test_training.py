@@ -24,7 +24,7 @@ from keras_dla import files
 from keras_dla.cli import build_parser
 from keras_dla.cli import train as cli_train
 from keras_dla.training import config as train_config
-from keras_dla.training import distribute, losses, run_folder, schedules
+from keras_dla.training import distribute, losses, plots, run_folder, schedules
 from keras_dla.training.config import WEIGHT_DECAY, TrainConfig, check_resumable, default_lr, epoch_steps, validate
 from tests.test_data import make_class_folder
 
@@ -251,7 +251,7 @@ def test_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     path.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n1,0.65,0.8\n2,0.7,0.7\n")
     rows = run_folder.read_history(str(path))
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[1]["accuracy"] == 0.65
-    run_folder.plot_history(rows, str(tmp_path / "curves.png"))
+    plots.plot_history(rows, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
