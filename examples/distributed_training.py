@@ -29,7 +29,8 @@ The command-line equivalent is `keras-dla train --strategy ... --devices ...`.
 import argparse
 
 from keras_dla.training import fit
-from keras_dla.training.config import STRATEGIES, TrainConfig
+from keras_dla.training.choices import STRATEGIES
+from keras_dla.training.config import TrainConfig
 
 """
 ## Configuration

@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 
 from keras_dla.training import datasets, evaluation, fit
+from keras_dla.training.choices import IGNORE_LABEL
 from keras_dla.training.config import TrainConfig
 
 """
@@ -60,7 +61,7 @@ val, info = datasets.segmentation_data(
 matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
 for images, masks in val:
     predictions = np.argmax(model(images, training=False).numpy(), axis=-1)
-    matrix += evaluation.confusion_matrix(masks.numpy(), predictions, info.num_classes, ignore=datasets.IGNORE_LABEL)
+    matrix += evaluation.confusion_matrix(masks.numpy(), predictions, info.num_classes, ignore=IGNORE_LABEL)
 ious = evaluation.iou_per_class(matrix)
 print(f"mean IoU {np.nanmean(ious):.4f}")
 for name, iou in zip(info.class_names, ious, strict=True):

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from keras_dla import checks, export, files
 from keras_dla.training import datasets, distribute, evaluation, fit, plots, run_folder
+from keras_dla.training.choices import IGNORE_LABEL
 from keras_dla.training.config import TrainConfig
 
 # The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
@@ -174,7 +175,7 @@ def run_demo(
     test_ds, info = load(dataset, split="validation", batch_size=250, limit=test_limit, **size_arg)
     scores, labels = evaluation.predict_dataset(model, test_ds)
     predictions = np.argmax(scores, axis=-1)
-    matrix = evaluation.confusion_matrix(labels, predictions, info.num_classes, ignore=datasets.IGNORE_LABEL)
+    matrix = evaluation.confusion_matrix(labels, predictions, info.num_classes, ignore=IGNORE_LABEL)
     timings["evaluate_s"] = clock()
 
     report = {

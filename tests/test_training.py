@@ -23,8 +23,7 @@ import pytest
 from keras_dla import files
 from keras_dla.cli import build_parser
 from keras_dla.cli import train as cli_train
-from keras_dla.training import config as train_config
-from keras_dla.training import distribute, losses, plots, run_folder, schedules
+from keras_dla.training import choices, distribute, losses, plots, run_folder, schedules
 from keras_dla.training.config import WEIGHT_DECAY, TrainConfig, check_resumable, default_lr, epoch_steps, validate
 from tests.test_data import make_class_folder
 
@@ -60,11 +59,11 @@ def history_epochs(output):
 
 
 def test_cli_choices_match_the_library():
-    assert cli_train.TASKS == train_config.TASKS
-    assert cli_train.SCHEDULES == train_config.SCHEDULES
-    assert cli_train.STRATEGIES == train_config.STRATEGIES
-    assert cli_train.OPTIMIZERS == train_config.OPTIMIZERS
-    assert cli_train.AUGMENTS == train_config.AUGMENTS
+    assert cli_train.TASKS == choices.TASKS
+    assert cli_train.SCHEDULES == choices.SCHEDULES
+    assert cli_train.STRATEGIES == choices.STRATEGIES
+    assert cli_train.OPTIMIZERS == choices.OPTIMIZERS
+    assert cli_train.AUGMENTS == choices.AUGMENTS
     args = build_parser().parse_args(["train", "--epochs", "3", "--batch-size", "16"])
     config = cli_train.config_from_args(args)
     assert (config.dataset, config.epochs, config.batch_size, config.weights) == ("fashion_mnist", 3, 16, "none")

@@ -11,14 +11,8 @@ import os
 from keras_dla import checks
 from keras_dla.models.dla import MIN_INPUT_SIZE, MODEL_CONFIGS
 from keras_dla.training import run_folder
+from keras_dla.training.choices import AUGMENTS, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS
 
-STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
-SCHEDULES = ("step", "poly", "cosine")
-OPTIMIZERS = ("sgd", "adamw")  # sgd: the authors' (with momentum); adamw: short runs. Keras decouples weight decay
-TASKS = ("classification", "segmentation")
-# Augmentation recipes per task; None is each task's default (the authors': see `keras_dla.training.datasets`).
-# Segmentation's "flip" drops the random scale and rotation (the crop and flip stay), for short runs as the demo's.
-AUGMENTS = {"classification": ("imagenet", "small", "small-erasing", "flip"), "segmentation": ("flip",)}
 DOWN_RATIOS = (2, 4, 8, 16)  # DLA-Up's output strides
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4

@@ -29,7 +29,12 @@ from keras_dla import checks
 from keras_dla.models.imagenet import MEAN as IMAGENET_MEAN
 from keras_dla.models.imagenet import STD as IMAGENET_STD
 from keras_dla.training import augment, fashion_mnist
-from keras_dla.training.augment import IGNORE_LABEL
+from keras_dla.training.choices import (
+    CLASSIFICATION_AUGMENTS,
+    IGNORE_LABEL,
+    SEGMENTATION_AUGMENTS,
+    SMALL_IMAGE_AUGMENTS,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CLASSIFICATION_EMBEDDED = ("fashion_mnist",)
@@ -408,10 +413,9 @@ def classification_data(
     training = split == "train" if training is None else training
     image_size = checks.positive_int("image_size", image_size, optional=True)
     limit = checks.positive_int("limit", limit, optional=True)
-    if recipe is not None and recipe not in augment.CLASSIFICATION_RECIPES:
+    if recipe is not None and recipe not in CLASSIFICATION_AUGMENTS:
         raise ValueError(
-            f"Unknown augmentation recipe; expected one of {augment.CLASSIFICATION_RECIPES}. "
-            f"Received: recipe={recipe!r}"
+            f"Unknown augmentation recipe; expected one of {CLASSIFICATION_AUGMENTS}. Received: recipe={recipe!r}"
         )
     kind, dataset = resolve(dataset, "classification")
     image_size = image_size or (32 if kind == "embedded" else 224)
@@ -460,7 +464,7 @@ def classification_data(
         image = tf.cast(image, tf.float32)
         image = (
             augment.fit_small(image, image_size)
-            if recipe in augment.SMALL_RECIPES
+            if recipe in SMALL_IMAGE_AUGMENTS
             else augment.centre_crop(image, image_size)
         )
         return _normalise(image, info.mean, info.std), label
@@ -617,6 +621,7 @@ def segmentation_data(
     limit=None,
     scale=(0.5, 2.0),
     max_rotation=10.0,
+    recipe=None,
     drop_remainder=None,
 ):
     """A batched `tf.data.Dataset` of `(image, mask)` and its `DataInfo`.
@@ -633,6 +638,8 @@ def segmentation_data(
         data_dir: tfds data folder, or the folder of the Fashion-MNIST IDX files.
         limit: use only the first `limit` examples.
         scale, max_rotation: the random scale range and rotation of the training transform.
+        recipe: None (the authors' transform, with `scale` and `max_rotation`) or `"flip"` (no random scale or
+            rotation: `augment.SEGMENTATION_RECIPES`).
 
     Returns:
         `(dataset, info)`: images float32 normalised with `info.mean` / `info.std`, masks uint8 with 255 ignored.
@@ -645,6 +652,12 @@ def segmentation_data(
     training = split == "train" if training is None else training
     crop_size = checks.positive_int("crop_size", crop_size, optional=True)
     limit = checks.positive_int("limit", limit, optional=True)
+    if recipe is not None and recipe not in SEGMENTATION_AUGMENTS:
+        raise ValueError(
+            f"Unknown augmentation recipe; expected one of {SEGMENTATION_AUGMENTS}. Received: recipe={recipe!r}"
+        )
+    if recipe is not None:
+        scale, max_rotation = (augment.SEGMENTATION_RECIPES[recipe][k] for k in ("scale", "max_rotation"))
     kind, dataset = resolve(dataset, "segmentation")
     crop_size = crop_size or (fashion_mnist.SCENE_SIZE if kind == "embedded" else 512)
     if kind == "embedded":

@@ -13,7 +13,7 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_dla.training.config import STRATEGIES
+from keras_dla.training.choices import STRATEGIES
 
 
 def configure_devices(devices):

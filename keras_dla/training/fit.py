@@ -135,9 +135,7 @@ def load_data(config, distributed):
         data_args = dict(image_size=size, recipe=config.augment)
     else:
         load = datasets.segmentation_data
-        data_args = dict(crop_size=size, classes=config.classes)
-        if config.augment == "flip":
-            data_args.update(scale=None, max_rotation=0.0)
+        data_args = dict(crop_size=size, classes=config.classes, recipe=config.augment)
     common = dict(batch_size=config.batch_size, seed=config.seed, data_dir=config.data_dir, limit=config.limit)
     train_ds, info = load(config.dataset, split="train", **data_args, **common)
     val_ds, val_info = load(config.dataset, split="validation", drop_remainder=distributed, **data_args, **common)

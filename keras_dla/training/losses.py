@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_dla.training import segmentation
+from keras_dla.training.choices import IGNORE_LABEL
 
 
 @keras.saving.register_keras_serializable(package="keras_dla")
@@ -35,7 +36,7 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing, "from_logits": self.from_logits}
 
 
-def pixel_accuracy(ignore_label=segmentation.IGNORE_LABEL):
+def pixel_accuracy(ignore_label=IGNORE_LABEL):
     """A metric: the share of labelled pixels (label other than `ignore_label`) whose argmax is their label."""
 
     def pixel_accuracy(y_true, y_pred):

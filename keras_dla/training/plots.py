@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from keras_dla import files
-from keras_dla.training.segmentation import IGNORE_LABEL
+from keras_dla.training.choices import IGNORE_LABEL
 
 
 def _pyplot():

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from keras_dla.training.config import SCHEDULES
+from keras_dla.training.choices import SCHEDULES
 
 POLY_POWER = 0.9
 STEP_FACTOR = 0.1

@@ -16,8 +16,8 @@ import numpy as np
 from keras import ops
 
 from keras_dla import checks
+from keras_dla.training.choices import IGNORE_LABEL
 
-IGNORE_LABEL = 255
 AUTHORS_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 # The 19 Cityscapes training classes (road, sidewalk, building, wall, fence, pole, traffic light, traffic
