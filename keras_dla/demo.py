@@ -124,16 +124,13 @@ def run_demo(
         devices: `--devices` of `keras-dla train` (split the CPU into logical devices).
         seed: seed of the data order, augmentation and initialisation.
     """
-    if task not in DEFAULTS:
-        raise ValueError(f"Unknown demo task; expected one of {sorted(DEFAULTS)}. Received: task={task!r}")
+    task = checks.one_of("task", task, DEFAULTS, what="demo task")
     checks.check_output(output, "folder", what="`output`")
     settings = dict(DEFAULTS[task])
     overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
     # `is not None`: a 0 given on purpose goes on to the checks (`train` names it) instead of meaning "default".
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    if test_limit is not None and (not isinstance(test_limit, int) or test_limit < 1):
-        # Checked now: the test split is only read after training.
-        raise ValueError(f"`test_limit` should be a positive integer. Received: test_limit={test_limit!r}")
+    test_limit = checks.positive_int("test_limit", test_limit, optional=True)  # now: it is read after training
     segmentation = task == "segmentation"
     dataset = "fashion_mnist_scenes" if segmentation else "fashion_mnist"
     config = TrainConfig(

@@ -15,6 +15,7 @@ import math
 
 import tensorflow as tf
 
+from keras_dla import checks
 from keras_dla.training.choices import CLASSIFICATION_AUGMENTS, IGNORE_LABEL, SEGMENTATION_AUGMENTS
 
 EVAL_CROP_FRACTION = 0.875  # resize to 256 and centre-crop 224
@@ -88,10 +89,7 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
     `"small-erasing"` is `"small"` followed by `random_erasing` (longer runs); `"flip"` only pads or resizes and
     flips (short runs).
     """
-    if recipe not in CLASSIFICATION_RECIPES:
-        raise ValueError(
-            f"Unknown augmentation recipe; expected one of {CLASSIFICATION_AUGMENTS}. Received: recipe={recipe!r}"
-        )
+    recipe = checks.one_of("recipe", recipe, CLASSIFICATION_AUGMENTS, what="augmentation recipe")
     seeds = tf.random.experimental.stateless_split(seed, 4)
     return CLASSIFICATION_RECIPES[recipe](tf.cast(image, tf.float32), seeds, size)
 

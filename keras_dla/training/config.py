@@ -100,65 +100,54 @@ def epoch_steps(config, num_examples):
 
 
 def validate(config):
-    """Argument checks that need no data and no devices; raise before anything is built."""
-    if config.task not in TASKS:
-        raise ValueError(f"Unknown task; expected one of {TASKS}. Received: task={config.task!r}")
-    names = classification_models() if config.task == "classification" else segmentation_models()
-    if config.model not in names and not (config.task == "segmentation" and config.model in classification_models()):
-        raise ValueError(f"Unknown model for {config.task}; expected one of {names}. Received: model={config.model!r}")
-    for field in ("epochs", "batch_size"):
-        value = getattr(config, field)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{field}` should be a positive integer. Received: {field}={value!r}")
-    if not isinstance(config.steps_per_execution, int) or config.steps_per_execution < 1:
-        raise ValueError(
-            "`steps_per_execution` should be a positive integer. "
-            f"Received: steps_per_execution={config.steps_per_execution!r}"
-        )
-    for field in ("steps_per_epoch", "validation_steps", "limit", "backup_every", "image_size"):
-        value = getattr(config, field)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"`{field}` should be a positive integer. Received: {field}={value!r}")
-    if config.steps_per_epoch and config.steps_per_epoch % config.steps_per_execution:
+    """Argument checks that need no data and no devices; raise before anything is built.
+
+    Returns a copy of `config` with its numbers and flags as Python's own types (NumPy's are accepted), so that
+    config.json can hold it.
+    """
+    checks.one_of("task", config.task, TASKS, what="task")
+    if not (config.task == "segmentation" and config.model in classification_models()):  # a backbone name
+        names = classification_models() if config.task == "classification" else segmentation_models()
+        checks.one_of("model", config.model, names, what=f"model for {config.task}")
+    numbers = {}
+    for field in ("epochs", "batch_size", "steps_per_execution"):
+        numbers[field] = checks.positive_int(field, getattr(config, field))
+    for field in ("steps_per_epoch", "validation_steps", "limit", "backup_every", "image_size", "devices", "classes"):
+        numbers[field] = checks.positive_int(field, getattr(config, field), optional=True)
+    if numbers["steps_per_epoch"] and numbers["steps_per_epoch"] % numbers["steps_per_execution"]:
         raise ValueError(
             "`steps_per_epoch` should be a multiple of `steps_per_execution` (Keras runs whole graph calls). "
             f"Received: steps_per_epoch={config.steps_per_epoch}, steps_per_execution={config.steps_per_execution}"
         )
-    if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
-        raise ValueError(f"`lr` should be a positive number. Received: lr={config.lr!r}")
-    if config.schedule is not None and config.schedule not in SCHEDULES:
-        raise ValueError(f"Unknown schedule; expected one of {SCHEDULES}. Received: schedule={config.schedule!r}")
-    if not (isinstance(config.label_smoothing, (int, float)) and 0 <= config.label_smoothing < 1):
-        raise ValueError(f"`label_smoothing` should be in [0, 1). Received: label_smoothing={config.label_smoothing!r}")
-    if config.label_smoothing and config.task != "classification":
-        raise ValueError(
-            f"`label_smoothing` applies to classification only. Received: label_smoothing={config.label_smoothing!r}"
-        )
-    if config.augment is not None and config.augment not in AUGMENTS.get(config.task, ()):
-        raise ValueError(
-            f"Unknown augmentation for {config.task}; expected one of {AUGMENTS.get(config.task)}. "
-            f"Received: augment={config.augment!r}"
-        )
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer; expected one of {OPTIMIZERS}. Received: optimizer={config.optimizer!r}")
-    if config.strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy; expected one of {STRATEGIES}. Received: strategy={config.strategy!r}")
-    if config.weights not in ("none", "imagenet") and not os.path.isfile(str(config.weights)):
-        raise ValueError(
-            f"`weights` should be 'none', 'imagenet' or an existing weights file. Received: weights={config.weights!r}"
-        )
-    if config.down_ratio not in DOWN_RATIOS:
-        raise ValueError(f"`down_ratio` should be 2, 4, 8 or 16. Received: down_ratio={config.down_ratio!r}")
     if config.image_size is not None and config.image_size < MIN_INPUT_SIZE:
         raise ValueError(
             f"`image_size` should be at least {MIN_INPUT_SIZE} (DLA downsamples by 32). "
             f"Received: image_size={config.image_size}"
         )
-    if not (isinstance(config.momentum, (int, float)) and 0 <= config.momentum <= 1):
-        raise ValueError(f"`momentum` should be in [0, 1]. Received: momentum={config.momentum!r}")
-    if not (isinstance(config.weight_decay, (int, float)) and config.weight_decay >= 0):
-        raise ValueError(f"`weight_decay` should be 0 or more. Received: weight_decay={config.weight_decay!r}")
+    if config.lr is not None:
+        numbers["lr"] = checks.real("lr", config.lr, low=0, low_open=True)
+    numbers["label_smoothing"] = checks.real("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
+    if config.label_smoothing and config.task != "classification":
+        raise ValueError(
+            f"`label_smoothing` applies to classification only. Received: label_smoothing={config.label_smoothing!r}"
+        )
+    numbers["momentum"] = checks.real("momentum", config.momentum, low=0, high=1)
+    numbers["weight_decay"] = checks.real("weight_decay", config.weight_decay, low=0)
+    numbers["down_ratio"] = checks.one_of("down_ratio", config.down_ratio, DOWN_RATIOS)
+    for field in ("mixed_precision", "jit"):
+        numbers[field] = checks.flag(field, getattr(config, field))
+    if config.schedule is not None:
+        checks.one_of("schedule", config.schedule, SCHEDULES, what="schedule")
+    if config.augment is not None:
+        checks.one_of("augment", config.augment, AUGMENTS[config.task], what=f"augmentation for {config.task}")
+    checks.one_of("optimizer", config.optimizer, OPTIMIZERS, what="optimizer")
+    checks.one_of("strategy", config.strategy, STRATEGIES, what="strategy")
+    if config.weights not in ("none", "imagenet") and not os.path.isfile(str(config.weights)):
+        raise ValueError(
+            f"`weights` should be 'none', 'imagenet' or an existing weights file. Received: weights={config.weights!r}"
+        )
     checks.check_output(config.output, "folder", what="`output`")
+    return dataclasses.replace(config, **numbers)
 
 
 # Settings that may change between a run and its restart: they do not change what is trained (the batch size is

@@ -41,6 +41,7 @@ CLASSIFICATION_EMBEDDED = ("fashion_mnist",)
 SEGMENTATION_EMBEDDED = ("fashion_mnist_scenes",)
 SEGMENTATION_TFDS = ("cityscapes", "oxford_iiit_pet")
 
+SPLITS = ("train", "validation")  # "validation" is the test split of a data set without a validation split
 # Cityscapes raw label id -> train id (the 19 evaluated classes); every other id is ignored (255).
 CITYSCAPES_TRAIN_IDS = {
     7: 0,  # road
@@ -408,15 +409,12 @@ def classification_data(
     Returns:
         `(dataset, info)`: images are float32, normalised with `info.mean` / `info.std`; labels int32.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
+    split = checks.one_of("split", split, SPLITS)
     training = split == "train" if training is None else training
     image_size = checks.positive_int("image_size", image_size, optional=True)
     limit = checks.positive_int("limit", limit, optional=True)
-    if recipe is not None and recipe not in CLASSIFICATION_AUGMENTS:
-        raise ValueError(
-            f"Unknown augmentation recipe; expected one of {CLASSIFICATION_AUGMENTS}. Received: recipe={recipe!r}"
-        )
+    if recipe is not None:
+        recipe = checks.one_of("recipe", recipe, CLASSIFICATION_AUGMENTS, what="augmentation recipe")
     kind, dataset = resolve(dataset, "classification")
     image_size = image_size or (32 if kind == "embedded" else 224)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -647,16 +645,12 @@ def segmentation_data(
         lie in [0, classes) or be 255; a folder's other masks are checked as the pipeline reads them, and a bad
         one stops it with an error naming the file (`mask_label_error` makes it a sentence).
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
+    split = checks.one_of("split", split, SPLITS)
     training = split == "train" if training is None else training
     crop_size = checks.positive_int("crop_size", crop_size, optional=True)
     limit = checks.positive_int("limit", limit, optional=True)
-    if recipe is not None and recipe not in SEGMENTATION_AUGMENTS:
-        raise ValueError(
-            f"Unknown augmentation recipe; expected one of {SEGMENTATION_AUGMENTS}. Received: recipe={recipe!r}"
-        )
     if recipe is not None:
+        recipe = checks.one_of("recipe", recipe, SEGMENTATION_AUGMENTS, what="augmentation recipe")
         scale, max_rotation = (augment.SEGMENTATION_RECIPES[recipe][k] for k in ("scale", "max_rotation"))
     kind, dataset = resolve(dataset, "segmentation")
     crop_size = crop_size or (fashion_mnist.SCENE_SIZE if kind == "embedded" else 512)

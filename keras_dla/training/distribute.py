@@ -13,6 +13,7 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_dla import checks
 from keras_dla.training.choices import STRATEGIES
 
 
@@ -23,8 +24,7 @@ def configure_devices(devices):
     """
     if devices is None:
         return
-    if not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"`devices` should be a positive integer. Received: devices={devices!r}")
+    devices = checks.positive_int("devices", devices)
     gpus = tf.config.list_physical_devices("GPU")
     try:
         if gpus:
@@ -153,8 +153,7 @@ class KerasDistribution:
 
 def _jax_devices(devices):
     """The first `devices` local JAX devices; on a CPU, the host split into that many devices first."""
-    if devices is not None and (not isinstance(devices, int) or devices < 1):
-        raise ValueError(f"`devices` should be a positive integer. Received: devices={devices!r}")
+    devices = checks.positive_int("devices", devices, optional=True)
     if devices and devices > 1:
         # Read when JAX starts its CPU client, which no keras_dla import does: a GPU machine ignores it.
         flag = f"--xla_force_host_platform_device_count={devices}"
@@ -211,8 +210,7 @@ def make_strategy(name="auto", devices=None):
     over every local GPU (or every logical CPU device when there is no GPU). On JAX and PyTorch a
     `KerasDistribution`: every local device (`devices` of them) on JAX, one device on PyTorch.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy; expected one of {STRATEGIES}. Received: strategy={name!r}")
+    name = checks.one_of("strategy", name, STRATEGIES, what="strategy")
     if keras.backend.backend() != "tensorflow":
         return _keras_distribution(name, devices), None
     if name == "auto":

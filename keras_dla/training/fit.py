@@ -259,7 +259,7 @@ def train(config):
     step. A run whose DIR holds a backup resumes from it; a run that had finished trains no further epoch.
     The dict also holds the trained model as `"model_object"`.
     """
-    validate(config)
+    config = validate(config)
     strategy, tf_config = distribute.make_strategy(config.strategy, config.devices)
     check_replicas(config, strategy, tf_config)
     keras.utils.set_random_seed(config.seed)

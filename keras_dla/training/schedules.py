@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from keras_dla import checks
 from keras_dla.training.choices import SCHEDULES
 
 POLY_POWER = 0.9
@@ -41,8 +42,7 @@ class AuthorsSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 def learning_rate_schedule(kind, lr, total_steps, step_every=None):
     """A `LearningRateSchedule` of the authors: `"step"`, `"poly"` or `"cosine"` over `total_steps`."""
-    if kind not in SCHEDULES:
-        raise ValueError(f"Unknown schedule; expected one of {SCHEDULES}. Received: schedule={kind!r}")
+    kind = checks.one_of("schedule", kind, SCHEDULES, what="schedule")
     return AuthorsSchedule(kind, lr, total_steps, step_every)
 
 

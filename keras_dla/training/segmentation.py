@@ -225,8 +225,7 @@ def save_overlay(path, image, prediction, *, palette=CITYSCAPES_PALETTE, alpha=0
             f"`prediction` should be (height, width) ids or (height, width, classes) scores. Received: shape="
             f"{prediction.shape}"
         )
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"`alpha` should be in [0, 1]. Received: alpha={alpha!r}")
+    alpha = checks.real("alpha", alpha, low=0, high=1)
     colours = colorize(prediction, palette, ignore_label)
     if image is None:
         out = colours
