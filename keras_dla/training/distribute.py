@@ -35,8 +35,8 @@ def configure_devices(devices):
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
             if devices > 1:
-                # Each replica runs its ops on its own share of the cores, all replicas at once: on 2 cores,
-                # 2 single-threaded replicas trained DLA-46-C up to 1.5x faster than one on both (noisy timings).
+                # Each replica runs its ops on its own share of the cores, all replicas at once, rather than
+                # every replica's ops queueing for one pool of threads over all the cores.
                 tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // devices))
                 tf.config.threading.set_inter_op_parallelism_threads(devices)
     except RuntimeError as e:
