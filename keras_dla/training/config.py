@@ -109,12 +109,12 @@ def validate(config):
     if not (config.task == "segmentation" and config.model in classification_models()):  # a backbone name
         names = classification_models() if config.task == "classification" else segmentation_models()
         checks.one_of("model", config.model, names, what=f"model for {config.task}")
-    numbers = {}
+    checked = {}
     for field in ("epochs", "batch_size", "steps_per_execution"):
-        numbers[field] = checks.positive_int(field, getattr(config, field))
+        checked[field] = checks.positive_int(field, getattr(config, field))
     for field in ("steps_per_epoch", "validation_steps", "limit", "backup_every", "image_size", "devices", "classes"):
-        numbers[field] = checks.positive_int(field, getattr(config, field), optional=True)
-    if numbers["steps_per_epoch"] and numbers["steps_per_epoch"] % numbers["steps_per_execution"]:
+        checked[field] = checks.positive_int(field, getattr(config, field), optional=True)
+    if checked["steps_per_epoch"] and checked["steps_per_epoch"] % checked["steps_per_execution"]:
         raise ValueError(
             "`steps_per_epoch` should be a multiple of `steps_per_execution` (Keras runs whole graph calls). "
             f"Received: steps_per_epoch={config.steps_per_epoch}, steps_per_execution={config.steps_per_execution}"
@@ -125,17 +125,17 @@ def validate(config):
             f"Received: image_size={config.image_size}"
         )
     if config.lr is not None:
-        numbers["lr"] = checks.real("lr", config.lr, low=0, low_open=True)
-    numbers["label_smoothing"] = checks.real("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
+        checked["lr"] = checks.real("lr", config.lr, low=0, low_open=True)
+    checked["label_smoothing"] = checks.real("label_smoothing", config.label_smoothing, low=0, high=1, high_open=True)
     if config.label_smoothing and config.task != "classification":
         raise ValueError(
             f"`label_smoothing` applies to classification only. Received: label_smoothing={config.label_smoothing!r}"
         )
-    numbers["momentum"] = checks.real("momentum", config.momentum, low=0, high=1)
-    numbers["weight_decay"] = checks.real("weight_decay", config.weight_decay, low=0)
-    numbers["down_ratio"] = checks.one_of("down_ratio", config.down_ratio, DOWN_RATIOS)
+    checked["momentum"] = checks.real("momentum", config.momentum, low=0, high=1)
+    checked["weight_decay"] = checks.real("weight_decay", config.weight_decay, low=0)
+    checked["down_ratio"] = checks.one_of("down_ratio", config.down_ratio, DOWN_RATIOS)
     for field in ("mixed_precision", "jit"):
-        numbers[field] = checks.flag(field, getattr(config, field))
+        checked[field] = checks.flag(field, getattr(config, field))
     if config.schedule is not None:
         checks.one_of("schedule", config.schedule, SCHEDULES, what="schedule")
     if config.augment is not None:
@@ -147,7 +147,7 @@ def validate(config):
             f"`weights` should be 'none', 'imagenet' or an existing weights file. Received: weights={config.weights!r}"
         )
     checks.check_output(config.output, "folder", what="`output`")
-    return dataclasses.replace(config, **numbers)
+    return dataclasses.replace(config, **checked)
 
 
 # Settings that may change between a run and its restart: they do not change what is trained (the batch size is
