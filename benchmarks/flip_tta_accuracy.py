@@ -13,8 +13,7 @@ import argparse
 
 import numpy as np
 
-from keras_dla import demo
-from keras_dla.training import datasets, fit
+from keras_dla.training import datasets, evaluation, fit, plots
 from keras_dla.training.fashion_mnist import CLASS_NAMES
 
 
@@ -48,7 +47,7 @@ def main(argv=None):
         f"{np.mean(flipped == labels):.4f} with flip averaging"
     )
     if args.confusion:
-        demo.plot_confusion(demo.confusion_matrix(labels, plain, len(CLASS_NAMES)), CLASS_NAMES, args.confusion)
+        plots.plot_confusion(evaluation.confusion_matrix(labels, plain, len(CLASS_NAMES)), CLASS_NAMES, args.confusion)
         print(f"confusion matrix (single view): {args.confusion}")
 
 

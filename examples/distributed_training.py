@@ -29,6 +29,8 @@ The command-line equivalent is `keras-dla train --strategy ... --devices ...`.
 import argparse
 
 from keras_dla.training import fit
+from keras_dla.training.choices import STRATEGIES
+from keras_dla.training.config import TrainConfig
 
 """
 ## Configuration
@@ -38,7 +40,7 @@ The learning rate defaults to the authors' 0.1 per 256 images, scaled with the g
 """
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[2])
-parser.add_argument("--strategy", default="auto", choices=fit.STRATEGIES)
+parser.add_argument("--strategy", default="auto", choices=STRATEGIES)
 parser.add_argument("--devices", type=int, default=None)
 parser.add_argument("--model", default="dla46_c")
 parser.add_argument("--batch-size", type=int, default=128)
@@ -47,7 +49,7 @@ parser.add_argument("--mixed-precision", action="store_true")
 parser.add_argument("--full", action="store_true")
 args = parser.parse_args()
 
-config = fit.TrainConfig(
+config = TrainConfig(
     model=args.model,
     dataset="fashion_mnist",
     epochs=30 if args.full else 2,

@@ -16,15 +16,16 @@ import argparse
 
 import numpy as np
 
-from keras_dla import demo
-from keras_dla.training import datasets, fit
+from keras_dla.training import datasets, evaluation, fit
+from keras_dla.training.choices import IGNORE_LABEL
+from keras_dla.training.config import TrainConfig
 
 """
 ## Training with `keras_dla.training`
 
-`training.train` builds `DLAUp` on the named backbone inside the distribution strategy's scope, compiles it with
-the 255-ignoring cross-entropy and mean IoU, trains with SGD (momentum 0.9, weight decay 1e-4) on the poly
-schedule of the authors, and leaves a resumable run folder (backup, best weights, logs, curves).
+`keras_dla.training.fit.train` builds `DLAUp` on the named backbone inside the distribution strategy's scope,
+compiles it with the 255-ignoring cross-entropy and mean IoU, trains with SGD (momentum 0.9, weight decay 1e-4) on
+the poly schedule of the authors, and leaves a resumable run folder (backup, best weights, logs, curves).
 """
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[2])
@@ -36,7 +37,7 @@ parser.add_argument("--output", default="runs/segmentation_example")
 parser.add_argument("--full", action="store_true")
 args = parser.parse_args()
 
-config = fit.TrainConfig(
+config = TrainConfig(
     task="segmentation",
     model=args.model,
     dataset=args.dataset,
@@ -60,8 +61,8 @@ val, info = datasets.segmentation_data(
 matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
 for images, masks in val:
     predictions = np.argmax(model(images, training=False).numpy(), axis=-1)
-    matrix += demo.confusion_matrix(masks.numpy(), predictions, info.num_classes, ignore=datasets.IGNORE_LABEL)
-ious = demo.iou_per_class(matrix)
+    matrix += evaluation.confusion_matrix(masks.numpy(), predictions, info.num_classes, ignore=IGNORE_LABEL)
+ious = evaluation.iou_per_class(matrix)
 print(f"mean IoU {np.nanmean(ious):.4f}")
 for name, iou in zip(info.class_names, ious, strict=True):
     print(f"  {name:12s} {iou:.4f}")

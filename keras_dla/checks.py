@@ -3,6 +3,8 @@
 - `positive_int(name, value)`: a positive integer (NumPy's too) as a Python int, or a ValueError naming `name`.
 - `flag(name, value)`: True or False (NumPy's too) as a Python bool; `"no"` or `0` are refused rather than
   taken by their truth value.
+- `one_of(name, value, choices)`: `value` when it is one of `choices`, or a ValueError that lists them.
+- `real(name, value, low=..., high=...)`: a finite real number (NumPy's too) in a range, as a Python float.
 - `check_output(path, kind)` refuses, with the path named, an output that cannot be made: a file where a folder
   is wanted or the other way round, a parent that is a file, a folder that cannot be written. It creates nothing.
 - `check_finite(name, values)` refuses, naming `name` and the images, a float batch holding a NaN or an
@@ -38,6 +40,61 @@ def flag(name, value):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"`{name}` should be True or False. Received: {name}={value!r}")
+
+
+def one_of(name, value, choices, *, what=None):
+    """The choice `value` equals (NumPy's scalars too), else a ValueError naming `name` and listing the choices.
+
+    Args:
+        name: the argument, as the message names it (`Received: name=value`).
+        value: the value given.
+        choices: the values accepted.
+        what: how the message starts, "Unknown {what}; expected one of ..." (e.g. `"schedule"`); by default
+            "`name` should be one of ...".
+    """
+    choices = tuple(choices)
+    for choice in choices:
+        if _same(value, choice):
+            return choice
+    start = f"Unknown {what}; expected" if what else f"`{name}` should be"
+    raise ValueError(f"{start} one of {choices}. Received: {name}={value!r}")
+
+
+def _same(value, choice):
+    """`value == choice`, except that a bool equals only a bool (`True == 1` in Python) and an array nothing."""
+    if isinstance(value, (bool, np.bool_)) != isinstance(choice, bool):
+        return False
+    try:
+        return bool(value == choice)
+    except (TypeError, ValueError):  # an array, whose comparison has no single truth value
+        return False
+
+
+def real(name, value, *, low=None, high=None, low_open=False, high_open=False):
+    """`value` as a Python float when it is a finite real number (NumPy's too, not a bool) within the bounds.
+
+    Args:
+        name: the argument, as the message names it.
+        value: the value given.
+        low, high: the bounds, None for none.
+        low_open, high_open: whether the bound itself is refused (`low_open=True, low=0`: a positive number).
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and np.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return float(value)
+    if low is not None and high is not None:
+        wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        wanted = ("a positive number" if low == 0 else f"more than {low:g}") if low_open else f"{low:g} or more"
+    elif high is not None:
+        wanted = f"less than {high:g}" if high_open else f"{high:g} or less"
+    else:
+        wanted = "a finite number"
+    raise ValueError(f"`{name}` should be {wanted}. Received: {name}={value!r}")
 
 
 def _nearest_existing(path):

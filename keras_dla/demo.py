@@ -28,10 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dla import checks, export, files
-from keras_dla.training import datasets, fashion_mnist, fit, run_folder
+from keras_dla.training import datasets, distribute, evaluation, fit, plots, run_folder
+from keras_dla.training.choices import IGNORE_LABEL
+from keras_dla.training.config import TrainConfig
 
-# The defaults finish within 15 minutes on 2 CPU cores (see README, "Training"). A few epochs on the small
-# DLA-46-C underfit with the authors' SGD: AdamW with label smoothing reached 92.43% in 10 (see README).
+# The defaults are sized for a CPU: the small DLA-46-C (DLA-46-C-Up) at 32x32 (64x64 scenes) for a few epochs. So
+# few epochs underfit with the authors' SGD and schedule, hence AdamW, label smoothing and a cosine schedule.
 DEFAULTS = {
     "classification": dict(
         model="dla46_c", epochs=10, batch_size=256, lr=8e-3, image_size=32, optimizer="adamw", weight_decay=0.05
@@ -40,11 +42,8 @@ DEFAULTS = {
         model="dla46_cup", epochs=7, batch_size=32, lr=2e-3, image_size=64, optimizer="adamw", weight_decay=0.05
     ),
 }
-# In three-epoch trials of the segmentation demo on 2 cores, AdamW with flips only reached a far higher mean IoU
-# than SGD with the authors' random scales and rotations (the recipe of long runs).
 LABEL_SMOOTHING = 0.1
-# Ten train steps per graph call cut the small model's per-step overhead: 87 -> 75 s per epoch on 2 cores.
-STEPS_PER_EXECUTION = 10
+STEPS_PER_EXECUTION = 10  # train steps per graph call: the small model's per-step overhead is a large share
 MAX_CPU_REPLICAS = 4  # on a CPU the demo trains one single-threaded replica per core, up to this many
 PARITY_IMAGES = 256  # real test images the exports are compared on
 
@@ -55,7 +54,7 @@ def _default_devices():
         return None
     wanted = max(1, min(os.cpu_count() or 1, MAX_CPU_REPLICAS))
     try:
-        fit.configure_devices(wanted)
+        distribute.configure_devices(wanted)
     except ValueError:  # TensorFlow already runs in this process (a notebook, the tests): keep its devices
         return None
     return wanted
@@ -66,109 +65,11 @@ def _timer():
     return lambda: round(time.perf_counter() - start, 1)
 
 
-def _predict(model, ds):
-    """Predictions and labels of a batched (image, label) dataset, in order."""
-    preds, labels = [], []
-    for x, y in ds:
-        preds.append(model(x, training=False).numpy())
-        labels.append(y.numpy())
-    return np.concatenate(preds), np.concatenate(labels)
-
-
 def _plain_copy(model, build):
     """The trained model rebuilt outside the strategy scope (no mirrored variables) for export."""
     plain = build()
     plain.set_weights(model.get_weights())
     return plain
-
-
-def confusion_matrix(labels, predictions, classes, ignore=None):
-    """`classes` x `classes` counts, rows the true class; labels equal to `ignore` are left out."""
-    labels, predictions = np.ravel(labels).astype(np.int64), np.ravel(predictions).astype(np.int64)
-    if ignore is not None:
-        keep = labels != ignore
-        labels, predictions = labels[keep], predictions[keep]
-    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
-
-
-def iou_per_class(matrix):
-    """Intersection over union of every class from a confusion matrix (NaN for a class never seen)."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
-
-
-def plot_confusion(matrix, names, path):
-    """A PNG of `matrix` (rows the true class): counts, each cell shaded by its share of the row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            if matrix[i, j]:
-                colour = "white" if normalised[i, j] > 0.5 else "black"
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=colour)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    files.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
-    plt.close(fig)
-
-
-def _plot_samples(images, labels, predictions, names, path, count=24):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = min(count, len(images))
-    cols = 8
-    rows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, ax in enumerate(axes.flat[:count]):
-        ax.imshow(images[i], cmap="gray")
-        ok = predictions[i] == labels[i]
-        ax.set_title(f"{names[predictions[i]]}\n({names[labels[i]]})", fontsize=7, color="green" if ok else "red")
-    fig.suptitle("predicted (true)")
-    fig.tight_layout()
-    files.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
-    plt.close(fig)
-
-
-def _plot_segmentation_samples(images, masks, predictions, path, count=6):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = min(count, len(images))
-    colours = plt.get_cmap("tab20", fashion_mnist.SCENE_CLASSES)
-    fig, axes = plt.subplots(3, count, figsize=(count * 1.8, 5.6), squeeze=False)
-    for i in range(count):
-        for row, (picture, title) in enumerate(((images[i], "scene"), (masks[i], "truth"), (predictions[i], "DLA-Up"))):
-            ax = axes[row, i]
-            ax.axis("off")
-            if row == 0:
-                ax.imshow(picture, cmap="gray")
-            else:
-                shown = np.ma.masked_equal(picture.astype(int), datasets.IGNORE_LABEL)
-                ax.imshow(shown, cmap=colours, vmin=0, vmax=fashion_mnist.SCENE_CLASSES - 1, interpolation="nearest")
-            if i == 0:
-                ax.set_title(title, fontsize=8, loc="left")
-    fig.tight_layout()
-    files.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def _export_and_check(plain, output, inputs, timings):
@@ -220,19 +121,16 @@ def run_demo(
         devices: `--devices` of `keras-dla train` (split the CPU into logical devices).
         seed: seed of the data order, augmentation and initialisation.
     """
-    if task not in DEFAULTS:
-        raise ValueError(f"Unknown demo task; expected one of {sorted(DEFAULTS)}. Received: task={task!r}")
+    task = checks.one_of("task", task, DEFAULTS, what="demo task")
     checks.check_output(output, "folder", what="`output`")
     settings = dict(DEFAULTS[task])
     overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
     # `is not None`: a 0 given on purpose goes on to the checks (`train` names it) instead of meaning "default".
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    if test_limit is not None and (not isinstance(test_limit, int) or test_limit < 1):
-        # Checked now: the test split is only read after training.
-        raise ValueError(f"`test_limit` should be a positive integer. Received: test_limit={test_limit!r}")
+    test_limit = checks.positive_int("test_limit", test_limit, optional=True)  # now: it is read after training
     segmentation = task == "segmentation"
     dataset = "fashion_mnist_scenes" if segmentation else "fashion_mnist"
-    config = fit.TrainConfig(
+    config = TrainConfig(
         task=task,
         model=settings["model"],
         dataset=dataset,
@@ -269,9 +167,9 @@ def run_demo(
     load = datasets.segmentation_data if segmentation else datasets.classification_data
     size_arg = dict(crop_size=size) if segmentation else dict(image_size=size)
     test_ds, info = load(dataset, split="validation", batch_size=250, limit=test_limit, **size_arg)
-    scores, labels = _predict(model, test_ds)
+    scores, labels = evaluation.predict_dataset(model, test_ds)
     predictions = np.argmax(scores, axis=-1)
-    matrix = confusion_matrix(labels, predictions, info.num_classes, ignore=datasets.IGNORE_LABEL)
+    matrix = evaluation.confusion_matrix(labels, predictions, info.num_classes, ignore=IGNORE_LABEL)
     timings["evaluate_s"] = clock()
 
     report = {
@@ -288,13 +186,13 @@ def run_demo(
     }
     names = info.class_names
     if segmentation:
-        ious = iou_per_class(matrix)
+        ious = evaluation.iou_per_class(matrix)
         report["mean_iou"] = float(np.nanmean(ious))
         report["pixel_accuracy"] = float(np.trace(matrix) / max(matrix.sum(), 1))
         report["iou_per_class"] = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, ious, strict=True)}
     else:
         report["test_accuracy"] = float(np.mean(predictions == labels))
-        per_class = np.diag(matrix) / np.maximum(matrix.sum(1), 1)
+        per_class = evaluation.accuracy_per_class(matrix)
         report["accuracy_per_class"] = {n: float(v) for n, v in zip(names, per_class, strict=True)}
 
     # Export a replica-free copy of the trained model and check both artefacts on real test images.
@@ -309,17 +207,17 @@ def run_demo(
     report["export"] = _export_and_check(plain, output, parity_images, timings)
 
     clock = _timer()
-    run_folder.plot_history(
+    plots.plot_history(
         run_folder.read_history(os.path.join(config.output, "history.csv")),
         os.path.join(output, "curves.png"),
         title=f"{settings['model']} on {dataset} (validation = test split, monitored only)",
     )
-    plot_confusion(matrix, names, os.path.join(output, "confusion_matrix.png"))
+    plots.plot_confusion(matrix, names, os.path.join(output, "confusion_matrix.png"))
     raw = np.concatenate([x.numpy() for x, _ in test_ds.take(1)])[..., 0] * info.std[0] + info.mean[0]
     if segmentation:
-        _plot_segmentation_samples(raw, labels, predictions, os.path.join(output, "samples.png"))
+        plots.plot_segmentation_samples(raw, labels, predictions, info.num_classes, os.path.join(output, "samples.png"))
     else:
-        _plot_samples(raw, labels, predictions, names, os.path.join(output, "samples.png"))
+        plots.plot_samples(raw, labels, predictions, names, os.path.join(output, "samples.png"))
     timings["pictures_s"] = clock()
     timings["total_s"] = total()
     report["timings"] = timings

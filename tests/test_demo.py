@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from keras_dla import demo
+from keras_dla.training import evaluation
 
 
 def test_confusion_matrix_and_iou():
     labels = np.array([0, 0, 1, 1, 2, 255])
     predictions = np.array([0, 1, 1, 1, 0, 2])
-    matrix = demo.confusion_matrix(labels, predictions, 3, ignore=255)
+    matrix = evaluation.confusion_matrix(labels, predictions, 3, ignore=255)
     np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
-    np.testing.assert_allclose(demo.iou_per_class(matrix), [1 / 3, 2 / 3, 0.0])
-    assert np.isnan(demo.iou_per_class(np.zeros((2, 2), int))).all()
+    np.testing.assert_allclose(evaluation.iou_per_class(matrix), [1 / 3, 2 / 3, 0.0])
+    assert np.isnan(evaluation.iou_per_class(np.zeros((2, 2), int))).all()
 
 
 def run_demo_cli(args, timeout=900):

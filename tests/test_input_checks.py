@@ -15,6 +15,7 @@ from keras_dla.cli import predict as predict_command
 from keras_dla.export import tensorflow_formats
 from keras_dla.models import dla, dla_up
 from keras_dla.training import datasets, fit, segmentation
+from keras_dla.training.config import TrainConfig
 from keras_dla.weights import convert
 from tests.test_data import make_list_folder, write_png
 from tests.test_export import tiny_model
@@ -350,7 +351,7 @@ def test_a_label_out_of_range_mid_fit_names_the_file(tmp_path, monkeypatch):
         mask[5, 5] = 9
         write_png(path, mask)
     output = str(tmp_path / "run")
-    config = fit.TrainConfig(
+    config = TrainConfig(
         task="segmentation", model="dla46_cup", dataset=root, classes=3, epochs=1, steps_per_epoch=2, batch_size=2,
         image_size=32, lr=0.01, output=output, verbose=0,
     )  # fmt: skip

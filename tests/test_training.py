@@ -23,7 +23,8 @@ import pytest
 from keras_dla import files
 from keras_dla.cli import build_parser
 from keras_dla.cli import train as cli_train
-from keras_dla.training import fit, run_folder
+from keras_dla.training import choices, distribute, losses, plots, run_folder, schedules
+from keras_dla.training.config import WEIGHT_DECAY, TrainConfig, check_resumable, default_lr, epoch_steps, validate
 from tests.test_data import make_class_folder
 
 # A tiny real run: dla46_c at 32x32 on a 3-class folder, a few steps.
@@ -58,11 +59,11 @@ def history_epochs(output):
 
 
 def test_cli_choices_match_the_library():
-    assert cli_train.TASKS == fit.TASKS
-    assert cli_train.SCHEDULES == fit.SCHEDULES
-    assert cli_train.STRATEGIES == fit.STRATEGIES
-    assert cli_train.OPTIMIZERS == fit.OPTIMIZERS
-    assert cli_train.AUGMENTS == fit.AUGMENTS
+    assert cli_train.TASKS == choices.TASKS
+    assert cli_train.SCHEDULES == choices.SCHEDULES
+    assert cli_train.STRATEGIES == choices.STRATEGIES
+    assert cli_train.OPTIMIZERS == choices.OPTIMIZERS
+    assert cli_train.AUGMENTS == choices.AUGMENTS
     args = build_parser().parse_args(["train", "--epochs", "3", "--batch-size", "16"])
     config = cli_train.config_from_args(args)
     assert (config.dataset, config.epochs, config.batch_size, config.weights) == ("fashion_mnist", 3, 16, "none")
@@ -93,24 +94,24 @@ def test_cli_choices_match_the_library():
 )
 def test_bad_arguments_fail_before_anything_runs(changes, message):
     with pytest.raises(ValueError, match=message):
-        fit.validate(fit.TrainConfig(**changes))
+        validate(TrainConfig(**changes))
 
 
 def test_an_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "afile").write_bytes(b"")
     for output, message in [("afile", "afile is a file, not a folder"), ("afile/run", "Cannot create `output`")]:
         with pytest.raises(ValueError, match=message):
-            fit.validate(fit.TrainConfig(output=str(tmp_path / output)))
+            validate(TrainConfig(output=str(tmp_path / output)))
 
 
 def test_an_epoch_is_whole_graph_calls():
     # 6000 examples at batch 32 are 187 batches: 180 steps in 18 calls of 10, not 19 calls running 190 steps.
-    config = fit.TrainConfig(batch_size=32, steps_per_execution=10)
-    assert fit.epoch_steps(config, 6000) == (180, 10)
-    assert fit.epoch_steps(config, 256) == (8, 8)  # fewer batches than one call: all of them in one call
-    assert fit.epoch_steps(fit.TrainConfig(batch_size=32), 6000) == (187, 1)
-    explicit = fit.TrainConfig(batch_size=32, steps_per_execution=10, steps_per_epoch=30)
-    assert fit.epoch_steps(explicit, 6000) == (30, 10)
+    config = TrainConfig(batch_size=32, steps_per_execution=10)
+    assert epoch_steps(config, 6000) == (180, 10)
+    assert epoch_steps(config, 256) == (8, 8)  # fewer batches than one call: all of them in one call
+    assert epoch_steps(TrainConfig(batch_size=32), 6000) == (187, 1)
+    explicit = TrainConfig(batch_size=32, steps_per_execution=10, steps_per_epoch=30)
+    assert epoch_steps(explicit, 6000) == (30, 10)
 
 
 def test_smoothed_crossentropy_matches_keras_categorical():
@@ -121,37 +122,37 @@ def test_smoothed_crossentropy_matches_keras_categorical():
     labels = rng.integers(0, 5, 6)
     onehot = np.eye(5, dtype="float32")[labels]
     for smoothing in (0.0, 0.1, 0.3):
-        ours = fit.SparseSmoothedCrossentropy(smoothing)(labels, probabilities)
+        ours = losses.SparseSmoothedCrossentropy(smoothing)(labels, probabilities)
         expected = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(onehot, probabilities)
         assert float(ours) == pytest.approx(float(expected), rel=1e-5)
     plain = keras.losses.SparseCategoricalCrossentropy()(labels[:, None], probabilities)
-    assert float(fit.SparseSmoothedCrossentropy()(labels[:, None], probabilities)) == pytest.approx(float(plain))
-    assert float(fit.SparseSmoothedCrossentropy(0.1)(labels, probabilities)) != pytest.approx(float(plain))
-    restored = fit.SparseSmoothedCrossentropy.from_config(fit.SparseSmoothedCrossentropy(0.2).get_config())
+    assert float(losses.SparseSmoothedCrossentropy()(labels[:, None], probabilities)) == pytest.approx(float(plain))
+    assert float(losses.SparseSmoothedCrossentropy(0.1)(labels, probabilities)) != pytest.approx(float(plain))
+    restored = losses.SparseSmoothedCrossentropy.from_config(losses.SparseSmoothedCrossentropy(0.2).get_config())
     assert restored.label_smoothing == 0.2
 
 
 def test_optimizers():
     import keras
 
-    config = fit.TrainConfig(optimizer="adamw", weight_decay=0.05, batch_size=256)
-    adamw = fit.make_optimizer(config, 0.01)
+    config = TrainConfig(optimizer="adamw", weight_decay=0.05, batch_size=256)
+    adamw = schedules.make_optimizer(config, 0.01)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.05
-    assert fit.default_lr(config) == pytest.approx(2e-3)
-    sgd = fit.make_optimizer(fit.TrainConfig(), 0.1)
-    assert sgd.momentum == 0.9 and sgd.weight_decay == fit.WEIGHT_DECAY
+    assert default_lr(config) == pytest.approx(2e-3)
+    sgd = schedules.make_optimizer(TrainConfig(), 0.1)
+    assert sgd.momentum == 0.9 and sgd.weight_decay == WEIGHT_DECAY
 
 
 def test_schedules_follow_the_authors():
-    step = fit.learning_rate_schedule("step", 0.1, 400)
+    step = schedules.learning_rate_schedule("step", 0.1, 400)
     assert [round(float(step(s)), 6) for s in (0, 99, 100, 200, 399)] == [0.1, 0.1, 0.01, 0.001, 0.0001]
-    poly = fit.learning_rate_schedule("poly", 0.01, 100)
+    poly = schedules.learning_rate_schedule("poly", 0.01, 100)
     assert float(poly(0)) == pytest.approx(0.01) and float(poly(100)) == pytest.approx(0.0)
     assert float(poly(50)) == pytest.approx(0.01 * 0.5**0.9, rel=1e-5)
-    cosine = fit.learning_rate_schedule("cosine", 0.2, 100)
+    cosine = schedules.learning_rate_schedule("cosine", 0.2, 100)
     assert float(cosine(50)) == pytest.approx(0.1, rel=1e-5) and float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="Received: schedule='exp'"):
-        fit.learning_rate_schedule("exp", 0.1, 10)
+        schedules.learning_rate_schedule("exp", 0.1, 10)
 
 
 def _tf_config(cluster=None, task=None, **top):
@@ -219,7 +220,7 @@ def _tf_config(cluster=None, task=None, **top):
 )
 def test_bad_tf_config(text, message):
     with pytest.raises(ValueError, match=f"^TF_CONFIG.*{re.escape(message)}.*Received: TF_CONFIG=") as caught:
-        fit.parse_tf_config(text)
+        distribute.parse_tf_config(text)
     assert "\n" not in str(caught.value)
 
 
@@ -232,16 +233,16 @@ def test_bad_tf_config(text, message):
     ],
 )
 def test_good_tf_config(cluster, task):
-    assert fit.parse_tf_config(_tf_config(cluster, task, environment="cloud"))["task"] == task
+    assert distribute.parse_tf_config(_tf_config(cluster, task, environment="cloud"))["task"] == task
 
 
 def test_chief_of_a_cluster():
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    assert fit.is_chief({"cluster": cluster, "task": {"type": "worker", "index": 0}})
-    assert not fit.is_chief({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    assert distribute.is_chief({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert not distribute.is_chief({"cluster": cluster, "task": {"type": "worker", "index": 1}})
     with_chief = {**cluster, "chief": ["127.0.0.1:3"]}
-    assert not fit.is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
-    assert fit.is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
+    assert not distribute.is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+    assert distribute.is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
 
 
 def test_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
@@ -249,7 +250,7 @@ def test_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     path.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n1,0.65,0.8\n2,0.7,0.7\n")
     rows = run_folder.read_history(str(path))
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[1]["accuracy"] == 0.65
-    run_folder.plot_history(rows, str(tmp_path / "curves.png"))
+    plots.plot_history(rows, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
@@ -594,7 +595,7 @@ def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
 def _attempt(output, backup_files=(), **settings):
     """A run folder as an attempt with `settings` leaves it: config.json, a history row, best weights."""
     os.makedirs(os.path.join(output, "backup"), exist_ok=True)
-    config = dataclasses.asdict(fit.TrainConfig(output=output, **settings))
+    config = dataclasses.asdict(TrainConfig(output=output, **settings))
     open(os.path.join(output, "config.json"), "w").write(json.dumps(config))
     open(os.path.join(output, "history.csv"), "w").write("epoch,val_accuracy\n0,0.99\n")
     open(os.path.join(output, "best.weights.h5"), "wb").write(b"weights of the attempt")
@@ -607,8 +608,8 @@ def _attempt(output, backup_files=(), **settings):
 @pytest.mark.parametrize("changes", [dict(epochs=7), dict(lr=0.5, model="dla34"), dict(task="segmentation"), {}])
 def test_a_folder_without_a_backup_takes_any_settings(tmp_path, changes):
     output = _attempt(str(tmp_path / "run"), epochs=3, lr=0.01, model="dla46_c")
-    config = fit.TrainConfig(output=output, **{"epochs": 3, "lr": 0.01, "model": "dla46_c", **changes})
-    assert fit.check_resumable(config) is True  # nothing to resume: the attempt binds nothing
+    config = TrainConfig(output=output, **{"epochs": 3, "lr": 0.01, "model": "dla46_c", **changes})
+    assert check_resumable(config) is True  # nothing to resume: the attempt binds nothing
     open(os.path.join(output, "notes.txt"), "w").write("mine")
     run_folder.discard_attempt(output)
     assert sorted(os.listdir(output)) == ["backup", "notes.txt"]  # the attempt's files go, the user's stay
@@ -617,11 +618,11 @@ def test_a_folder_without_a_backup_takes_any_settings(tmp_path, changes):
 @pytest.mark.parametrize("backup", ["training_metadata.json", "latest.weights.h5", "latest.weights.h5.bkp"])
 def test_a_folder_with_a_backup_resumes_only_its_settings(tmp_path, backup):
     output = _attempt(str(tmp_path / "run"), backup_files=[backup], epochs=3)
-    assert fit.check_resumable(fit.TrainConfig(output=output, epochs=3)) is False
-    assert fit.check_resumable(fit.TrainConfig(output=output, epochs=3, verbose=0, devices=2)) is False
+    assert check_resumable(TrainConfig(output=output, epochs=3)) is False
+    assert check_resumable(TrainConfig(output=output, epochs=3, verbose=0, devices=2)) is False
     with pytest.raises(ValueError, match=r"other settings \(epochs\).*Received: \{'epochs': 4\}"):
-        fit.check_resumable(fit.TrainConfig(output=output, epochs=4))
-    assert fit.check_resumable(fit.TrainConfig(output=str(tmp_path / "new"))) is False
+        check_resumable(TrainConfig(output=output, epochs=4))
+    assert check_resumable(TrainConfig(output=str(tmp_path / "new"))) is False
 
 
 @pytest.mark.parametrize("content", ["{", "[1, 2]", "\udcff"])
@@ -630,7 +631,7 @@ def test_a_damaged_config_json_beside_a_backup_is_one_sentence(tmp_path, content
     with open(os.path.join(output, "config.json"), "w", errors="surrogateescape") as f:
         f.write(content)
     with pytest.raises(ValueError, match=r"config.json (is damaged|holds no run settings).*Received: output="):
-        fit.check_resumable(fit.TrainConfig(output=output))
+        check_resumable(TrainConfig(output=output))
 
 
 def test_a_run_killed_before_its_first_backup_is_restarted_with_other_settings(tmp_path, folder):

@@ -5,13 +5,8 @@ Started again with the same command, a killed run resumes from the last epoch it
 
 import argparse
 
-# The choices of keras_dla.training, repeated here (a test keeps them equal) so that building the parser does not
-# import the training and data modules.
-TASKS = ("classification", "segmentation")
-SCHEDULES = ("step", "poly", "cosine")
-STRATEGIES = ("auto", "mirrored", "multiworker", "one-device")
-OPTIMIZERS = ("sgd", "adamw")
-AUGMENTS = {"classification": ("imagenet", "small", "small-erasing", "flip"), "segmentation": ("flip",)}
+# keras_dla.training.choices imports nothing, so building the parser imports neither TensorFlow nor Keras.
+from keras_dla.training.choices import AUGMENTS, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS
 
 
 def register(subparsers):
@@ -72,7 +67,7 @@ def register(subparsers):
 
 
 def config_from_args(args):
-    from keras_dla.training.fit import TrainConfig
+    from keras_dla.training.config import TrainConfig
 
     dataset = args.dataset or ("fashion_mnist" if args.task == "classification" else "fashion_mnist_scenes")
     return TrainConfig(

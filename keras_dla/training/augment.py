@@ -15,14 +15,14 @@ import math
 
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from keras_dla import checks
+from keras_dla.training.choices import CLASSIFICATION_AUGMENTS, IGNORE_LABEL, SEGMENTATION_AUGMENTS
+
 EVAL_CROP_FRACTION = 0.875  # resize to 256 and centre-crop 224
 # Random erasing, as Zhong et al.'s defaults: applied to half the images, 2-40% of the area, aspect 0.3-3.3.
 ERASING_PROBABILITY = 0.5
 ERASING_AREA = (0.02, 0.4)
 ERASING_ASPECT = (0.3, 1 / 0.3)
-SMALL_RECIPES = ("small", "small-erasing", "flip")  # recipes for small images: evaluation fits them, too
-CLASSIFICATION_RECIPES = ("imagenet", *SMALL_RECIPES)
 SMALL_IMAGE_FILL = 0.875  # `fit_small`: a small image's longer side fills this fraction of the canvas (28 of 32)
 # PCA lighting noise (Krizhevsky et al. 2012) with ImageNet's RGB eigenvalues and eigenvectors, as the authors use.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -89,27 +89,38 @@ def augment_classification(image, seed, size, *, recipe="imagenet"):
     `"small-erasing"` is `"small"` followed by `random_erasing` (longer runs); `"flip"` only pads or resizes and
     flips (short runs).
     """
+    recipe = checks.one_of("recipe", recipe, CLASSIFICATION_AUGMENTS, what="augmentation recipe")
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = tf.cast(image, tf.float32)
-    if recipe == "imagenet":
-        image = random_resized_crop(image, seeds[0], size)
-        image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-        image = colour_jitter(image, seeds[2])
-        if image.shape[-1] == 3:
-            image = pca_lighting(image, seeds[3])
-        return image
-    if recipe == "small":
-        image = fit_small(image, size)
-        pad = max(size // 8, 1)
-        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-        image = tf.image.stateless_random_crop(image, (size, size, image.shape[-1]), seeds[0])
-        return tf.image.stateless_random_flip_left_right(image, seeds[1])
-    if recipe == "flip":
-        return tf.image.stateless_random_flip_left_right(fit_small(image, size), seeds[1])
-    if recipe == "small-erasing":
-        image = augment_classification(image, seeds[0], size, recipe="small")
-        return random_erasing(image, seeds[2])
-    raise ValueError(f"Unknown augmentation recipe. Received: recipe={recipe!r}")
+    return CLASSIFICATION_RECIPES[recipe](tf.cast(image, tf.float32), seeds, size)
+
+
+def _imagenet(image, seeds, size):
+    image = random_resized_crop(image, seeds[0], size)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+    image = colour_jitter(image, seeds[2])
+    if image.shape[-1] == 3:
+        image = pca_lighting(image, seeds[3])
+    return image
+
+
+def _small(image, seeds, size):
+    image = fit_small(image, size)
+    pad = max(size // 8, 1)
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, (size, size, image.shape[-1]), seeds[0])
+    return tf.image.stateless_random_flip_left_right(image, seeds[1])
+
+
+def _small_erasing(image, seeds, size):
+    return random_erasing(augment_classification(image, seeds[0], size, recipe="small"), seeds[2])
+
+
+def _flip(image, seeds, size):
+    return tf.image.stateless_random_flip_left_right(fit_small(image, size), seeds[1])
+
+
+# Each recipe of `keras_dla.training.choices`: its transform of one float image, given 4 seeds and the size.
+CLASSIFICATION_RECIPES = {"imagenet": _imagenet, "small": _small, "small-erasing": _small_erasing, "flip": _flip}
 
 
 def random_erasing(image, seed, probability=ERASING_PROBABILITY, area=ERASING_AREA, aspect=ERASING_ASPECT):
@@ -223,6 +234,10 @@ def augment_segmentation(image, mask, seed, crop_size, *, scale=(0.5, 2.0), max_
     return image, tf.cast(tf.math.round(mask), tf.uint8)
 
 
+# Each segmentation recipe of `keras_dla.training.choices`: its arguments of `augment_segmentation`.
+SEGMENTATION_RECIPES = {"flip": dict(scale=None, max_rotation=0.0)}
+
+
 def pad_crop_centre(image, mask, size):
     """Evaluation: pads (image 0, mask 255) and centre-crops to size x size, no resampling."""
     image = tf.cast(image, tf.float32)
@@ -235,3 +250,17 @@ def pad_crop_centre(image, mask, size):
     image = tf.image.resize_with_crop_or_pad(image, size, size)
     mask = tf.image.resize_with_crop_or_pad(mask, size, size)  # crops only: both sides are >= size now
     return image, tf.cast(tf.math.round(mask[..., 0]), tf.uint8)
+
+
+def _check_recipes(implemented, named, task):
+    # A recipe added to `keras_dla.training.choices` without its implementation here (or the other way round)
+    # stops the import, rather than the CLI offering a name that fails mid-pipeline.
+    if tuple(implemented) != tuple(named):
+        raise ImportError(
+            f"keras_dla.training.augment implements the {task} recipes {tuple(implemented)}, but "
+            f"keras_dla.training.choices names {tuple(named)}; make them the same."
+        )
+
+
+_check_recipes(CLASSIFICATION_RECIPES, CLASSIFICATION_AUGMENTS, "classification")
+_check_recipes(SEGMENTATION_RECIPES, SEGMENTATION_AUGMENTS, "segmentation")

@@ -29,13 +29,19 @@ from keras_dla import checks
 from keras_dla.models.imagenet import MEAN as IMAGENET_MEAN
 from keras_dla.models.imagenet import STD as IMAGENET_STD
 from keras_dla.training import augment, fashion_mnist
-from keras_dla.training.augment import IGNORE_LABEL
+from keras_dla.training.choices import (
+    CLASSIFICATION_AUGMENTS,
+    IGNORE_LABEL,
+    SEGMENTATION_AUGMENTS,
+    SMALL_IMAGE_AUGMENTS,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CLASSIFICATION_EMBEDDED = ("fashion_mnist",)
 SEGMENTATION_EMBEDDED = ("fashion_mnist_scenes",)
 SEGMENTATION_TFDS = ("cityscapes", "oxford_iiit_pet")
 
+SPLITS = ("train", "validation")  # "validation" is the test split of a data set without a validation split
 # Cityscapes raw label id -> train id (the 19 evaluated classes); every other id is ignored (255).
 CITYSCAPES_TRAIN_IDS = {
     7: 0,  # road
@@ -403,16 +409,12 @@ def classification_data(
     Returns:
         `(dataset, info)`: images are float32, normalised with `info.mean` / `info.std`; labels int32.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
+    split = checks.one_of("split", split, SPLITS)
     training = split == "train" if training is None else training
     image_size = checks.positive_int("image_size", image_size, optional=True)
     limit = checks.positive_int("limit", limit, optional=True)
-    if recipe is not None and recipe not in augment.CLASSIFICATION_RECIPES:
-        raise ValueError(
-            f"Unknown augmentation recipe; expected one of {augment.CLASSIFICATION_RECIPES}. "
-            f"Received: recipe={recipe!r}"
-        )
+    if recipe is not None:
+        recipe = checks.one_of("recipe", recipe, CLASSIFICATION_AUGMENTS, what="augmentation recipe")
     kind, dataset = resolve(dataset, "classification")
     image_size = image_size or (32 if kind == "embedded" else 224)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -460,7 +462,7 @@ def classification_data(
         image = tf.cast(image, tf.float32)
         image = (
             augment.fit_small(image, image_size)
-            if recipe in augment.SMALL_RECIPES
+            if recipe in SMALL_IMAGE_AUGMENTS
             else augment.centre_crop(image, image_size)
         )
         return _normalise(image, info.mean, info.std), label
@@ -617,6 +619,7 @@ def segmentation_data(
     limit=None,
     scale=(0.5, 2.0),
     max_rotation=10.0,
+    recipe=None,
     drop_remainder=None,
 ):
     """A batched `tf.data.Dataset` of `(image, mask)` and its `DataInfo`.
@@ -633,6 +636,8 @@ def segmentation_data(
         data_dir: tfds data folder, or the folder of the Fashion-MNIST IDX files.
         limit: use only the first `limit` examples.
         scale, max_rotation: the random scale range and rotation of the training transform.
+        recipe: None (the authors' transform, with `scale` and `max_rotation`) or `"flip"` (no random scale or
+            rotation: `augment.SEGMENTATION_RECIPES`).
 
     Returns:
         `(dataset, info)`: images float32 normalised with `info.mean` / `info.std`, masks uint8 with 255 ignored.
@@ -640,11 +645,13 @@ def segmentation_data(
         lie in [0, classes) or be 255; a folder's other masks are checked as the pipeline reads them, and a bad
         one stops it with an error naming the file (`mask_label_error` makes it a sentence).
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"`split` should be 'train' or 'validation'. Received: split={split!r}")
+    split = checks.one_of("split", split, SPLITS)
     training = split == "train" if training is None else training
     crop_size = checks.positive_int("crop_size", crop_size, optional=True)
     limit = checks.positive_int("limit", limit, optional=True)
+    if recipe is not None:
+        recipe = checks.one_of("recipe", recipe, SEGMENTATION_AUGMENTS, what="augmentation recipe")
+        scale, max_rotation = (augment.SEGMENTATION_RECIPES[recipe][k] for k in ("scale", "max_rotation"))
     kind, dataset = resolve(dataset, "segmentation")
     crop_size = crop_size or (fashion_mnist.SCENE_SIZE if kind == "embedded" else 512)
     if kind == "embedded":

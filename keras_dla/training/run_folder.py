@@ -20,7 +20,6 @@ loaded or resumed from.
 
 import csv
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import keras
 import numpy as np
 
 from keras_dla import files
+from keras_dla.training import plots
 from keras_dla.weights import checksum
 
 
@@ -65,7 +65,7 @@ class Curves(keras.callbacks.Callback):
         self.csv_path, self.png_path = csv_path, png_path
 
     def on_epoch_end(self, epoch, logs=None):
-        plot_history(read_history(self.csv_path), self.png_path)
+        plots.plot_history(read_history(self.csv_path), self.png_path)
 
 
 def read_history(csv_path):
@@ -82,33 +82,6 @@ def read_history(csv_path):
             if "epoch" in values:
                 rows[int(values["epoch"])] = values
     return [rows[e] for e in sorted(rows)]
-
-
-def plot_history(rows, png_path, title=None):
-    """Loss and metric curves (train and validation) of `rows` into a PNG; a no-op without rows."""
-    if not rows:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [k for k in rows[0] if k not in ("epoch", "learning_rate") and not k.startswith("val_")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    for ax, name in zip(axes[0], metrics, strict=True):
-        ax.plot(epochs, [r.get(name, math.nan) for r in rows], "o-", label="train")
-        if any(f"val_{name}" in r for r in rows):
-            ax.plot(epochs, [r.get(f"val_{name}", math.nan) for r in rows], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    files.write_atomically(png_path, lambda partial: fig.savefig(partial, dpi=100, format="png"))
-    plt.close(fig)
 
 
 class RunDirectory:

@@ -16,8 +16,8 @@ import numpy as np
 from keras import ops
 
 from keras_dla import checks
+from keras_dla.training.choices import IGNORE_LABEL
 
-IGNORE_LABEL = 255
 AUTHORS_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 # The 19 Cityscapes training classes (road, sidewalk, building, wall, fence, pole, traffic light, traffic
@@ -225,8 +225,7 @@ def save_overlay(path, image, prediction, *, palette=CITYSCAPES_PALETTE, alpha=0
             f"`prediction` should be (height, width) ids or (height, width, classes) scores. Received: shape="
             f"{prediction.shape}"
         )
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"`alpha` should be in [0, 1]. Received: alpha={alpha!r}")
+    alpha = checks.real("alpha", alpha, low=0, high=1)
     colours = colorize(prediction, palette, ignore_label)
     if image is None:
         out = colours
