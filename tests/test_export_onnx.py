@@ -10,7 +10,7 @@ import openvino
 import pytest
 
 from keras_dla import export
-from keras_dla.export import onnx_openvino, sidecar
+from keras_dla.export import extras, onnx_openvino, sidecar
 from keras_dla.models import dla, dla_up
 from tests.test_export import TOLERANCE, trained_looking
 
@@ -164,7 +164,7 @@ def test_a_missing_runtime_is_one_sentence(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_openvino)
     monkeypatch.delitem(__import__("sys").modules, "openvino")
     with pytest.raises(ModuleNotFoundError, match=r"pip install keras_dla\[openvino\]"):
-        onnx_openvino.require("openvino", "openvino")
+        extras.require("openvino", "openvino")
 
 
 def test_sidecars_of_saved_model_and_tflite(classifier, tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from keras_dla import export
 from keras_dla.export import tflite_metadata
-from keras_dla.export.verify import tflite_interpreter
+from keras_dla.export.runtime import tflite_interpreter
 from keras_dla.models import dla, dla_up
 from keras_dla.models.imagenet import MEAN, STD, imagenet_classes, preprocess_input
 from tests.test_export import trained_looking

@@ -257,7 +257,7 @@ def _artefact(name, labels):
     """A `Classifier` of an exported SavedModel folder, `.tflite`, `.onnx` or OpenVINO `.xml` file, by its sidecar."""
     import numpy as np
 
-    from keras_dla.export import sidecar, verify
+    from keras_dla.export import runtime, sidecar
 
     if not os.path.exists(name):
         raise FileNotFoundError(f"No exported model at this path. Received: --model {name}")
@@ -268,7 +268,7 @@ def _artefact(name, labels):
             f"preprocess the images and names the classes). Received: --model {name}"
         )
     contract = sidecar.read_sidecar(name)
-    runner = verify._Runner(name, None)
+    runner = runtime.Runner(name, None)
     wanted = contract["output"].get("name")
 
     def run(batch):
