@@ -135,7 +135,7 @@ def test_saved_model_reloads_as_tfsmlayer(small_model, tmp_path):
     np.testing.assert_allclose(np.asarray(output), expected, rtol=0, atol=TOLERANCE)
     # And as a layer of a new Keras model.
     wrapper_in = keras.Input((40, 40, 3))
-    wrapper = keras.Model(wrapper_in, layer(wrapper_in)["output_0"])
+    wrapper = keras.Model(wrapper_in, layer(wrapper_in)["logits"])  # the output named for what it holds
     np.testing.assert_allclose(wrapper.predict_on_batch(inputs), expected, rtol=0, atol=TOLERANCE)
 
 
@@ -145,12 +145,15 @@ def test_uint8_signature_builds_the_preprocessing_in(small_model, tmp_path):
 
     saved = export.export_saved_model(small_model, tmp_path / "sm", input_size=(SIZE, SIZE), uint8_input=True)
     serve = tf.saved_model.load(saved).signatures["serving_default"]
-    (spec,) = serve.structured_input_signature[1].values()
+    spec = serve.structured_input_signature[1]["images"]  # tensors named for what they hold
     assert spec.dtype == tf.uint8 and tuple(spec.shape) == (None, SIZE, SIZE, 3)
-    (output,) = serve(image=tf.constant(pixels)).values()
+    assert list(serve.structured_outputs) == ["logits"]  # the classifier has no softmax
+    output = serve(images=tf.constant(pixels))["logits"]
     np.testing.assert_allclose(output.numpy(), expected, rtol=0, atol=TOLERANCE)
 
     lite = export.export_tflite(small_model, tmp_path / "m.tflite", input_size=(SIZE, SIZE), uint8_input=True)
+    signature = runtime.tflite_interpreter(lite, None).get_signature_list()
+    assert signature == {"serving_default": {"inputs": ["images"], "outputs": ["logits"]}}
     report = export.verify_export(small_model, lite, pixels, latency_runs=1)
     assert report.input_dtype == "uint8"
     assert report.max_abs_diff <= TOLERANCE and report.top1_agreement == 1.0

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras_dla import export
 from keras_dla.cli import main
 from keras_dla.cli import predict as predict_command
-from keras_dla.export import onnx_openvino
+from keras_dla.export import onnx_openvino, sidecar
 from keras_dla.models import dla
 from keras_dla.models.imagenet import preprocess_input
 from tests.test_export import trained_looking
@@ -139,6 +139,24 @@ def test_an_artefact_without_its_sidecar_is_one_sentence(artefacts, capsys, tmp_
             f"keras-dla predict: error: The exported model has no sidecar {bare}.json beside it (keras-dla export "
             "writes it; it says how to preprocess the images and names the classes). Received: --model "
             f"{bare}"
+        )
+
+
+def test_predict_feeds_and_reads_the_tensors_its_sidecar_names(artefacts, capsys, tmp_path):
+    _, paths, images = artefacts
+    for kind, names in (("tflite", ("images", "probabilities")), ("onnx", ("images", "probabilities"))):
+        contract = sidecar.read_sidecar(paths[kind])
+        assert (contract["input"]["name"], contract["output"]["name"]) == names
+        copy = str(tmp_path / os.path.basename(paths[kind]))
+        shutil.copy(paths[kind], copy)
+        contract["output"]["name"] = "scores"  # a sidecar that is not this file's
+        sidecar.write_sidecar(copy, contract)
+        assert main(["predict", images[0], "--model", copy]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == (
+            f"keras-dla predict: error: The sidecar {copy}.json names the input 'images' and the output 'scores', "
+            "and the exported model has the input 'images' and the outputs ['probabilities']: is it this model's "
+            f"sidecar? Received: --model {copy}"
         )
 
 

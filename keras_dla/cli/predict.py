@@ -269,20 +269,17 @@ def _artefact(name, labels):
         )
     contract = sidecar.read_sidecar(name)
     runner = runtime.Runner(name, None)
-    wanted = contract["output"].get("name")
+    # The tensors are fed and read by the names the sidecar states (`images`, `probabilities`, ...).
+    given, wanted = contract["input"].get("name"), contract["output"].get("name")
+    if given != runner.input_name or wanted not in runner.output_names:
+        raise ValueError(
+            f"The sidecar {sidecar_file} names the input {given!r} and the output {wanted!r}, and the exported model "
+            f"has the input {runner.input_name!r} and the outputs {runner.output_names}: is it this model's "
+            f"sidecar? Received: --model {name}"
+        )
 
     def run(batch):
-        outputs = runner(batch.astype(runner.feed_dtype()))
-        if len(outputs) == 1:
-            (value,) = outputs.values()
-        elif wanted in outputs:
-            value = outputs[wanted]
-        else:
-            raise ValueError(
-                f"The exported model has outputs {sorted(outputs)}; its sidecar names {wanted!r}. Received: --model "
-                f"{name}"
-            )
-        return np.asarray(value)
+        return np.asarray(runner(batch.astype(runner.feed_dtype()))[wanted])
 
     classifier = Classifier(run, contract, name, labels)
     classifier.batch = runner.shape[0] or classifier.batch  # a static batch (TFLite's 1) is what the file takes

@@ -28,7 +28,14 @@ def tflite_interpreter(path, num_threads):
 
 
 class Runner:
-    """Calls an artefact on one batch: `run(x) -> float32 output`, with quantized I/O handled."""
+    """Calls an artefact on one batch: `runner(x)` -> `{output name: float32 array}`, with quantized I/O handled.
+
+    Attributes:
+        format: `"saved_model"`, `"tflite"`, `"onnx"` or `"openvino"`.
+        input_name, output_names: the artefact's own names of its input and outputs (its signature's, for a
+            SavedModel or TFLite file), which its sidecar states.
+        shape, dtype: of the input the artefact takes (`None` for a dynamic size).
+    """
 
     def __init__(self, path, num_threads):
         self.path = path
@@ -49,7 +56,8 @@ class Runner:
             specs = self._fn.structured_input_signature[1]
             if len(specs) != 1:
                 raise ValueError(f"Expected a signature with one input. Received: inputs {sorted(specs)}")
-            ((self._input_name, spec),) = specs.items()
+            ((self.input_name, spec),) = specs.items()
+            self.output_names = list(self._fn.structured_outputs)
             self.shape = tuple(spec.shape)
             self.dtype = np.dtype(spec.dtype.as_numpy_dtype)
             self._in_quant = None
@@ -68,11 +76,12 @@ class Runner:
             inputs = self._runner.get_input_details()
             if len(inputs) != 1:
                 raise ValueError(f"Expected a TFLite model with one input. Received: inputs {sorted(inputs)}")
-            ((self._input_name, details),) = inputs.items()
+            ((self.input_name, details),) = inputs.items()
             self.shape = tuple(details["shape"])
             self.dtype = np.dtype(details["dtype"])
             self._in_quant = details["quantization"] if self.dtype == np.int8 else None
             outputs = self._runner.get_output_details()
+            self.output_names = list(outputs)
             self._out_quant = {name: d["quantization"] for name, d in outputs.items() if d["dtype"] == np.int8}
         else:
             raise ValueError(f"No exported model at this path. Received: path={path!r}")
@@ -91,10 +100,10 @@ class Runner:
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"Expected an ONNX model with one input. Received: inputs {[i.name for i in inputs]}")
-        self._input_name = inputs[0].name
+        self.input_name = inputs[0].name
         self.shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         self.dtype = np.dtype(ONNX_TYPES.get(inputs[0].type, "float32"))
-        self._output_names = [o.name for o in session.get_outputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
         self._session = session
         self._in_quant = None
         self._out_quant = {}
@@ -112,10 +121,10 @@ class Runner:
         if len(compiled.inputs) != 1:
             raise ValueError(f"Expected an OpenVINO model with one input. Received: {len(compiled.inputs)} inputs")
         given = compiled.inputs[0]
-        self._input_name = given.get_any_name()
+        self.input_name = given.get_any_name()
         self.shape = tuple(d.get_length() if d.is_static else None for d in given.get_partial_shape())
         self.dtype = np.dtype(given.get_element_type().to_dtype())
-        self._output_names = [o.get_any_name() for o in compiled.outputs]
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._in_quant = None
@@ -127,21 +136,21 @@ class Runner:
 
     def __call__(self, x):
         if self.format == "onnx":
-            outputs = self._session.run(None, {self._input_name: x})
-            return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._output_names, outputs, strict=True)}
+            outputs = self._session.run(None, {self.input_name: x})
+            return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self.output_names, outputs, strict=True)}
         if self.format == "openvino":
             results = self._request.infer({0: x})
             return {
                 n: np.asarray(results[o], dtype=np.float32)
-                for n, o in zip(self._output_names, self._compiled.outputs, strict=True)
+                for n, o in zip(self.output_names, self._compiled.outputs, strict=True)
             }
         if self.format == "saved_model":
-            outputs = self._fn(**{self._input_name: x})
+            outputs = self._fn(**{self.input_name: x})
             return {k: np.asarray(v) for k, v in outputs.items()}
         if self._in_quant is not None:
             scale, zero = self._in_quant
             x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-        outputs = self._runner(**{self._input_name: x})
+        outputs = self._runner(**{self.input_name: x})
         result = {}
         for name, value in outputs.items():
             if name in self._out_quant:

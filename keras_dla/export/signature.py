@@ -9,6 +9,7 @@ import keras
 
 from keras_dla import checks
 from keras_dla.export.preprocessing import resolve_preprocess
+from keras_dla.export.sidecar import INPUT_NAME
 
 
 class Preprocess(keras.layers.Layer):
@@ -81,21 +82,32 @@ def static_shape(model, input_size, batch_size):
     return (batch_size, height, width, channels)
 
 
-def export_model(model, shape, uint8_input, preprocess):
-    """The model to hand to `model.export`: `model` itself, or `model` behind a uint8 preprocessing input."""
-    if not uint8_input:
-        return model, model.inputs[0].dtype
-    if preprocess == "imagenet" and shape[-1] != 3:
+def export_model(model, shape, uint8_input, preprocess, output_name=None):
+    """`(model to hand to model.export, its input dtype)`: `model` itself, or `model` behind a uint8 preprocessing
+    input, and with its one output under the key `output_name` when that is given.
+
+    A SavedModel signature and the TFLite signature converted from it name a dict output by its keys and a bare
+    one `output_0` (Keras' `ExportArchive`); ONNX and OpenVINO tensors are renamed after their conversion.
+    """
+    dtype = "uint8" if uint8_input else model.inputs[0].dtype
+    named = output_name is not None and len(model.outputs) == 1
+    if not uint8_input and not named:
+        return model, dtype
+    if uint8_input and preprocess == "imagenet" and shape[-1] != 3:
         raise ValueError(
             f"preprocess='imagenet' normalises RGB images; the model takes {shape[-1]} channel(s). Pass "
             f"preprocess='unit', 'fashion_mnist', 'none' or a callable. Received: preprocess={preprocess!r}"
         )
-    inputs = keras.Input(batch_shape=shape, dtype="uint8", name="image")
-    outputs = model(Preprocess(resolve_preprocess(preprocess), name="preprocess")(inputs))
-    return keras.Model(inputs, outputs, name=f"{model.name}_uint8"), "uint8"
+    inputs = keras.Input(batch_shape=shape, dtype=dtype, name=INPUT_NAME)
+    x = Preprocess(resolve_preprocess(preprocess), name="preprocess")(inputs) if uint8_input else inputs
+    outputs = model(x)
+    if named:
+        outputs = {output_name: outputs}
+    return keras.Model(inputs, outputs, name=f"{model.name}_uint8" if uint8_input else f"{model.name}_serving"), dtype
 
 
 def input_signature(shape, dtype):
+    """The `tf.TensorSpec` of the exported input, named `images` (`keras_dla.export.sidecar.INPUT_NAME`)."""
     import tensorflow as tf
 
-    return [tf.TensorSpec(shape, tf.as_dtype(dtype), name="image")]
+    return [tf.TensorSpec(shape, tf.as_dtype(dtype), name=INPUT_NAME)]

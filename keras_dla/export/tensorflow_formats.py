@@ -9,8 +9,12 @@ Both formats go through Keras' own export path (`model.export`, which writes a S
 - `export_tflite`: a `.tflite` file with a static input shape, float32 or quantized (`"float16"`, `"dynamic"`,
   `"int8"`), TFLite builtin ops only: an op that would need the Flex (select TF ops) runtime is an error.
 
-Writes are atomic: the artefact is built next to its target under a temporary name and renamed into place
-only once complete, so a failure leaves nothing behind, and an existing target is refused unless
+Both signatures name their tensors for what they hold, as the ONNX and OpenVINO exports do: the input `images`,
+the output `probabilities`, `logits` or `log_probabilities` (`pixel_...` for a per-pixel output), as the sidecar
+(`keras_dla.export.sidecar.output_name`) states them; the TFLite metadata gives the same names.
+
+Writes are atomic (`keras_dla.export.atomic`): the artefact is built next to its target under a temporary name and
+renamed into place only once complete, so a failure leaves nothing behind, and an existing target is refused unless
 `overwrite=True`.
 """
 
@@ -67,7 +71,7 @@ def export_saved_model(
     uint8_input, overwrite = checks.flag("uint8_input", uint8_input), checks.flag("overwrite", overwrite)
     shape = signature.static_shape(model, input_size, batch_size)
     target = atomic.check_target(path, overwrite, "folder")
-    export_model, dtype = signature.export_model(model, shape, uint8_input, preprocess)
+    export_model, dtype = signature.export_model(model, shape, uint8_input, preprocess, _output_name(model))
     with atomic.atomic_target(target, overwrite, is_dir=True) as tmp:
         export_model.export(
             tmp, format="tf_saved_model", input_signature=signature.input_signature(shape, dtype), verbose=False
@@ -174,7 +178,7 @@ def export_tflite(
             f"Received: input shape {tuple(model.inputs[0].shape)}"
         )
     target = atomic.check_target(path, overwrite, "file")
-    export_model, dtype = signature.export_model(model, shape, uint8_input, preprocess)
+    export_model, dtype = signature.export_model(model, shape, uint8_input, preprocess, _output_name(model))
 
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS: a Flex op fails the conversion
     options = {}
@@ -219,14 +223,17 @@ def export_tflite(
     return target
 
 
-# The tensor names of the SavedModel and TFLite signatures: Keras' ExportArchive names a single output `output_0`.
-TF_INPUT_NAME = "image"
-TF_OUTPUT_NAME = "output_0"
 TFLITE_QUANTIZATIONS = {
     "float16": "float16 weights, float32 computation",
     "dynamic": "int8 weights, float32 activations (dynamic range)",
     "int8": "int8 weights (per channel) and activations (per tensor), calibrated",
 }
+
+
+def _output_name(model):
+    """The signature's name of `model`'s output (`keras_dla.export.sidecar.output_name`), for a model of one output;
+    None for several, which keep Keras' names (`output_0`, ... or the model's own dict keys)."""
+    return sidecar.output_name(model) if len(model.outputs) == 1 else None
 
 
 def _tflite_io_quantization(path):
@@ -250,10 +257,10 @@ def _write_sidecar(model, target, format, shape, dtype, uint8_input, preprocess,
     contract = sidecar.describe(
         model,
         format=format,
-        input_name=TF_INPUT_NAME,
+        input_name=sidecar.INPUT_NAME,
         input_shape=shape,
         input_dtype=dtype,
-        output_name=TF_OUTPUT_NAME,
+        output_name=_output_name(model) or "output_0",
         uint8_input=uint8_input,
         preprocess=preprocess,
         labels=labels,

@@ -85,7 +85,7 @@ def _median_ms(fn, x, runs):
 
 
 def _flatten_outputs(keras_out, exported):
-    """Pairs Keras outputs with the artefact's (named `output_0`, ... or by the model's dict keys)."""
+    """Pairs Keras outputs with the artefact's: one with one, or by name (the model's dict keys, or in order)."""
     if isinstance(keras_out, dict) and set(keras_out) == set(exported):
         return [(np.asarray(keras_out[k]), exported[k]) for k in sorted(keras_out)]
     flat = keras.tree.flatten(keras_out)
