@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from keras_dla import export
-from keras_dla.export import verify
+from keras_dla.export import runtime
 from keras_dla.training import datasets, fit
 
 
@@ -38,7 +38,7 @@ def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
             calibration_steps=len(representative),
         )
         convert_s = time.perf_counter() - start
-        interpreter = verify.tflite_interpreter(path, 2)
+        interpreter = runtime.tflite_interpreter(path, 2)
         interpreter.allocate_tensors()
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         int8_top1 = np.empty(len(x), dtype=np.int64)

@@ -215,7 +215,7 @@ def work_tflite(args):
     import numpy as np
 
     from keras_dla import export
-    from keras_dla.export import verify
+    from keras_dla.export import runtime
 
     _tf_threads(args.threads)
     model, _ = _keras_model(args)
@@ -234,7 +234,7 @@ def work_tflite(args):
                 verbose=False,
             )
             result["convert_s"][name] = time.perf_counter() - start
-            interpreter = verify.tflite_interpreter(path, args.threads)
+            interpreter = runtime.tflite_interpreter(path, args.threads)
             detail = interpreter.get_input_details()[0]
             for batch in args.batches:
                 interpreter.resize_tensor_input(detail["index"], [batch, args.size, args.size, 3])

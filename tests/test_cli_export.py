@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from keras_dla import cli, export
-from keras_dla.export import verify
+from keras_dla.export import runtime
 from keras_dla.models import dla
 from keras_dla.training import fashion_mnist
+from keras_dla.training.images import load_images
 from tests.test_export import TOLERANCE, images, tiny_model, trained_looking
 
 
@@ -86,11 +87,11 @@ def test_int8_from_a_folder_of_real_images_with_uint8_input(capsys, tmp_path, ke
     )  # fmt: skip
     assert code == 0, err
     assert "parity on 8 real images" in out and "parity on 8 random images" in out
-    interpreter = verify.tflite_interpreter(str(output), None)
+    interpreter = runtime.tflite_interpreter(str(output), None)
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
     # On the garments the command held out of calibration, the int8 model follows the float one.
-    pixels = export.load_images(folder, (28, 28), count=24)[-8:]
+    pixels = load_images(folder, (28, 28), count=24)[-8:]
     report = export.verify_export(model, output, pixels, preprocess="unit", latency_runs=1)
     assert report.max_rel_diff <= 0.1, report.summary()
     assert report.top1_agreement >= 7 / 8

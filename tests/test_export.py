@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 
 from keras_dla import export
-from keras_dla.export import tensorflow_formats, verify
+from keras_dla.export import calibration, normalisations, runtime, verify
 from keras_dla.models import dla, dla_up
 from keras_dla.models.imagenet import preprocess_input
 from keras_dla.training import fashion_mnist
+from keras_dla.training.images import fit_images, load_images
 
 SIZE = 32  # the smallest input DLA takes: TFLite conversion time grows with the graph, not the pixels
 QUICK = ("dla34", "dla46_c", "dla46x_c", "dla60x_c")  # the others are marked slow (minutes of conversion)
@@ -134,7 +135,7 @@ def test_saved_model_reloads_as_tfsmlayer(small_model, tmp_path):
     np.testing.assert_allclose(np.asarray(output), expected, rtol=0, atol=TOLERANCE)
     # And as a layer of a new Keras model.
     wrapper_in = keras.Input((40, 40, 3))
-    wrapper = keras.Model(wrapper_in, layer(wrapper_in)["output_0"])
+    wrapper = keras.Model(wrapper_in, layer(wrapper_in)["logits"])  # the output named for what it holds
     np.testing.assert_allclose(wrapper.predict_on_batch(inputs), expected, rtol=0, atol=TOLERANCE)
 
 
@@ -144,19 +145,22 @@ def test_uint8_signature_builds_the_preprocessing_in(small_model, tmp_path):
 
     saved = export.export_saved_model(small_model, tmp_path / "sm", input_size=(SIZE, SIZE), uint8_input=True)
     serve = tf.saved_model.load(saved).signatures["serving_default"]
-    (spec,) = serve.structured_input_signature[1].values()
+    spec = serve.structured_input_signature[1]["images"]  # tensors named for what they hold
     assert spec.dtype == tf.uint8 and tuple(spec.shape) == (None, SIZE, SIZE, 3)
-    (output,) = serve(image=tf.constant(pixels)).values()
+    assert list(serve.structured_outputs) == ["logits"]  # the classifier has no softmax
+    output = serve(images=tf.constant(pixels))["logits"]
     np.testing.assert_allclose(output.numpy(), expected, rtol=0, atol=TOLERANCE)
 
     lite = export.export_tflite(small_model, tmp_path / "m.tflite", input_size=(SIZE, SIZE), uint8_input=True)
+    signature = runtime.tflite_interpreter(lite, None).get_signature_list()
+    assert signature == {"serving_default": {"inputs": ["images"], "outputs": ["logits"]}}
     report = export.verify_export(small_model, lite, pixels, latency_runs=1)
     assert report.input_dtype == "uint8"
     assert report.max_abs_diff <= TOLERANCE and report.top1_agreement == 1.0
 
 
 def _tflite_details(path):
-    interpreter = verify.tflite_interpreter(os.fspath(path), None)
+    interpreter = runtime.tflite_interpreter(os.fspath(path), None)
     return interpreter.get_input_details()[0], interpreter.get_output_details()[0], interpreter.get_tensor_details()
 
 
@@ -179,13 +183,13 @@ def test_dynamic_range_quantization(small_model, float32_tflite, tmp_path):
 
 
 def test_int8_with_integer_io(small_model, float32_tflite, tmp_path):
-    calibration = images(32, seed=5)
+    representative = images(32, seed=5)
     path = export.export_tflite(
         small_model,
         tmp_path / "m.tflite",
         input_size=(SIZE, SIZE),
         quantization="int8",
-        representative_data=calibration,
+        representative_data=representative,
         integer_io=True,
     )
     inputs, outputs, tensors = _tflite_details(path)
@@ -201,8 +205,8 @@ def test_int8_with_integer_io(small_model, float32_tflite, tmp_path):
 
 
 def test_int8_calibration_shows_its_progress(tmp_path, capfd):
-    calibration = np.random.default_rng(0).standard_normal((5, 8, 8, 3)).astype("float32")
-    int8 = dict(input_size=(8, 8), quantization="int8", representative_data=calibration, calibration_steps=4)
+    representative = np.random.default_rng(0).standard_normal((5, 8, 8, 3)).astype("float32")
+    int8 = dict(input_size=(8, 8), quantization="int8", representative_data=representative, calibration_steps=4)
     export.export_tflite(tiny_model(), tmp_path / "shown.tflite", **int8)
     out = capfd.readouterr().out
     assert "Calibrating int8 on 4 representative image(s)" in out and "  4/4 images calibrated (" in out
@@ -210,7 +214,7 @@ def test_int8_calibration_shows_its_progress(tmp_path, capfd):
     assert "Calibrating" not in capfd.readouterr().out
     export.export_tflite(tiny_model(), tmp_path / "float.tflite", input_size=(8, 8))  # nothing to calibrate
     assert "Calibrating" not in capfd.readouterr().out
-    report = tensorflow_formats._progress(3, "images calibrated", log_every_s=0)  # a line per image when it is time
+    report = calibration.progress(3, "images calibrated", log_every_s=0)  # a line per image when it is time
     for done in (1, 2, 3):
         report(done)
     lines = capfd.readouterr().out.splitlines()
@@ -224,9 +228,9 @@ def fashion_model():
     """A DLA-46-C trained briefly on real Fashion-MNIST (as the demo: 28 -> 32 padded, RGB, normalised)."""
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
-    fit = tensorflow_formats._fit(x_train[:4096, :, :, None].astype("float32"), (SIZE, SIZE))
+    fit = fit_images(x_train[:4096, :, :, None].astype("float32"), (SIZE, SIZE))
     train_pixels = np.repeat(fit, 3, axis=-1)
-    test_pixels = export.load_images("fashion_mnist", (SIZE, SIZE), count=1000)
+    test_pixels = load_images("fashion_mnist", (SIZE, SIZE), count=1000)
     normalise = export.PREPROCESSING["fashion_mnist"]
     model = dla.DLA("dla46_c", weights=None, input_shape=(SIZE, SIZE, 3), classes=10, classifier_activation=None)
     model.compile(
@@ -253,7 +257,7 @@ def test_int8_keeps_top1_on_real_images(fashion_model, tmp_path):
     assert report.top1_agreement >= 0.95, report.summary()
 
     keras_accuracy = np.mean(np.argmax(model.predict(np.asarray(normalise(test_pixels)), verbose=0), -1) == labels)
-    runner = verify._Runner(path, None)
+    runner = runtime.Runner(path, None)
     int8_predictions = [np.argmax(next(iter(runner(test_pixels[i : i + 1]).values()))) for i in range(1000)]
     int8_accuracy = np.mean(np.asarray(int8_predictions) == labels)
     assert keras_accuracy > 0.6  # a model that learned something, so agreement means something
@@ -365,13 +369,28 @@ def test_verify_export_names_what_does_not_fit(tmp_path):
         export.verify_export(other, pixels, np.zeros((2, 8, 8, 3), "uint8"), preprocess="unit")
 
 
+def test_named_normalisations_are_those_of_the_weights_and_the_data():
+    # export states and computes the normalisations from its own numbers: they must stay the models' and the data's.
+    from keras_dla.models import imagenet
+
+    mean, std = normalisations.NORMALISATIONS["imagenet"]
+    np.testing.assert_allclose(mean, 255 * np.asarray(imagenet.MEAN))
+    np.testing.assert_allclose(std, 255 * np.asarray(imagenet.STD))
+    (mean,), (std,) = normalisations.NORMALISATIONS["fashion_mnist"]
+    assert (mean, std) == pytest.approx((255 * fashion_mnist.MEAN, 255 * fashion_mnist.STD))
+    pixels = np.array([0.0, 73.0, 255.0], "float32")[None, None, :, None]
+    expected = (pixels / 255.0 - fashion_mnist.MEAN) / fashion_mnist.STD
+    computed = keras.ops.convert_to_numpy(export.PREPROCESSING["fashion_mnist"](pixels))
+    np.testing.assert_allclose(computed, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_load_images_names_bad_size_and_count(tmp_path):
     for size in (32, (0, 0), (-3, 32)):
         with pytest.raises(ValueError, match=r"`size` should be"):
-            export.load_images("fashion_mnist", size)
+            load_images("fashion_mnist", size)
     with pytest.raises(ValueError, match=r"`count` should be a positive integer. Received: count=0"):
-        export.load_images("fashion_mnist", (32, 32), count=0)
-    assert export.load_images("fashion_mnist", (np.int64(32), 32), count=np.int64(2)).shape == (
+        load_images("fashion_mnist", (32, 32), count=0)
+    assert load_images("fashion_mnist", (np.int64(32), 32), count=np.int64(2)).shape == (
         2,
         32,
         32,

@@ -8,9 +8,10 @@ import numpy as np
 import onnxruntime
 import openvino
 import pytest
+import tensorflow as tf
 
 from keras_dla import export
-from keras_dla.export import onnx_openvino, sidecar
+from keras_dla.export import extras, onnx_openvino, sidecar
 from keras_dla.models import dla, dla_up
 from tests.test_export import TOLERANCE, trained_looking
 
@@ -164,17 +165,22 @@ def test_a_missing_runtime_is_one_sentence(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_openvino)
     monkeypatch.delitem(__import__("sys").modules, "openvino")
     with pytest.raises(ModuleNotFoundError, match=r"pip install keras_dla\[openvino\]"):
-        onnx_openvino.require("openvino", "openvino")
+        extras.require("openvino", "openvino")
 
 
 def test_sidecars_of_saved_model_and_tflite(classifier, tmp_path):
     saved = export.export_saved_model(classifier, tmp_path / "sm")
     contract = sidecar.read_sidecar(saved)
     assert os.path.isfile(tmp_path / "sm.json")
-    assert contract["format"] == "saved_model" and contract["input"]["name"] == "image"
-    assert contract["output"]["name"] == "output_0" and contract["input"]["shape"] == [None, SIZE, SIZE, 3]
+    assert contract["format"] == "saved_model" and contract["input"]["name"] == "images"
+    assert contract["output"]["name"] == "probabilities" and contract["input"]["shape"] == [None, SIZE, SIZE, 3]
+    served = tf.saved_model.load(saved).signatures["serving_default"]  # the names the sidecar states are the file's
+    assert list(served.structured_input_signature[1]) == ["images"] and list(served.structured_outputs) == [
+        "probabilities"
+    ]
     lite = export.export_tflite(classifier, tmp_path / "m.tflite", uint8_input=True)
     contract = sidecar.read_sidecar(lite)
+    assert (contract["input"]["name"], contract["output"]["name"]) == ("images", "probabilities")
     assert contract["input"]["dtype"] == "uint8" and contract["input"]["shape"] == [1, SIZE, SIZE, 3]
     assert contract["output"]["shape"] == [1, 3]  # the file's batch of one
     assert json.loads((tmp_path / "m.tflite.json").read_text()) == contract

@@ -3,6 +3,8 @@ top classes and probabilities for the same real photos, as each sidecar says to 
 
 import os
 import shutil
+import subprocess
+import sys
 
 import keras
 import matplotlib
@@ -13,7 +15,7 @@ import tensorflow as tf
 from keras_dla import export
 from keras_dla.cli import main
 from keras_dla.cli import predict as predict_command
-from keras_dla.export import onnx_openvino
+from keras_dla.export import onnx_openvino, sidecar
 from keras_dla.models import dla
 from keras_dla.models.imagenet import preprocess_input
 from tests.test_export import trained_looking
@@ -142,6 +144,24 @@ def test_an_artefact_without_its_sidecar_is_one_sentence(artefacts, capsys, tmp_
         )
 
 
+def test_predict_feeds_and_reads_the_tensors_its_sidecar_names(artefacts, capsys, tmp_path):
+    _, paths, images = artefacts
+    for kind, names in (("tflite", ("images", "probabilities")), ("onnx", ("images", "probabilities"))):
+        contract = sidecar.read_sidecar(paths[kind])
+        assert (contract["input"]["name"], contract["output"]["name"]) == names
+        copy = str(tmp_path / os.path.basename(paths[kind]))
+        shutil.copy(paths[kind], copy)
+        contract["output"]["name"] = "scores"  # a sidecar that is not this file's
+        sidecar.write_sidecar(copy, contract)
+        assert main(["predict", images[0], "--model", copy]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == (
+            f"keras-dla predict: error: The sidecar {copy}.json names the input 'images' and the output 'scores', "
+            "and the exported model has the input 'images' and the outputs ['probabilities']: is it this model's "
+            f"sidecar? Received: --model {copy}"
+        )
+
+
 def test_a_saved_model_holds_its_weights(artefacts, capsys, tmp_path):
     _, paths, images = artefacts
     assert main(["predict", images[0], "--model", paths["keras"], "--weights", "imagenet"]) == 2
@@ -153,3 +173,21 @@ def test_a_saved_model_holds_its_weights(artefacts, capsys, tmp_path):
     assert os.path.isfile(output + ".json") and "parity on 2 random images" in capsys.readouterr().out
     assert main(["export", "--model", "dla34", "--format", "saved_model", "--output", output + "2"]) == 2
     assert "--weights is needed for a model built here" in capsys.readouterr().err
+
+
+def test_a_tflite_prediction_prints_no_runtime_log_lines_unless_verbose(artefacts):
+    # LiteRT's C++ code writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to stderr when the
+    # interpreter starts: the command's own output is its answer and nothing else, unless --verbose.
+    _, paths, photos = artefacts
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it for pytest
+    outputs = {}
+    for flags in ([], ["--verbose"]):
+        command = [sys.executable, "-m", "keras_dla.cli", *flags, "predict", photos[0], "--model", paths["tflite"]]
+        command += ["--top", str(CLASSES)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{photos[0]}:\n  1. "), done.stdout
+        outputs[bool(flags)] = done.stdout + done.stderr
+    native = [line for line in outputs[False].splitlines() if line.startswith(("INFO: ", "WARNING: ", "I0000 "))]
+    assert "XNNPACK" not in outputs[False] and not native, outputs[False]
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in outputs[True]  # the runtime does write it

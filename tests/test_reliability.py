@@ -24,7 +24,7 @@ import pytest
 import keras_dla
 from keras_dla import files
 from keras_dla.cli import convert as cli_convert
-from keras_dla.export import tensorflow_formats
+from keras_dla.export import atomic
 from keras_dla.training import run_folder
 from keras_dla.weights import cache, checksum, convert, download, pretrained, sources
 
@@ -455,7 +455,7 @@ def test_a_killed_run_leaves_nothing_in_its_folder_or_backup_after_the_next_star
 
 def test_an_export_keeps_its_intermediate_files_in_its_work_folder(tmp_path):
     target = str(tmp_path / "model.tflite")
-    with tensorflow_formats._atomic_target(target, False, is_dir=False) as tmp:
+    with atomic.atomic_target(target, False, is_dir=False) as tmp:
         work = os.path.dirname(tmp)
         assert os.path.basename(work).startswith(f".model.tflite.{os.getpid()}.")
         assert tempfile.gettempdir() == work and os.path.dirname(tempfile.mkdtemp()) == work  # as Keras' LiteRT does
@@ -466,8 +466,8 @@ def test_an_export_keeps_its_intermediate_files_in_its_work_folder(tmp_path):
 
 _KILLED_EXPORT = """
 import os, signal, sys, tempfile
-from keras_dla.export import tensorflow_formats
-with tensorflow_formats._atomic_target(sys.argv[1], False, is_dir=True) as tmp:
+from keras_dla.export import atomic
+with atomic.atomic_target(sys.argv[1], False, is_dir=True) as tmp:
     os.makedirs(os.path.join(tempfile.mkdtemp(), "intermediate_saved_model"))
     os.makedirs(tmp)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -491,6 +491,6 @@ def test_a_killed_export_leaves_nothing_after_the_next_export(tmp_path):
     recent.mkdir()
     sidecar = out / f".partial.{_dead_pid()}.ab12.saved_model.json"  # a killed export's sidecar, half written
     sidecar.write_text("{")
-    with tensorflow_formats._atomic_target(target, False, is_dir=True) as tmp:
+    with atomic.atomic_target(target, False, is_dir=True) as tmp:
         os.makedirs(tmp)
     assert sorted(os.listdir(out)) == sorted(["saved_model", running.name, recent.name])

@@ -16,8 +16,8 @@ from mediapipe.tasks.python.core.base_options import BaseOptions
 from PIL import Image
 
 from keras_dla import export
-from keras_dla.export import tflite_metadata
-from keras_dla.export.verify import tflite_interpreter
+from keras_dla.export import sidecar, tflite_metadata
+from keras_dla.export.runtime import tflite_interpreter
 from keras_dla.models import dla, dla_up
 from keras_dla.models.imagenet import MEAN, STD, imagenet_classes, preprocess_input
 from tests.test_export import trained_looking
@@ -160,6 +160,10 @@ def test_float_file_describes_its_normalisation(exported):
     np.testing.assert_allclose(normalization["std"], np.multiply(STD, 255), rtol=1e-6)
     np.testing.assert_allclose(image["stats"]["min"], -np.divide(MEAN, STD), rtol=1e-5)
     output = _output(metadata)
+    # The tensors are named as the file's signature and its sidecar name them.
+    assert (image["name"], output["name"]) == ("images", "probabilities")
+    contract = sidecar.read_sidecar(exported["imagenet"])
+    assert (contract["input"]["name"], contract["output"]["name"]) == ("images", "probabilities")
     assert output["content"]["content_properties"] == ("FeatureProperties", {})
     assert output["stats"] == {"max": [1.0], "min": [0.0]}  # the classifier ends with a softmax
     assert output["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
@@ -281,6 +285,7 @@ def test_a_model_of_several_outputs_is_described_by_their_shapes(tmp_path):
     outputs = read["metadata"]["subgraph_metadata"][0]["output_tensor_metadata"]
     shapes = sorted(output["description"].split(", ", 1)[1] for output in outputs)  # in the file's output order
     assert shapes == ["(1, 31, 31, 4).", "(1, 4)."]
+    assert sorted(output["name"] for output in outputs) == ["output_0", "output_1"]  # the signature's names
     assert read["files"] == {}
     assert "custom_metadata" not in read["metadata"]["subgraph_metadata"][0]  # feature maps, not a segmenter
 

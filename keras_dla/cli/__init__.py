@@ -6,21 +6,24 @@ the parsed arguments, returning an exit code). Building the parsers imports neit
 A module that sets `NEEDS_TENSORFLOW = True` (tf.data pipelines, SavedModel and TFLite) runs on the TensorFlow
 backend whatever `KERAS_BACKEND` the shell sets: the command starts itself again with `KERAS_BACKEND=tensorflow`.
 
-TensorFlow's C++ logging is silenced for the command's process unless `keras-dla --verbose`: `TF_CPP_MIN_LOG_LEVEL`
-is set to 3 (unless the shell sets it) before Keras and its backend are imported, and the lines XLA's CUDA probe writes
-while TensorFlow loads, before that setting applies, are taken out of what the import writes to stderr. A
-command that sets `NEEDS_KERAS = False` (`info`, `list`) imports neither. The library leaves the user's logging
-alone.
+TensorFlow's and LiteRT's C++ logging is kept out of a command's output unless `keras-dla --verbose`:
+`TF_CPP_MIN_LOG_LEVEL` is set to 3 (unless the shell sets it) before Keras and its backend are imported, and while
+the command runs, what C++ code writes to stderr (file descriptor 2) passes through `native_logs_removed`, which
+drops the log lines that no setting silences (XLA's CUDA probe as TensorFlow loads, before the level applies;
+LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." as an interpreter starts) and passes the rest
+on as it comes. A command that sets `NEEDS_KERAS = False` (`info`, `list`) imports neither. The library leaves the
+user's logging alone.
 """
 
 import argparse
 import contextlib
+import ctypes
 import importlib
 import json
 import os
 import re
 import sys
-import tempfile
+import threading
 
 # Sub-command modules of keras_dla.cli, in the order `--help` lists them.
 COMMANDS = [
@@ -36,11 +39,13 @@ COMMANDS = [
 # ERROR line of the CUDA probe on a machine without a GPU driver ("failed call to cuInit"). What fails reaches the
 # user as a Python exception.
 QUIET_TF_CPP_LOG_LEVEL = "3"
-# Lines of C++ logging (absl and TensorFlow's own formats) that loading TensorFlow writes to stderr.
+# Lines of C++ logging that TensorFlow (absl's and its own formats) and LiteRT (its minimal logger's "INFO: ...",
+# "WARNING: ..." and "VERBOSE: ..."; its errors reach the user as Python exceptions too, and stay) write to stderr.
 NATIVE_LOG_LINE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]"
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    r"|(INFO|WARNING|VERBOSE): "
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$)"
 )
 
@@ -54,7 +59,7 @@ def build_parser():
         "--verbose",
         dest="show_backend_logs",
         action="store_true",
-        help="show TensorFlow's own start-up and C++ log lines (hidden by default); give it before COMMAND",
+        help="show TensorFlow's and LiteRT's C++ log lines (hidden by default); give it before COMMAND",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -72,11 +77,10 @@ def main(argv=None):
         return 2
     if _needs_tensorflow(args.command):
         _restart_on_tensorflow(args.command, sys.argv[1:] if argv is None else argv)
+    quiet = not args.show_backend_logs and _needs_keras(args.command)
     try:
-        if not args.show_backend_logs and _needs_keras(args.command) and "keras" not in sys.modules:
-            with native_logs_removed():
-                import keras  # noqa: F401 (and with it the backend, TensorFlow by default)
-        return args.func(args) or 0
+        with native_logs_removed() if quiet else contextlib.nullcontext():
+            return args.func(args) or 0
     except (ValueError, FileNotFoundError) as e:
         # Bad input gets one sentence, not a traceback.
         print(f"keras-dla {args.command}: error: {e}", file=sys.stderr)
@@ -111,23 +115,60 @@ def keras_backend():
     return backend if isinstance(backend, str) and backend else "tensorflow"
 
 
+def _flush_c_stdio():
+    """Flushes the C library's output streams, so that what C++ code buffered reaches its file descriptor now."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to load by that name (not POSIX): nothing buffered to push
+        pass
+
+
+def _forward(source, target):
+    """Copies the lines read from file descriptor `source` to `target`, less native log lines, until end of file."""
+    pending = b""
+    while True:
+        chunk = os.read(source, 1 << 16)
+        if chunk:
+            *lines, pending = (pending + chunk).split(b"\n")
+            lines = [line + b"\n" for line in lines]
+        else:
+            lines, pending = ([pending] if pending else []), b""
+        kept = b"".join(line for line in lines if not NATIVE_LOG_LINE.match(line.decode("utf-8", errors="replace")))
+        try:
+            if kept:
+                os.write(target, kept)
+        except OSError:  # stderr went away (a closed pipe): nothing more can be shown
+            return
+        if not chunk:
+            return
+
+
 @contextlib.contextmanager
 def native_logs_removed():
-    """Writes to stderr what C++ code wrote to it (file descriptor 2) during the block, less its log lines."""
+    """Passes on to stderr what is written to it (file descriptor 2) during the block, less native log lines.
+
+    C++ code writes to the descriptor itself, below `sys.stderr`: the descriptor is pointed at a pipe, which a
+    thread reads line by line and forwards, as it comes, to where stderr went before. The C library's buffered
+    streams are flushed before the descriptor is pointed back, so that nothing written in the block comes after it.
+    """
     sys.stderr.flush()
+    _flush_c_stdio()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
+    source, sink = os.pipe()
+    os.dup2(sink, 2)
+    os.close(sink)
+    forwarder = threading.Thread(target=_forward, args=(source, saved), name="native-log-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        _flush_c_stdio()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the thread reads to its end and stops
+        forwarder.join(timeout=10)
+        if not forwarder.is_alive():  # else a child process still holds the pipe: the thread keeps both open
+            os.close(source)
             os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", errors="replace")
-            sys.stderr.write("".join(s for s in text.splitlines(True) if not NATIVE_LOG_LINE.match(s)))
-            sys.stderr.flush()
 
 
 def _needs_keras(command):

@@ -268,8 +268,10 @@ def run(args):
 
     real = None
     if args.representative:
+        from keras_dla.training.images import load_images
+
         count = args.calibration_steps + args.samples
-        real = export.load_images(args.representative, (height, width), channels, count=count)
+        real = load_images(args.representative, (height, width), channels, count=count)
     # The preprocessing by name, so that the sidecar can state it.
     kwargs = dict(
         uint8_input=args.uint8_input, preprocess=args.preprocess, labels=args.labels, overwrite=args.overwrite

@@ -257,7 +257,7 @@ def _artefact(name, labels):
     """A `Classifier` of an exported SavedModel folder, `.tflite`, `.onnx` or OpenVINO `.xml` file, by its sidecar."""
     import numpy as np
 
-    from keras_dla.export import sidecar, verify
+    from keras_dla.export import runtime, sidecar
 
     if not os.path.exists(name):
         raise FileNotFoundError(f"No exported model at this path. Received: --model {name}")
@@ -268,21 +268,18 @@ def _artefact(name, labels):
             f"preprocess the images and names the classes). Received: --model {name}"
         )
     contract = sidecar.read_sidecar(name)
-    runner = verify._Runner(name, None)
-    wanted = contract["output"].get("name")
+    runner = runtime.Runner(name, None)
+    # The tensors are fed and read by the names the sidecar states (`images`, `probabilities`, ...).
+    given, wanted = contract["input"].get("name"), contract["output"].get("name")
+    if given != runner.input_name or wanted not in runner.output_names:
+        raise ValueError(
+            f"The sidecar {sidecar_file} names the input {given!r} and the output {wanted!r}, and the exported model "
+            f"has the input {runner.input_name!r} and the outputs {runner.output_names}: is it this model's "
+            f"sidecar? Received: --model {name}"
+        )
 
     def run(batch):
-        outputs = runner(batch.astype(runner.feed_dtype()))
-        if len(outputs) == 1:
-            (value,) = outputs.values()
-        elif wanted in outputs:
-            value = outputs[wanted]
-        else:
-            raise ValueError(
-                f"The exported model has outputs {sorted(outputs)}; its sidecar names {wanted!r}. Received: --model "
-                f"{name}"
-            )
-        return np.asarray(value)
+        return np.asarray(runner(batch.astype(runner.feed_dtype()))[wanted])
 
     classifier = Classifier(run, contract, name, labels)
     classifier.batch = runner.shape[0] or classifier.batch  # a static batch (TFLite's 1) is what the file takes

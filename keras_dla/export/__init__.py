@@ -2,13 +2,13 @@
 
 - `export(model, path, format=...)`, one of `FORMATS`: a TensorFlow SavedModel or TFLite (LiteRT) file
   (`tensorflow_formats`; `export_saved_model`, `export_tflite`), an ONNX file or an OpenVINO IR model
-  (`onnx_openvino`; `export_onnx`, `export_openvino`). Each writes atomically and leaves a JSON sidecar
-  (`sidecar`) saying what to feed the file and what it returns; TFLite files also carry TFLite metadata
-  (`tflite_metadata`).
-- `verify_export` (`verify`): runs the artefact in its own runtime next to the Keras model and reports the
-  largest difference, top-1 or pixel agreement, file size and single-image latency.
+  (`onnx_openvino`; `export_onnx`, `export_openvino`). Each traces the model as `signature` prepares it, writes
+  atomically (`atomic`) and leaves a JSON sidecar (`sidecar`) saying what to feed the file and what it returns;
+  TFLite files also carry TFLite metadata (`tflite_metadata`). int8 exports calibrate on arrays of images
+  (`calibration`); `keras_dla.training.images.load_images` reads such arrays from a folder or Fashion-MNIST.
+- `verify_export` (`verify`): runs the artefact in its own runtime (`runtime`) next to the Keras model and reports
+  the largest difference, top-1 or pixel agreement, file size and single-image latency.
 - `inference_model` (`inference`): the model with its batch norms folded and the backend's fastest call.
-- `load_images`: a folder of images as a representative set for int8 calibration.
 
 The names load on first use (PEP 562), so that `keras_dla.export.inference` imports neither TensorFlow nor
 the ONNX tools.
@@ -22,13 +22,12 @@ FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 _PUBLIC = {
     "export_saved_model": "tensorflow_formats",
     "export_tflite": "tensorflow_formats",
-    "load_images": "tensorflow_formats",
     "QUANTIZATIONS": "tensorflow_formats",
     "PREPROCESSING": "preprocessing",
     "export_onnx": "onnx_openvino",
     "export_openvino": "onnx_openvino",
     "ExportReport": "verify",
-    "SERVING_SIGNATURE": "verify",
+    "SERVING_SIGNATURE": "sidecar",
     "verify_export": "verify",
     "inference_model": "inference",
     "fold_batch_norms": "inference",

@@ -168,7 +168,7 @@ def inference_model(model, *, dtype="float32", jit_compile=False):
             with float32 inputs and outputs. Worth it where the CPU has bfloat16 arithmetic (AVX-512 BF16, AMX) or
             on a GPU; elsewhere it is emulated and slower than float32.
         jit_compile: compile `predict` (and on TensorFlow `serve`) with XLA. On a CPU TensorFlow's oneDNN graph
-            path measured faster (README, "Performance"), so the default is False; on a GPU XLA usually wins. JAX
+            path is the faster (docs/performance.md), so the default is False; on a GPU XLA usually wins. JAX
             always compiles `serve`.
 
     Returns:

@@ -23,43 +23,15 @@ import shutil
 import tempfile
 
 from keras_dla import checks
-from keras_dla.export import sidecar, tensorflow_formats
+from keras_dla.export import atomic, calibration, sidecar, signature
+from keras_dla.export.extras import require
 
 QUANTIZATIONS = (None, "int8")
-INPUT_NAME = "images"
-# Output tensor names by what `keras_dla.export.sidecar.describe` calls the output.
-OUTPUT_NAMES = {"probabilities": "probabilities", "logits": "logits", "log-probabilities": "log_probabilities"}
-# What to install for each runtime; named in the error when one is missing.
-EXTRAS = {
-    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-    "openvino": ("openvino", "tf2onnx", "onnx"),
-}
-
-
-def require(extra, *modules):
-    """Imports `modules` (of the `extra` set of packages), or raises one sentence naming the pip install to run."""
-    import importlib
-
-    try:
-        return [importlib.import_module(m) for m in modules]
-    except ImportError as e:
-        raise ModuleNotFoundError(
-            f"{extra} export needs the packages {', '.join(EXTRAS[extra])}; install them with "
-            f"`pip install keras_dla[{extra}]` (or `pip install {' '.join(EXTRAS[extra])}`). Received: "
-            f"no module {e.name!r}"
-        ) from None
-
-
-def output_name(model):
-    """The tensor name of `model`'s output: `probabilities`, `logits`, ... (`pixel_...` for a per-pixel output)."""
-    activation = sidecar.output_activation(model)
-    kind = sidecar.OUTPUT_KINDS.get(activation, activation)
-    name = OUTPUT_NAMES.get(kind, kind.replace("-", "_"))
-    return f"pixel_{name}" if len(model.outputs[0].shape) == 4 else name
+INPUT_NAME = sidecar.INPUT_NAME
 
 
 def _prepare(model, path, input_size, batch_size, uint8_input, preprocess, overwrite, suffix, what):
-    tensorflow_formats._require_tensorflow(what)
+    signature.require_tensorflow(what)
     uint8_input, overwrite = checks.flag("uint8_input", uint8_input), checks.flag("overwrite", overwrite)
     if not os.fspath(path).endswith(suffix):
         raise ValueError(f"An {what} file should end in {suffix}. Received: path={os.fspath(path)!r}")
@@ -68,16 +40,10 @@ def _prepare(model, path, input_size, batch_size, uint8_input, preprocess, overw
             f"{what} export takes a float32 model; build it without mixed precision (or reload its weights into "
             f"a float32 copy). Received: dtype policy {model.dtype_policy.name!r}"
         )
-    shape = tensorflow_formats._static_shape(model, input_size, batch_size)
-    target = tensorflow_formats._check_target(path, overwrite, "file")
-    export_model, dtype = tensorflow_formats._export_model(model, shape, uint8_input, preprocess)
+    shape = signature.static_shape(model, input_size, batch_size)
+    target = atomic.check_target(path, overwrite, "file")
+    export_model, dtype = signature.export_model(model, shape, uint8_input, preprocess)
     return shape, target, export_model, dtype, uint8_input, overwrite
-
-
-def _signature(shape, dtype):
-    import tensorflow as tf
-
-    return [tf.TensorSpec(shape, tf.as_dtype(dtype), name=INPUT_NAME)]
 
 
 def _rename_onnx(graph, old, new):
@@ -113,13 +79,13 @@ def _name_onnx_tensors(path, out_name):
     onnx.save(model, path)
 
 
-def _quantize_onnx(float_path, int8_path, calibration):
+def _quantize_onnx(float_path, int8_path, batches):
     """ONNX Runtime's static int8 quantisation of `float_path` (QDQ, per-channel weights), calibrated on batches."""
     from onnxruntime import quantization as q
 
     class Reader(q.CalibrationDataReader):
         def __init__(self):
-            self._batches = iter(calibration)
+            self._batches = iter(batches)
 
         def get_next(self):
             batch = next(self._batches, None)
@@ -184,23 +150,27 @@ def export_onnx(
         model, path, input_size, batch_size, uint8_input, preprocess, overwrite, ".onnx", "ONNX"
     )
     require("onnx", "tf2onnx", "onnx", "onnxruntime")
-    calibration = None
+    batches = None
     if quantization == "int8":
         calibration_shape = (1, *shape[1:])
         if None in shape[1:3] and hasattr(representative_data, "shape"):  # a dynamic size: the images' own
             calibration_shape = (1, *representative_data.shape[1:])
-        calibration = tensorflow_formats._representative_dataset(
+        batches = calibration.representative_dataset(
             representative_data, calibration_shape, dtype, calibration_steps, checks.flag("verbose", verbose)
         )
-    out_name = output_name(model)
-    with tensorflow_formats._atomic_target(target, overwrite, is_dir=False) as tmp:
+    out_name = sidecar.output_name(model)
+    with atomic.atomic_target(target, overwrite, is_dir=False) as tmp:
         float_path = os.path.join(os.path.dirname(tmp), "float.onnx")
         export_model.export(
-            float_path, format="onnx", input_signature=_signature(shape, dtype), opset_version=opset, verbose=False
+            float_path,
+            format="onnx",
+            input_signature=signature.input_signature(shape, dtype),
+            opset_version=opset,
+            verbose=False,
         )
         _name_onnx_tensors(float_path, out_name)
         if quantization == "int8":
-            _quantize_onnx(float_path, tmp, calibration())
+            _quantize_onnx(float_path, tmp, batches())
         else:
             os.replace(float_path, tmp)
     quant = None
@@ -291,10 +261,10 @@ def export_openvino(
             f"Received: path={os.fspath(path)!r}"
         )
     (ov,) = require("openvino", "openvino")
-    out_name = output_name(model)
+    out_name = sidecar.output_name(model)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with _workdir_beside(target) as workdir:
-        converted = _openvino_model(ov, export_model, _signature(shape, dtype), workdir)
+        converted = _openvino_model(ov, export_model, signature.input_signature(shape, dtype), workdir)
         if len(converted.inputs) != 1 or len(converted.outputs) != 1:
             raise ValueError(
                 "Expected an OpenVINO model with one input and one output. Received: "

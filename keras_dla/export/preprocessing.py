@@ -2,12 +2,13 @@
 
 `keras_dla.export` builds the chosen one into a uint8-input SavedModel or TFLite file, and
 `keras_dla.export.verify` applies the same one to the pixels it feeds the Keras model, so the two compare alike.
+The numbers are those of `keras_dla.export.normalisations`.
 """
 
 import keras
 
+from keras_dla.export.normalisations import NORMALISATIONS
 from keras_dla.models.imagenet import preprocess_input
-from keras_dla.training import fashion_mnist
 
 
 def _unit_scale(x):
@@ -19,7 +20,8 @@ def _identity(x):
 
 
 def _fashion_mnist_normalise(x):
-    return (keras.ops.cast(x, "float32") / 255.0 - fashion_mnist.MEAN) / fashion_mnist.STD
+    (mean,), (std,) = NORMALISATIONS["fashion_mnist"]
+    return (keras.ops.cast(x, "float32") - mean) / std
 
 
 # What a uint8-input artefact computes on its pixels before the model: by name, or any callable.

@@ -20,19 +20,18 @@ import json
 import os
 
 from keras_dla import files
+from keras_dla.export.normalisations import NORMALISATIONS
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"
 # Evaluation of classifiers as the authors did: the shorter side resized to size / 0.875, a centred crop of size.
 EVAL_CROP_FRACTION = 0.875
-# `preprocess` name -> (mean, std) on [0, 255] pixels: the model input is (pixels - mean) / std.
-NORMALISATIONS = {
-    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-    "fashion_mnist": ((0.2860 * 255,), (0.3530 * 255,)),
-    "unit": ((0.0,), (255.0,)),
-    "none": ((0.0,), (1.0,)),
-}
 OUTPUT_KINDS = {"softmax": "probabilities", "log_softmax": "log-probabilities", None: "logits"}
+# The tensor names of every export: the input `images`; the output by its kind (`output_name`). A SavedModel or
+# TFLite file holds them in its signature `SERVING_SIGNATURE`.
+SERVING_SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAMES = {"probabilities": "probabilities", "logits": "logits", "log-probabilities": "log_probabilities"}
 
 
 def sidecar_path(path):
@@ -100,6 +99,14 @@ def output_activation(model):
     name = keras.activations.serialize(activation)
     name = name if isinstance(name, str) else name.get("config", name.get("class_name"))
     return None if name == "linear" else name
+
+
+def output_name(model):
+    """The tensor name of `model`'s output: `probabilities`, `logits`, ... (`pixel_...` for a per-pixel output)."""
+    activation = output_activation(model)
+    kind = OUTPUT_KINDS.get(activation, activation)
+    name = OUTPUT_NAMES.get(kind, kind.replace("-", "_"))
+    return f"pixel_{name}" if len(model.outputs[0].shape) == 4 else name
 
 
 def describe(
@@ -215,53 +222,3 @@ def summary(contract):
     if contract.get("quantization"):
         lines.append(f"quantization: {json.dumps(contract['quantization'])}")
     return lines
-
-
-# The tensor names of keras_dla's SavedModel and TFLite signatures (`keras_dla.export`): Keras' ExportArchive
-# names a single output `output_0`.
-TF_INPUT_NAME = "image"
-TF_OUTPUT_NAME = "output_0"
-TFLITE_QUANTIZATIONS = {
-    "float16": "float16 weights, float32 computation",
-    "dynamic": "int8 weights, float32 activations (dynamic range)",
-    "int8": "int8 weights (per channel) and activations (per tensor), calibrated",
-}
-
-
-def _tflite_io_quantization(path):
-    """The dtype, scale and zero point of a `.tflite` file's input and output, as its signature runner has them."""
-    from keras_dla.export.verify import SERVING_SIGNATURE, tflite_interpreter
-
-    runner = tflite_interpreter(path, None).get_signature_runner(SERVING_SIGNATURE)
-    found = {}
-    for side, details in (("input", runner.get_input_details()), ("output", runner.get_output_details())):
-        for detail in details.values():
-            scale, zero_point = detail["quantization"]
-            found[side] = {"dtype": str(detail["dtype"].__name__), "scale": float(scale), "zero_point": int(zero_point)}
-    return found
-
-
-def write_tf_sidecar(model, target, format, shape, dtype, uint8_input, preprocess, labels, quantization=None):
-    """The sidecar of a SavedModel or TFLite export (`keras_dla.export`): `describe`, then `write_sidecar`."""
-    quant = None
-    if quantization is not None:
-        quant = {"scheme": TFLITE_QUANTIZATIONS[quantization]}
-        if quantization == "int8":
-            quant.update(_tflite_io_quantization(target))
-    contract = describe(
-        model,
-        format=format,
-        input_name=TF_INPUT_NAME,
-        input_shape=shape,
-        input_dtype=dtype,
-        output_name=TF_OUTPUT_NAME,
-        uint8_input=uint8_input,
-        preprocess=preprocess,
-        labels=labels,
-        quantization=quant,
-    )
-    if quant is not None and "input" in quant:  # integer I/O: what the file takes, not what the model took
-        contract["input"]["dtype"] = quant["input"]["dtype"]
-    if format == "tflite":
-        contract["signature"] = "serving_default"
-    return write_sidecar(target, contract)

@@ -12,6 +12,9 @@ calls it on every file it exports):
   class names (`labels.txt`, one a line, in output order);
 - for segmentation, MediaPipe's own `SEGMENTER_METADATA` entry: the activation it applies to the output.
 
+Each tensor is named in the metadata as the file's `serving_default` signature names it (`images`,
+`probabilities`, `logits`, ... in keras_dla's exports, as their sidecars say).
+
 `read_metadata` reads that back. The metadata flatbuffers are built and read here from the schema's tables
 (`TABLES`), since `tflite-support`, which ships a writer, pins an old protobuf. The TFLite model itself is
 rewritten through TensorFlow's generated schema module, imported when called.
@@ -29,6 +32,8 @@ from keras_dla import files
 METADATA_NAME = "TFLITE_METADATA"
 SEGMENTER_METADATA_NAME = "SEGMENTER_METADATA"
 LABELS_FILE = "labels.txt"
+# The input's name in the metadata of a file whose signature does not name it (as keras_dla's exports do).
+INPUT_NAME = "images"
 _MODEL_IDENTIFIER = b"TFL3"
 _METADATA_IDENTIFIER = b"M001"
 _SEGMENTER_IDENTIFIER = b"V001"
@@ -337,12 +342,26 @@ def _tensor_shape(tensor):
     return tuple(int(d) for d in tensor.shape)
 
 
-def _input_metadata(tensor, preprocess):
+def _signature_names(model, subgraph_index=0):
+    """`{tensor index: name}` of the inputs and outputs of the file's signature of subgraph `subgraph_index`.
+
+    The names a signature runner takes and returns (`images`, `probabilities`, ... in keras_dla's exports); `{}`
+    for a file without a signature.
+    """
+    names = {}
+    for signature in model.signatureDefs or ():
+        if signature.subgraphIndex == subgraph_index:
+            for mapping in (*(signature.inputs or ()), *(signature.outputs or ())):
+                names.setdefault(int(mapping.tensorIndex), _text(mapping.name))
+    return names
+
+
+def _input_metadata(tensor, preprocess, name=None):
     shape = _tensor_shape(tensor)
     schema = _schema()
     channels = shape[-1] if len(shape) == 4 else None
     color = {3: "RGB", 1: "GRAYSCALE"}.get(channels, "UNKNOWN")
-    metadata = {"name": "image"}
+    metadata = {"name": name or INPUT_NAME}
     if len(shape) == 4:
         metadata["content"] = {
             "content_properties": (
@@ -379,14 +398,14 @@ def _input_metadata(tensor, preprocess):
     return metadata
 
 
-def _output_metadata(shape, activation, labels):
+def _output_metadata(shape, activation, labels, name=None):
     classes = shape[-1]
     scores = {"softmax": "probabilities (softmax)", "sigmoid": "probabilities (sigmoid)"}.get(activation)
     scores = scores or "scores (logits: no softmax applied)"
     order = f", in the order of {LABELS_FILE}" if labels else ""
     if len(shape) == 4 and shape[1] * shape[2] > 1:
         metadata = {
-            "name": "segmentation_masks",
+            "name": name or "segmentation_masks",
             "description": f"Per-pixel class {scores} of the {classes} classes at {shape[1]}x{shape[2]}{order}.",
             # The mask image spans axes 1 and 2; each of its pixels holds the scores of the classes.
             "content": {
@@ -396,7 +415,7 @@ def _output_metadata(shape, activation, labels):
         }
     else:
         metadata = {
-            "name": "probabilities" if activation else "logits",
+            "name": name or ("probabilities" if activation else "logits"),
             "description": f"Class {scores} of the {classes} classes{order}.",
             "content": {"content_properties": ("FeatureProperties", {})},
         }
@@ -498,12 +517,13 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
         labels = _check_labels(labels, out_shape[-1])
 
     activation = _output_activation(model, subgraph, outputs[0]) if single else None
+    names = _signature_names(model)  # the tensors are described by the names the signature gives them
     if single:
-        output_metadata = [_output_metadata(out_shape, activation, labels)]
+        output_metadata = [_output_metadata(out_shape, activation, labels, names.get(outputs[0]))]
     else:  # e.g. a backbone's feature maps: named and shaped, nothing more to say
         output_metadata = [
             {
-                "name": _text(subgraph.tensors[i].name),
+                "name": names.get(i) or _text(subgraph.tensors[i].name),
                 "description": f"Output {n}, {_tensor_shape(subgraph.tensors[i])}.",
                 "content": {"content_properties": ("FeatureProperties", {})},
             }
@@ -511,7 +531,9 @@ def write_metadata(path, *, preprocess=None, labels=None, name=None, description
         ]
     subgraph_metadata = {
         "name": "main",
-        "input_tensor_metadata": [_input_metadata(subgraph.tensors[int(i)], preprocess) for i in subgraph.inputs],
+        "input_tensor_metadata": [
+            _input_metadata(subgraph.tensors[int(i)], preprocess, names.get(int(i))) for i in subgraph.inputs
+        ],
         "output_tensor_metadata": output_metadata,
     }
     parser_version = _PARSER_VERSION
