@@ -14,9 +14,9 @@ from keras_dla.models import dla, dla_up
 from keras_dla.models.imagenet import preprocess_input
 from keras_dla.training import fashion_mnist
 from keras_dla.training.images import fit_images, load_images
+from tests import variants
 
 SIZE = 32  # the smallest input DLA takes: TFLite conversion time grows with the graph, not the pixels
-QUICK = ("dla34", "dla46_c", "dla46x_c", "dla60x_c")  # the others are marked slow (minutes of conversion)
 TOLERANCE = 1e-4  # max abs difference of float32 logits (the target)
 
 
@@ -84,9 +84,7 @@ def tiny_model(extra=None):
     return keras.Model(inputs, keras.layers.Dense(3)(x))
 
 
-@pytest.mark.parametrize(
-    "variant", [pytest.param(v, marks=[] if v in QUICK else [pytest.mark.slow]) for v in dla.MODEL_CONFIGS]
-)
+@pytest.mark.parametrize("variant", variants.tier(variants.LIGHT))
 def test_classifier_exports_match_keras(variant, tmp_path):
     model = classifier(variant)
     inputs = images(3)

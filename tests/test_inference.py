@@ -12,12 +12,12 @@ import pytest
 
 import keras_dla
 from keras_dla.export import inference
-from keras_dla.models import dla, dla_up, fast_paths
+from keras_dla.models import dla_up, fast_paths
 from keras_dla.weights.names import keras_name
+from tests import variants
 from tests.test_export import classifier, images, trained_looking
 
 TOLERANCE = 1e-4  # the bound on the folded model's float32 outputs
-QUICK = ("dla34", "dla46_c", "dla46x_c", "dla60_res2net")
 
 
 def _batch_norms(model):
@@ -29,9 +29,7 @@ def _batch_norms(model):
     return count
 
 
-@pytest.mark.parametrize(
-    "variant", [pytest.param(v, marks=[] if v in QUICK else [pytest.mark.slow]) for v in dla.MODEL_CONFIGS]
-)
+@pytest.mark.parametrize("variant", variants.tier(variants.ONE_PER_BLOCK))
 def test_folded_classifier_equals_the_model(variant):
     model = classifier(variant)
     fast = keras_dla.inference_model(model)
