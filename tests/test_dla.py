@@ -151,13 +151,14 @@ def test_input_tensor():
 @pytest.fixture
 def nothing_is_built(monkeypatch):
     """Fails a test that builds a layer: a refusal must come before the graph."""
+    from keras_dla import resampling
     from keras_dla.models import blocks
 
     def built(*args, **kwargs):
         raise AssertionError("the graph was being built")
 
     monkeypatch.setattr(blocks, "conv2d", built)
-    monkeypatch.setattr(keras_dla.models.dla_up.resampling, "pad_to_multiple", built)
+    monkeypatch.setattr(resampling, "pad_to_multiple", built)
 
 
 @pytest.mark.parametrize(
@@ -368,7 +369,7 @@ def test_the_generic_builder_takes_an_architecture():
     tiny = dict(levels=(1, 1, 1, 2, 1, 1), channels=(4, 8, 8, 16, 16, 32), block="bottleneck", groups=2)
     model = keras_dla.DLA(**tiny, weights=None, classes=3, input_shape=(32, 32, 3))
     assert model.name == "dla" and model.output_shape == (None, 3)
-    assert model.get_layer(keras_name("level3.tree2.conv2")).groups == 2
+    assert model.get_layer(keras_name("level4.tree1.conv2")).groups == 2
     # DLA-X-46-C's row, given as arguments, is DLA-X-46-C: same name, same graph.
     row = keras_dla.MODEL_CONFIGS["dla46x_c"]
     as_arguments = keras_dla.DLA(**row, weights=None, include_top=False, input_shape=(32, 32, 3))
