@@ -43,6 +43,19 @@ def keras_dla(args, env=None, timeout=600, **kwargs):
     )
 
 
+def keras_dla_here(capsys, args):
+    """`keras-dla ARGS` run by `keras_dla.cli.main` in this process: (exit code, stdout, stderr).
+
+    For the commands whose point is not a fresh process (no `--devices`, no kill): each saves a TensorFlow start.
+    """
+    from keras_dla.cli import main
+
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_class_folder(str(tmp_path_factory.mktemp("data") / "animals"), per_class=30, size=(36, 36))
@@ -325,15 +338,31 @@ def test_rewritten_history_keeps_the_last_whole_row_and_its_text(tmp_path):
 # Bad input through the command line: a clear message, exit code 2, and no training
 
 
-def test_bad_input_on_the_command_line(tmp_path, folder):
+def test_bad_input_on_the_command_line(tmp_path, folder, capsys, monkeypatch):
     empty = tmp_path / "empty" / "cls"
     empty.mkdir(parents=True)
     one_class = make_class_folder(str(tmp_path / "one_class"), classes=("cat",), per_class=12, size=(36, 36))
+    # `keras-dla train` in this process (the same `main` the command runs): these fail before any device is set up.
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     cases = [
         (["--dataset", "no_such_dataset_xyz"], "Unknown dataset"),
         (["--dataset", str(tmp_path / "empty")], "No images"),
         (["--dataset", one_class], "A classifier needs at least 2 classes; the data set has 1 (cat)"),
         (["--model", "dla35"], "Unknown model"),
+    ]
+    for extra, message in cases:
+        code, out, err = keras_dla_here(capsys, ["train", *TINY, "--output", str(tmp_path / "run"), *extra])
+        assert code == 2, err[-2000:]
+        assert message in err and "Received:" in err
+        assert "Epoch 1/" not in out
+    monkeypatch.setenv("TF_CONFIG", "{'cluster': []}")
+    code, _, err = keras_dla_here(
+        capsys, ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--output", str(tmp_path / "run")]
+    )
+    assert code == 2 and "TF_CONFIG does not parse" in err
+    assert not (tmp_path / "run").exists()
+    # `--devices 2` splits the CPU before TensorFlow starts: a fresh process each.
+    cases = [
         (["--dataset", folder, "--devices", "2", "--batch-size", "7"], "divisible by the 2 replicas"),
         (["--dataset", folder, "--devices", "2", "--jit"], "cannot run over 2 logical CPU devices"),
     ]
@@ -342,11 +371,6 @@ def test_bad_input_on_the_command_line(tmp_path, folder):
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stderr and "Received:" in result.stderr
         assert "Epoch 1/" not in result.stdout
-    result = keras_dla(
-        ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--output", str(tmp_path / "run")],
-        env={"TF_CONFIG": "{'cluster': []}"},
-    )
-    assert result.returncode == 2 and "TF_CONFIG does not parse" in result.stderr
 
 
 def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
