@@ -373,7 +373,7 @@ def test_bad_input_on_the_command_line(tmp_path, folder, capsys, monkeypatch):
         assert "Epoch 1/" not in result.stdout
 
 
-def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
+def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder, capsys, monkeypatch):
     # Failures after the checks (weights that do not load, an image that does not decode mid-fit) get one
     # sentence, and the new run's folder is removed: a later run with other settings is not refused because of it.
     from keras_dla import DLA
@@ -396,13 +396,15 @@ def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
         ),
         (["--dataset", str(renamed)], "Not a JPEG, PNG, GIF or BMP image (by its first bytes; empty, or another"),
     ]
-    for extra, message in cases:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for extra, message in cases:  # in this process: no case needs a fresh one
         output = tmp_path / "run"
-        result = keras_dla(["train", *TINY, "--epochs", "1", "--steps-per-epoch", "2", "--output", str(output), *extra])
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+        command = ["train", *TINY, "--epochs", "1", "--steps-per-epoch", "2", "--output", str(output), *extra]
+        code, _, err = keras_dla_here(capsys, command)
+        assert code == 2, err[-2000:]
+        assert message in err and "Traceback" not in err, err[-2000:]
         assert not output.exists()
-    assert "renamed/dog/003.png" in result.stderr  # the file is named
+    assert "renamed/dog/003.png" in err  # the file is named
 
 
 # ------------------------------------------------------------------------------------------------------------------
