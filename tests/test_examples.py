@@ -43,7 +43,9 @@ def test_transfer_learning_from_a_pytorch_checkpoint_on_a_folder(tmp_path):
 
 
 def test_segmentation_training_on_the_scenes(tmp_path):
-    out = run_example("segmentation_training.py", ["--output", "run", "--batch-size", "8"], cwd=tmp_path)
+    # The smallest DLA-Up (DLA-46-C's) on 32x32 crops: the script's whole path, train and score, at least cost.
+    args = ["--output", "run", "--batch-size", "8", "--model", "dla46_cup", "--crop-size", "32"]
+    out = run_example("segmentation_training.py", args, cwd=tmp_path)
     assert re.search(r"mean IoU \d\.\d{4}", out), out[-2000:]
     assert (tmp_path / "run" / "final.weights.h5").is_file()
 

@@ -44,6 +44,19 @@ def keras_dla(args, env=None, timeout=600, **kwargs):
     )
 
 
+def keras_dla_here(capsys, args):
+    """`keras-dla ARGS` run by `keras_dla.cli.main` in this process: (exit code, stdout, stderr).
+
+    For the commands whose point is not a fresh process (no `--devices`, no kill): each saves a TensorFlow start.
+    """
+    from keras_dla.cli import main
+
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_class_folder(str(tmp_path_factory.mktemp("data") / "animals"), per_class=30, size=(36, 36))
@@ -326,15 +339,31 @@ def test_rewritten_history_keeps_the_last_whole_row_and_its_text(tmp_path):
 # Bad input through the command line: a clear message, exit code 2, and no training
 
 
-def test_bad_input_on_the_command_line(tmp_path, folder):
+def test_bad_input_on_the_command_line(tmp_path, folder, capsys, monkeypatch):
     empty = tmp_path / "empty" / "cls"
     empty.mkdir(parents=True)
     one_class = make_class_folder(str(tmp_path / "one_class"), classes=("cat",), per_class=12, size=(36, 36))
+    # `keras-dla train` in this process (the same `main` the command runs): these fail before any device is set up.
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     cases = [
         (["--dataset", "no_such_dataset_xyz"], "Unknown dataset"),
         (["--dataset", str(tmp_path / "empty")], "No images"),
         (["--dataset", one_class], "A classifier needs at least 2 classes; the data set has 1 (cat)"),
         (["--model", "dla35"], "Unknown model"),
+    ]
+    for extra, message in cases:
+        code, out, err = keras_dla_here(capsys, ["train", *TINY, "--output", str(tmp_path / "run"), *extra])
+        assert code == 2, err[-2000:]
+        assert message in err and "Received:" in err
+        assert "Epoch 1/" not in out
+    monkeypatch.setenv("TF_CONFIG", "{'cluster': []}")
+    code, _, err = keras_dla_here(
+        capsys, ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--output", str(tmp_path / "run")]
+    )
+    assert code == 2 and "TF_CONFIG does not parse" in err
+    assert not (tmp_path / "run").exists()
+    # `--devices 2` splits the CPU before TensorFlow starts: a fresh process each.
+    cases = [
         (["--dataset", folder, "--devices", "2", "--batch-size", "7"], "divisible by the 2 replicas"),
         (["--dataset", folder, "--devices", "2", "--jit"], "cannot run over 2 logical CPU devices"),
     ]
@@ -343,14 +372,9 @@ def test_bad_input_on_the_command_line(tmp_path, folder):
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stderr and "Received:" in result.stderr
         assert "Epoch 1/" not in result.stdout
-    result = keras_dla(
-        ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--output", str(tmp_path / "run")],
-        env={"TF_CONFIG": "{'cluster': []}"},
-    )
-    assert result.returncode == 2 and "TF_CONFIG does not parse" in result.stderr
 
 
-def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
+def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder, capsys, monkeypatch):
     # Failures after the checks (weights that do not load, an image that does not decode mid-fit) get one
     # sentence, and the new run's folder is removed: a later run with other settings is not refused because of it.
     from keras_dla import DLA
@@ -373,20 +397,22 @@ def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder):
         ),
         (["--dataset", str(renamed)], "Not a JPEG, PNG, GIF or BMP image (by its first bytes; empty, or another"),
     ]
-    for extra, message in cases:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for extra, message in cases:  # in this process: no case needs a fresh one
         output = tmp_path / "run"
-        result = keras_dla(["train", *TINY, "--epochs", "1", "--steps-per-epoch", "2", "--output", str(output), *extra])
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+        command = ["train", *TINY, "--epochs", "1", "--steps-per-epoch", "2", "--output", str(output), *extra]
+        code, _, err = keras_dla_here(capsys, command)
+        assert code == 2, err[-2000:]
+        assert message in err and "Traceback" not in err, err[-2000:]
         assert not output.exists()
-    assert "renamed/dog/003.png" in result.stderr  # the file is named
+    assert "renamed/dog/003.png" in err  # the file is named
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Real fits
 
 
-def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder):
+def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder, capsys, monkeypatch):
     output = str(tmp_path / "run")
     result = keras_dla(
         ["train", *TINY, "--dataset", folder, "--devices", "2", "--epochs", "2", "--steps-per-epoch", "3"]
@@ -405,11 +431,12 @@ def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder):
         + ["--output", output]
     )
     assert again.returncode == 0 and "2/2 epochs done (0 in this run)" in again.stdout
-    # Other settings in the same folder are refused.
-    other = keras_dla(
-        ["train", *TINY, "--dataset", folder, "--epochs", "5", "--steps-per-epoch", "3", "--output", output]
+    # Other settings in the same folder are refused, before a model is built (so this runs in this process).
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code, _, err = keras_dla_here(
+        capsys, ["train", *TINY, "--dataset", folder, "--epochs", "5", "--steps-per-epoch", "3", "--output", output]
     )
-    assert other.returncode == 2 and "other settings (epochs)" in other.stderr
+    assert code == 2 and "other settings (epochs)" in err
 
 
 def non_finite_datasets(path):
@@ -510,9 +537,9 @@ def _start_and_kill(command, output, after_epoch, env=None):
 
 def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
     output = str(tmp_path / "run")
-    command = ["train", *TINY, "--dataset", folder, "--epochs", "4", "--steps-per-epoch", "12", "--output", output]
-    done = _start_and_kill(command, output, after_epoch=1)  # mid-run: 3 epochs left
-    assert 1 <= done < 4
+    command = ["train", *TINY, "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4", "--output", output]
+    done = _start_and_kill(command, output, after_epoch=1)  # mid-run: 2 epochs left
+    assert 1 <= done < 3
     # What kills at other moments leave: the row of an epoch not backed up yet, a repeated row, a partial row.
     history = os.path.join(output, "history.csv")
     with open(history, newline="") as f:
@@ -524,8 +551,8 @@ def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
     result = keras_dla(command)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.load(open(os.path.join(output, "run.json")))
-    assert run["epochs_completed"] == 4 and run["epochs_this_run"] == 4 - done
-    assert history_epochs(output) == [0, 1, 2, 3]  # each epoch once on disk, not only as read_history reads it
+    assert run["epochs_completed"] == 3 and run["epochs_this_run"] == 3 - done
+    assert history_epochs(output) == [0, 1, 2]  # each epoch once on disk, not only as read_history reads it
 
 
 @pytest.mark.parametrize("backend, devices", [("jax", 2), ("torch", 1)])
@@ -552,9 +579,9 @@ def test_other_backends_train_and_resume_a_killed_run(tmp_path, folder, backend,
 
 def test_a_backup_damaged_by_a_kill_falls_back_to_the_one_before(tmp_path, folder):
     output = str(tmp_path / "run")
-    command = ["train", *TINY, "--dataset", folder, "--epochs", "4", "--steps-per-epoch", "12", "--output", output]
+    command = ["train", *TINY, "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4", "--output", output]
     done = _start_and_kill(command, output, after_epoch=2)  # from the second backup on, the previous one is kept
-    assert 2 <= done < 4
+    assert done == 2
     latest = os.path.join(output, "backup", "latest.weights.h5")
     assert os.path.isfile(latest + ".bkp")
     with open(latest, "r+b") as f:  # as a kill in the middle of writing it would leave it
@@ -562,7 +589,7 @@ def test_a_backup_damaged_by_a_kill_falls_back_to_the_one_before(tmp_path, folde
     result = keras_dla(command)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.load(open(os.path.join(output, "run.json")))
-    assert run["epochs_completed"] == 4 and run["epochs_this_run"] == 4 - (done - 1)
+    assert run["epochs_completed"] == 3 and run["epochs_this_run"] == 3 - (done - 1)
 
 
 def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
