@@ -71,12 +71,14 @@ def history_epochs(output):
 # In-process checks (no devices are touched)
 
 
-def test_cli_choices_match_the_library():
-    assert cli_train.TASKS == choices.TASKS
-    assert cli_train.SCHEDULES == choices.SCHEDULES
-    assert cli_train.STRATEGIES == choices.STRATEGIES
-    assert cli_train.OPTIMIZERS == choices.OPTIMIZERS
-    assert cli_train.AUGMENTS == choices.AUGMENTS
+def test_every_named_recipe_is_implemented_and_the_cli_parses():
+    """choices.py names the recipes the CLI offers; augment.py implements each, and refuses at import to differ."""
+    from keras_dla.training import augment
+
+    assert tuple(augment.CLASSIFICATION_RECIPES) == choices.CLASSIFICATION_AUGMENTS
+    assert tuple(augment.SEGMENTATION_RECIPES) == choices.SEGMENTATION_AUGMENTS
+    with pytest.raises(ImportError, match=r"implements the classification recipes \('flip',\).*make them the same"):
+        augment._check_recipes({"flip": None}, ("flip", "mixup"), "classification")
     args = build_parser().parse_args(["train", "--epochs", "3", "--batch-size", "16"])
     config = cli_train.config_from_args(args)
     assert (config.dataset, config.epochs, config.batch_size, config.weights) == ("fashion_mnist", 3, 16, "none")
