@@ -75,9 +75,9 @@ def check_round_trips(model, build, x, tmp_path):
     np.testing.assert_allclose(run(reloaded, x), expected, rtol=RTOL, atol=ATOL)
 
 
-def check_training_step(model, x, y):
+def check_training_step(model, x, y, loss=None):
     """One SGD step on (x, y): a finite loss, and every trainable weight moves, to finite values."""
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss or keras.losses.SparseCategoricalCrossentropy())
     before = {w.path: numpy(w).copy() for w in model.trainable_weights}
     loss = float(np.asarray(model.train_on_batch(x, y)))
     assert np.isfinite(loss)
@@ -130,11 +130,11 @@ def run_classifier_contract(architecture, tmp_path, *, classes=5):
 
 
 def run_dla_up_contract(backbone, tmp_path, *, classes=3, down_ratio=4):
-    """The DLA-Up contract of `keras_dla.DLAUp(backbone)` (a dict of architecture arguments), on this backend."""
+    """The DLA-Up contract of `keras_dla.DLAUp(backbone)` (a dict of architecture arguments), on this backend;
+    its training step is `run_dla_up_training_step`."""
 
     def build(**kwargs):
-        defaults = dict(classes=classes, down_ratio=down_ratio, weights=None)
-        return keras_dla.DLAUp(backbone, **{**defaults, **kwargs})
+        return _dla_up(backbone, classes, down_ratio, **kwargs)
 
     model = build()
     assert model.input_shape == (None, None, None, 3)
@@ -147,5 +147,17 @@ def run_dla_up_contract(backbone, tmp_path, *, classes=3, down_ratio=4):
     assert not up.trainable and up.weights
     x = images((1, *ODD_SIZES[0], 3), seed=1)
     check_round_trips(model, build, x, tmp_path)
-    y = np.random.default_rng(3).integers(0, classes, (2, 32, 32))
-    check_training_step(build(input_shape=(32, 32, 3)), images((2, 32, 32, 3), seed=4), y)
+
+
+def run_dla_up_training_step(backbone, *, classes=3, down_ratio=4):
+    """One step of the segmentation loss `keras-dla train` uses moves every trainable weight of the DLA-Up."""
+    from keras_dla.training.segmentation import SegmentationCrossEntropy
+
+    # 64 x 64: level5 is then 2 x 2, so that each batch norm there normalises over more than two values.
+    model = _dla_up(backbone, classes, down_ratio, input_shape=(64, 64, 3))
+    y = np.random.default_rng(3).integers(0, classes, (2, 64, 64))
+    check_training_step(model, images((2, 64, 64, 3), seed=4), y, loss=SegmentationCrossEntropy())
+
+
+def _dla_up(backbone, classes, down_ratio, **kwargs):
+    return keras_dla.DLAUp(backbone, **{"classes": classes, "down_ratio": down_ratio, "weights": None, **kwargs})
