@@ -199,7 +199,7 @@ def test_flip_tta_script_prints_both_accuracies_and_draws_the_confusion_matrix(t
     real = datasets.classification_data
     monkeypatch.setattr(datasets, "classification_data", lambda *a, **k: real(*a, **k, limit=500))
     drawn = {}
-    monkeypatch.setattr(flip_tta_accuracy.demo, "plot_confusion", lambda m, names, path: drawn.update(m=m, path=path))
+    monkeypatch.setattr(flip_tta_accuracy.plots, "plot_confusion", lambda m, names, path: drawn.update(m=m, path=path))
     flip_tta_accuracy.main([weights, "dla46_c", "32", "--confusion", str(tmp_path / "c.png")])
 
     model = fit.build_classifier("dla46_c", 10, (32, 32, 1), weights)
