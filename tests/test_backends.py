@@ -198,6 +198,22 @@ def test_fit_trains_and_round_trips(tmp_path):
     np.testing.assert_allclose(numpy(again(x, training=False)), numpy(model(x, training=False)), rtol=RTOL, atol=1e-6)
 
 
+def test_segmentation_loss_equals_torch_nll_ignoring_255():
+    """The DLA-Up training loss on this backend: PyTorch's NLLLoss(ignore_index=255) of the log-softmax."""
+    from keras_dla.training.segmentation import SegmentationCrossEntropy
+
+    rng = np.random.default_rng(5)
+    logits = (3 * rng.standard_normal((2, 9, 11, 4))).astype("float32")
+    labels = rng.integers(0, 4, (2, 9, 11))
+    labels[0, :3] = 255
+    log_probs = torch.log_softmax(torch.from_numpy(logits).permute(0, 3, 1, 2), dim=1)
+    expected = float(torch.nn.NLLLoss(ignore_index=255)(log_probs, torch.from_numpy(labels)))
+    np.testing.assert_allclose(float(SegmentationCrossEntropy(from_logits=True)(labels, logits)), expected, rtol=1e-5)
+    probabilities = numpy(keras.ops.softmax(logits))
+    np.testing.assert_allclose(float(SegmentationCrossEntropy()(labels[..., None], probabilities)), expected, rtol=1e-5)
+    assert float(SegmentationCrossEntropy(from_logits=True)(np.full_like(labels, 255), logits)) == 0.0
+
+
 @pytest.mark.parametrize("kind", ["classifier", "segmenter"])
 def test_inference_model_serve_equals_the_model(kind):
     model = _small_models()[kind]

@@ -3,7 +3,6 @@
 tools/test.sh runs this file on TensorFlow, JAX and PyTorch.
 """
 
-import keras
 import pytest
 
 from tests import contract
@@ -18,11 +17,5 @@ def test_dla_up_contract(tmp_path):
     contract.run_dla_up_contract(contract.TINY_ARCHITECTURES["basic"], tmp_path)
 
 
-@pytest.mark.xfail(
-    keras.backend.backend() == "torch",
-    strict=True,
-    reason="Keras 3.15's PyTorch sparse cross-entropy on (batch, height, width, classes) outputs fails in backward "
-    "('grad_input must be contiguous', torch's nll_loss_nd); SegmentationCrossEntropy wraps it",
-)
 def test_dla_up_training_step():
     contract.run_dla_up_training_step(contract.TINY_ARCHITECTURES["basic"])

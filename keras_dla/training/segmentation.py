@@ -50,17 +50,22 @@ CITYSCAPES_PALETTE = np.array(
 
 
 @keras.saving.register_keras_serializable(package="keras_dla")
-class SegmentationCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
+class SegmentationCrossEntropy(keras.losses.Loss):
     """Per-pixel sparse cross-entropy averaged over the labelled pixels; `ignore_label` pixels count for nothing.
 
     Equal to PyTorch's `NLLLoss(ignore_index=255)` on log-probabilities, the authors' training loss (the
     mean runs over the labelled pixels of the whole batch). A batch without labelled pixels gives 0.
+    Written with `keras.ops` alone (a log-softmax and a gather), so that it trains on every backend: Keras'
+    own sparse cross-entropy goes through PyTorch's fused `nll_loss` there, whose backward pass refuses the
+    (batch, height, width, classes) layout.
 
     Args:
         from_logits: whether `y_pred` are logits (a model built with `activation=None`) rather than
             probabilities (`activation="softmax"`). Logits are the numerically safer choice for training.
         ignore_label: the label of pixels to leave out (255: "void" in Cityscapes and CamVid).
-        reduction, name, dtype: as for `keras.losses.Loss`.
+        reduction: as for `keras.losses.Loss`; `"sum_over_batch_size"` and `"mean"` divide by the number of
+            labelled pixels, `"sum"` and `"none"` give ignored pixels a loss of 0.
+        name, dtype: as for `keras.losses.Loss`.
     """
 
     def __init__(
@@ -71,16 +76,33 @@ class SegmentationCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
         name="segmentation_crossentropy",
         dtype=None,
     ):
-        super().__init__(
-            from_logits=from_logits, ignore_class=ignore_label, reduction=reduction, name=name, dtype=dtype
-        )
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
         self.ignore_label = ignore_label
 
+    def call(self, y_true, y_pred):
+        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, axis=-1)
+        labelled = ops.not_equal(y_true, ops.cast(self.ignore_label, y_true.dtype))
+        labels = ops.cast(ops.where(labelled, y_true, ops.zeros_like(y_true)), "int32")
+        if self.from_logits:
+            log_probabilities = ops.log_softmax(y_pred, axis=-1)
+        else:
+            # As Keras' cross-entropy on probabilities: renormalised, clipped away from 0 and 1, then the log.
+            probabilities = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
+            epsilon = keras.backend.epsilon()
+            log_probabilities = ops.log(ops.clip(probabilities, epsilon, 1.0 - epsilon))
+        picked = ops.squeeze(ops.take_along_axis(log_probabilities, ops.expand_dims(labels, -1), axis=-1), -1)
+        losses = ops.where(labelled, -picked, ops.zeros_like(picked))
+        if self.reduction in ("sum_over_batch_size", "mean"):
+            # The reduction divides by every pixel; weighting the labelled ones by all / labelled makes it
+            # the mean over the labelled pixels (as Keras weights a masked loss).
+            weight = ops.cast(labelled, losses.dtype)
+            losses = losses * ops.divide_no_nan(ops.cast(ops.size(weight), losses.dtype), ops.sum(weight))
+        return losses
+
     def get_config(self):
-        config = super().get_config()
-        config["ignore_label"] = config.pop("ignore_class")
-        config.pop("axis", None)
-        return config
+        return {**super().get_config(), "from_logits": self.from_logits, "ignore_label": self.ignore_label}
 
 
 @keras.saving.register_keras_serializable(package="keras_dla")
