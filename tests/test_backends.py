@@ -131,20 +131,52 @@ def _small_models():
     return {"classifier": classifier, "segmenter": segmenter}
 
 
-LOAD_ELSEWHERE = textwrap.dedent(
+# Saves a classifier and a DLA-Up of the tiny architectures argv[2:4] built by keras_dla on this process's backend into
+# folder/<backend>/: `.keras` files, and a second model's `.weights.h5`, with the outputs each gives on x.npy.
+SAVE_SMALL_MODELS = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import numpy as np
     import keras
-    folder = sys.argv[1]
-    x = np.load(f"{folder}/x.npy")
-    out = {}
-    for name in ("classifier", "segmenter"):
-        model = keras.models.load_model(f"{folder}/{name}.keras")  # safe_mode left on
-        out[name] = keras.ops.convert_to_numpy(model(x, training=False))
-        model.load_weights(f"{folder}/{name}_other.weights.h5")
-        out[name + "_other"] = keras.ops.convert_to_numpy(model(x, training=False))
-    np.savez(f"{folder}/out_{keras.backend.backend()}.npz", **out)
+    import keras_dla
+    folder = os.path.join(sys.argv[1], keras.backend.backend())
+    os.makedirs(folder)
+    x = np.load(os.path.join(sys.argv[1], "x.npy"))
+    classifier, backbone = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    build = {
+        "classifier": lambda: keras_dla.DLA(**classifier, weights=None, classes=5, input_shape=(None, None, 3)),
+        "segmenter": lambda: keras_dla.DLAUp(backbone, classes=3, down_ratio=4, weights=None),
+    }
+    expected, configs = {}, []
+    for name, make in build.items():
+        model, other = make(), make()
+        configs.append(json.dumps(model.get_config()))
+        model.save(os.path.join(folder, f"{name}.keras"))
+        other.save_weights(os.path.join(folder, f"{name}_other.weights.h5"))
+        expected[name] = keras.ops.convert_to_numpy(model(x, training=False))
+        expected[name + "_other"] = keras.ops.convert_to_numpy(other(x, training=False))
+    np.savez(os.path.join(folder, "expected.npz"), **expected)
+    print(json.dumps({"keras_dla_in_config": any("keras_dla" in c for c in configs)}))
+    """
+)
+
+# Loads every backend's files of SAVE_SMALL_MODELS with plain Keras (safe_mode left on), without keras_dla.
+LOAD_WITH_PLAIN_KERAS = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import keras
+    root = sys.argv[1]
+    x = np.load(os.path.join(root, "x.npy"))
+    for saved_on in sys.argv[2:]:
+        folder = os.path.join(root, saved_on)
+        out = {}
+        for name in ("classifier", "segmenter"):
+            model = keras.models.load_model(os.path.join(folder, f"{name}.keras"))
+            out[name] = keras.ops.convert_to_numpy(model(x, training=False))
+            model.load_weights(os.path.join(folder, f"{name}_other.weights.h5"))
+            out[name + "_other"] = keras.ops.convert_to_numpy(model(x, training=False))
+        np.savez(os.path.join(folder, f"loaded_on_{keras.backend.backend()}.npz"), **out)
     print(json.dumps({"keras_dla": "keras_dla" in sys.modules, "tensorflow": "tensorflow" in sys.modules}))
     """
 )
@@ -159,27 +191,34 @@ def _run_elsewhere(script, backend, *args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="the TensorFlow pass saves and loads these files on every backend, a process each"
+)
 def test_files_load_with_plain_keras_on_every_backend(tmp_path):
-    """`.keras` and `.weights.h5` files of this backend load in processes without keras_dla, on all backends."""
-    x = images((1, *SIZE, 3), seed=2)
-    np.save(tmp_path / "x.npy", x)
-    expected = {}
-    for name, model in _small_models().items():
-        assert "keras_dla" not in json.dumps(model.get_config())
-        model.save(tmp_path / f"{name}.keras")
-        expected[name] = numpy(model(x, training=False))
-        other = _small_models()[name]
-        other.save_weights(tmp_path / f"{name}_other.weights.h5")
-        expected[name + "_other"] = numpy(other(x, training=False))
-        assert not np.allclose(expected[name], expected[name + "_other"])
+    """`.keras` and `.weights.h5` files saved on each backend load in processes without keras_dla, on all backends,
+    and give the outputs they gave where they were saved."""
+    np.save(tmp_path / "x.npy", images((1, *SIZE, 3), seed=2))
     for backend in BACKENDS:
-        modules = _run_elsewhere(LOAD_ELSEWHERE, backend, str(tmp_path))
+        architectures = json.dumps(TINY_CLASSIFIER), json.dumps(TINY_BACKBONE)
+        assert not _run_elsewhere(SAVE_SMALL_MODELS, backend, str(tmp_path), *architectures)["keras_dla_in_config"]
+    for backend in BACKENDS:
+        modules = _run_elsewhere(LOAD_WITH_PLAIN_KERAS, backend, str(tmp_path), *BACKENDS)
         assert not modules["keras_dla"]
         if backend != "tensorflow":
             assert not modules["tensorflow"], f"loading on {backend} imported TensorFlow"
-        got = np.load(tmp_path / f"out_{backend}.npz")
-        for key, value in expected.items():
-            np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{key} on {backend}")
+    for saved_on in BACKENDS:
+        expected = np.load(tmp_path / saved_on / "expected.npz")
+        assert not np.allclose(expected["classifier"], expected["classifier_other"])
+        for loaded_on in BACKENDS:
+            got = np.load(tmp_path / saved_on / f"loaded_on_{loaded_on}.npz")
+            for key in expected.files:
+                np.testing.assert_allclose(
+                    got[key],
+                    expected[key],
+                    rtol=RTOL,
+                    atol=ATOL,
+                    err_msg=f"{key} saved on {saved_on}, loaded on {loaded_on}",
+                )
 
 
 def test_fit_trains_and_round_trips(tmp_path):

@@ -261,7 +261,7 @@ def test_weights_file_of_another_variant(tmp_path, recwarn):
     message = str(caught.value)
     # 60: the layers whose weights differ in shape between the two variants.
     assert re.search(r"60 layer\(s\) did not fit: level2_tree1_conv1, .* and 54 more\. For example", message)
-    assert len(message) < 600
+    assert len(message.replace(str(path), "")) < 500  # the temporary folder's path length varies
     # The error alone, without Keras' per-sublayer warnings in front of it.
     assert not [w for w in recwarn if "saving" in w.filename]
 

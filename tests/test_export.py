@@ -14,7 +14,7 @@ from keras_dla.models import dla, dla_up
 from keras_dla.models.imagenet import preprocess_input
 from keras_dla.training import fashion_mnist
 from keras_dla.training.images import fit_images, load_images
-from tests import variants
+from tests import contract, variants
 
 SIZE = 32  # the smallest input DLA takes: TFLite conversion time grows with the graph, not the pixels
 TOLERANCE = 1e-4  # max abs difference of float32 logits (the target)
@@ -84,9 +84,21 @@ def tiny_model(extra=None):
     return keras.Model(inputs, keras.layers.Dense(3)(x))
 
 
-@pytest.mark.parametrize("variant", variants.tier(variants.LIGHT))
+# DLA-34 and a tiny architecture of each kind of block in the default run (TFLite conversion time grows with the
+# graph); every named variant with `-m slow`.
+EXPORTED = [*variants.tier(("dla34",)), *(f"tiny_{kind}" for kind in contract.TINY_ARCHITECTURES)]
+
+
+@pytest.mark.parametrize("variant", EXPORTED)
 def test_classifier_exports_match_keras(variant, tmp_path):
-    model = classifier(variant)
+    if variant.startswith("tiny_"):
+        architecture = contract.TINY_ARCHITECTURES[variant.removeprefix("tiny_")]
+        built = dla.DLA(
+            **architecture, weights=None, input_shape=(None, None, 3), classes=10, classifier_activation=None
+        )
+        model = trained_looking(built, SIZE)
+    else:
+        model = classifier(variant)
     inputs = images(3)
 
     lite = export.export_tflite(model, tmp_path / "model.tflite", input_size=(SIZE, SIZE))
