@@ -40,6 +40,8 @@ setup(
         # torchvision are pinned to the pair that installs together offline here (PyTorch 2.13.0 breaks torchvision).
         "test": [
             "pytest",
+            # tools/test.sh spreads the TensorFlow pass over the cores (`-n`).
+            "pytest-xdist",
             "ruff",
             "safetensors",
             "torch==2.14.1",

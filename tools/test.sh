@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite as CI runs it: everything on the TensorFlow backend, and the model and backend contracts
 # (tests/test_contract.py, tests/test_backends.py) on JAX and on PyTorch, one process per backend. The JAX and
-# PyTorch passes run beside the TensorFlow one (much of each pass is single-threaded: graph building, compiling,
-# process start-up) and print their output when they end. Extra arguments go to the TensorFlow pass instead of `-m "not slow"`:
+# PyTorch passes run beside the TensorFlow one, which has a pytest-xdist worker per core (much of each pass is
+# single-threaded: graph building, compiling, process start-up); they print their output when they end. Extra arguments go to the TensorFlow pass instead of `-m "not slow"`:
 # `bash tools/test.sh tests` runs everything, the slow-marked cases (the large variants' extra checks) included;
 # `bash tools/test.sh tests/test_dla.py` one file. Uses .venv's Python where there is one (tools/setup.sh makes it).
 set -euo pipefail
@@ -25,7 +25,10 @@ for backend in jax torch; do
 done
 echo "tests/test_contract.py and tests/test_backends.py on JAX and PyTorch: running beside this pass; their output follows it"
 status=0
-KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 "$@" || status=$?
+# The TensorFlow pass in one worker per core (pytest-xdist; a file's tests stay in one worker, so each module's
+# fixtures are built once): much of a test is single-threaded, and the two cores stay busy after the other passes end.
+workers=$($python -c "import os; print(max(1, min(os.cpu_count() or 1, 4)))")
+KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 -n "$workers" --dist loadfile "$@" || status=$?
 for backend in jax torch; do
   wait "${pids[$backend]}" || status=1
   echo "===== KERAS_BACKEND=$backend pytest tests/test_contract.py tests/test_backends.py"
