@@ -24,3 +24,29 @@ def float64():
     finally:
         keras.config.set_floatx(previous[0])
         keras.config.set_dtype_policy(previous[1])
+
+
+# The files that take longest, longest first: tools/test.sh hands whole files to pytest-xdist workers in collection
+# order, so starting these first lets the workers end together (the rest keep their order).
+LONGEST_FIRST = (
+    "test_training.py",
+    "test_demo.py",
+    "test_examples.py",
+    "test_backends.py",
+    "test_dla.py",
+    "test_export.py",
+    "test_contract.py",
+    "test_cli_export.py",
+    "test_input_checks.py",
+    "test_faults.py",
+    "test_weights.py",
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order stays
