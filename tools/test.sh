@@ -26,9 +26,10 @@ done
 echo "tests/test_contract.py and tests/test_backends.py on JAX and PyTorch: running beside this pass; their output follows it"
 status=0
 # The TensorFlow pass in one worker per core (pytest-xdist; a file's tests stay in one worker, so each module's
-# fixtures are built once): much of a test is single-threaded, and the two cores stay busy after the other passes end.
+# fixtures are built once), longest files first (tests/conftest.py; xdist would order them by test count): much of
+# a test is single-threaded, and the two cores stay busy after the other passes end.
 workers=$($python -c "import os; print(max(1, min(os.cpu_count() or 1, 4)))")
-KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 -n "$workers" --dist loadfile "$@" || status=$?
+KERAS_BACKEND=tensorflow $python -m pytest -q --durations=15 -n "$workers" --dist loadfile --no-loadscope-reorder "$@" || status=$?
 for backend in jax torch; do
   wait "${pids[$backend]}" || status=1
   echo "===== KERAS_BACKEND=$backend pytest tests/test_contract.py tests/test_backends.py"
