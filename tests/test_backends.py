@@ -124,14 +124,19 @@ TINY_CLASSIFIER = contract.TINY_ARCHITECTURES["bottleneck"]
 TINY_BACKBONE = contract.TINY_ARCHITECTURES["basic"]
 
 
+# The keras_dla builder and its arguments (JSON, for the processes below) of each small model.
+SMALL_MODELS = {
+    "classifier": ("DLA", {**TINY_CLASSIFIER, "weights": None, "classes": 5, "input_shape": [None, None, 3]}),
+    "segmenter": ("DLAUp", {"backbone": TINY_BACKBONE, "classes": 3, "down_ratio": 4, "weights": None}),
+}
+
+
 def _small_models():
     """A classifier and a DLA-Up of tiny architectures, with random weights."""
-    classifier = keras_dla.DLA(**TINY_CLASSIFIER, weights=None, classes=5, input_shape=(None, None, 3))
-    segmenter = keras_dla.DLAUp(TINY_BACKBONE, classes=3, down_ratio=4, weights=None)
-    return {"classifier": classifier, "segmenter": segmenter}
+    return {name: getattr(keras_dla, builder)(**kwargs) for name, (builder, kwargs) in SMALL_MODELS.items()}
 
 
-# Saves a classifier and a DLA-Up of the tiny architectures argv[2:4] built by keras_dla on this process's backend into
+# Saves the models of argv[2] (SMALL_MODELS as JSON) built by keras_dla on this process's backend into
 # folder/<backend>/: `.keras` files, and a second model's `.weights.h5`, with the outputs each gives on x.npy.
 SAVE_SMALL_MODELS = textwrap.dedent(
     """
@@ -142,14 +147,9 @@ SAVE_SMALL_MODELS = textwrap.dedent(
     folder = os.path.join(sys.argv[1], keras.backend.backend())
     os.makedirs(folder)
     x = np.load(os.path.join(sys.argv[1], "x.npy"))
-    classifier, backbone = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    build = {
-        "classifier": lambda: keras_dla.DLA(**classifier, weights=None, classes=5, input_shape=(None, None, 3)),
-        "segmenter": lambda: keras_dla.DLAUp(backbone, classes=3, down_ratio=4, weights=None),
-    }
     expected, configs = {}, []
-    for name, make in build.items():
-        model, other = make(), make()
+    for name, (builder, kwargs) in json.loads(sys.argv[2]).items():
+        model, other = getattr(keras_dla, builder)(**kwargs), getattr(keras_dla, builder)(**kwargs)
         configs.append(json.dumps(model.get_config()))
         model.save(os.path.join(folder, f"{name}.keras"))
         other.save_weights(os.path.join(folder, f"{name}_other.weights.h5"))
@@ -199,8 +199,8 @@ def test_files_load_with_plain_keras_on_every_backend(tmp_path):
     and give the outputs they gave where they were saved."""
     np.save(tmp_path / "x.npy", images((1, *SIZE, 3), seed=2))
     for backend in BACKENDS:
-        architectures = json.dumps(TINY_CLASSIFIER), json.dumps(TINY_BACKBONE)
-        assert not _run_elsewhere(SAVE_SMALL_MODELS, backend, str(tmp_path), *architectures)["keras_dla_in_config"]
+        saved = _run_elsewhere(SAVE_SMALL_MODELS, backend, str(tmp_path), json.dumps(SMALL_MODELS))
+        assert not saved["keras_dla_in_config"]
     for backend in BACKENDS:
         modules = _run_elsewhere(LOAD_WITH_PLAIN_KERAS, backend, str(tmp_path), *BACKENDS)
         assert not modules["keras_dla"]
@@ -208,7 +208,8 @@ def test_files_load_with_plain_keras_on_every_backend(tmp_path):
             assert not modules["tensorflow"], f"loading on {backend} imported TensorFlow"
     for saved_on in BACKENDS:
         expected = np.load(tmp_path / saved_on / "expected.npz")
-        assert not np.allclose(expected["classifier"], expected["classifier_other"])
+        for name in SMALL_MODELS:
+            assert not np.allclose(expected[name], expected[name + "_other"])
         for loaded_on in BACKENDS:
             got = np.load(tmp_path / saved_on / f"loaded_on_{loaded_on}.npz")
             for key in expected.files:
