@@ -119,6 +119,27 @@ def test_equals_timm_float32(variant, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_build_for_loaded_weights_has_the_random_builds_config(tmp_path):
+    """A builder given weights creates the kernels as zeros (no random draws to overwrite), yet its config, its
+    saved file and every weight are those of a random build loaded with the same file."""
+    random = keras_dla.DLA34(weights=None, input_shape=(64, 64, 3), classes=7)
+    path = str(tmp_path / "random.weights.h5")
+    random.save_weights(path)
+    loaded = keras_dla.DLA34(weights=path, input_shape=(64, 64, 3), classes=7)
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(random.get_config(), sort_keys=True)
+    conv = loaded.get_layer("level3_tree1_tree1_conv1")
+    assert (
+        conv.get_config()["kernel_initializer"]
+        == random.get_layer("level3_tree1_tree1_conv1").get_config()["kernel_initializer"]
+    )
+    for a, b in zip(random.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+    # Built again from its config (no weights), the model draws random kernels as before.
+    clone = keras.Model.from_config(loaded.get_config())
+    assert np.abs(keras.ops.convert_to_numpy(clone.get_layer("fc").kernel)).max() > 0
+    assert not np.allclose(keras.ops.convert_to_numpy(clone.get_layer("base_layer_0").kernel), 0)
+
+
 @pytest.mark.parametrize("variant", variants.tier(variants.LIGHT))
 def test_equals_timm_float64(variant, tmp_path, float64):
     """With plain (untempered) random weights in float64 the graphs agree to round-off: same arithmetic."""

@@ -14,6 +14,8 @@ import math
 
 from keras import layers, ops
 
+from keras_dla.models import initialization
+
 # PyTorch's BatchNorm2d defaults; Keras' own default epsilon is 1e-3.
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # = 1 - PyTorch's momentum of 0.1
@@ -26,15 +28,10 @@ def conv2d(x, filters, kernel_size, *, stride=1, groups=1, use_bias=False, name)
     if stride > 1 and pad > 0:
         x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         padding = "valid"
-    return layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=stride,
-        padding=padding,
-        groups=groups,
-        use_bias=use_bias,
-        name=name,
-    )(x)
+    conv = layers.Conv2D(
+        filters, kernel_size, strides=stride, padding=padding, groups=groups, use_bias=use_bias, name=name
+    )
+    return initialization.call(conv, x)
 
 
 def batch_norm(x, *, name):

@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from keras_dla import checks
-from keras_dla.models import blocks, configs, fast_paths, imagenet, variants
+from keras_dla.models import blocks, configs, fast_paths, imagenet, initialization, variants
 from keras_dla.models.configs import MODEL_CONFIGS
 from keras_dla.weights import convert, pretrained
 
@@ -260,44 +260,46 @@ def DLA(
     if config["block"] == "res2net":
         block_args["scale"] = config["scale"]
 
-    x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
-    x = blocks.conv2d(x, channels[0], 7, name="base_layer_0")
-    x = blocks.batch_norm(x, name="base_layer_1")
-    x = blocks.relu(x, name="base_layer_2")
-    features = {}
-    x = features["level0"] = blocks.conv_level(x, channels[0], levels[0], stride=1, name="level0")
-    x = features["level1"] = blocks.conv_level(x, channels[1], levels[1], stride=2, name="level1")
-    for i in range(2, 6):
-        x = features[f"level{i}"] = blocks.tree(
-            x,
-            levels[i],
-            config["block"],
-            channels[i - 1],
-            channels[i],
-            stride=2,
-            level_root=i > 2,
-            residual_root=config["residual_root"],
-            name=f"level{i}",
-            block_args=block_args,
-        )
+    # Every weight is loaded below when `weights` is given (or the load raises): no random values to draw.
+    with initialization.loaded_next(weights is not None):
+        x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
+        x = blocks.conv2d(x, channels[0], 7, name="base_layer_0")
+        x = blocks.batch_norm(x, name="base_layer_1")
+        x = blocks.relu(x, name="base_layer_2")
+        features = {}
+        x = features["level0"] = blocks.conv_level(x, channels[0], levels[0], stride=1, name="level0")
+        x = features["level1"] = blocks.conv_level(x, channels[1], levels[1], stride=2, name="level1")
+        for i in range(2, 6):
+            x = features[f"level{i}"] = blocks.tree(
+                x,
+                levels[i],
+                config["block"],
+                channels[i - 1],
+                channels[i],
+                stride=2,
+                level_root=i > 2,
+                residual_root=config["residual_root"],
+                name=f"level{i}",
+                block_args=block_args,
+            )
 
-    if return_levels:
-        outputs = features
-    elif include_top:
-        x = layers.GlobalAveragePooling2D(name="global_pool")(x)
-        x = layers.Dense(classes, name="fc")(x)
-        if classifier_activation is not None:
-            x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
-        outputs = x
-    elif pooling == "avg":
-        outputs = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    elif pooling == "max":
-        outputs = layers.GlobalMaxPooling2D(name="global_pool")(x)
-    else:
-        outputs = x
+        if return_levels:
+            outputs = features
+        elif include_top:
+            x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+            x = initialization.call(layers.Dense(classes, name="fc"), x)
+            if classifier_activation is not None:
+                x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+            outputs = x
+        elif pooling == "avg":
+            outputs = layers.GlobalAveragePooling2D(name="global_pool")(x)
+        elif pooling == "max":
+            outputs = layers.GlobalMaxPooling2D(name="global_pool")(x)
+        else:
+            outputs = x
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = fast_paths.attach(keras.Model(inputs, outputs, name=name or variant or "dla"))
+        inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+        model = fast_paths.attach(keras.Model(inputs, outputs, name=name or variant or "dla"))
 
     if variant is not None and pretrained.find(variant, weights) is not None:
         # Fetched, verified and converted once; later loads read the converted cache.

@@ -16,7 +16,7 @@ import keras
 from keras import layers
 
 from keras_dla import checks, resampling
-from keras_dla.models import blocks, configs, dla, fast_paths, imagenet, variants
+from keras_dla.models import blocks, configs, dla, fast_paths, imagenet, initialization, variants
 from keras_dla.weights import convert, dlaseg
 
 DOWN_RATIOS = (2, 4, 8, 16)
@@ -40,7 +40,7 @@ def _conv(x, filters, kernel_size, *, name, use_bias=False):
         # The authors keep PyTorch's default bias: uniform(-1 / sqrt(fan_in), 1 / sqrt(fan_in)).
         bound = 1.0 / math.sqrt(x.shape[-1] * kernel_size * kernel_size)
         bias_initializer = keras.initializers.RandomUniform(-bound, bound)
-    return layers.Conv2D(
+    conv = layers.Conv2D(
         filters,
         kernel_size,
         padding="same",
@@ -48,7 +48,8 @@ def _conv(x, filters, kernel_size, *, name, use_bias=False):
         kernel_initializer=_upstream_conv_init(),
         bias_initializer=bias_initializer,
         name=name,
-    )(x)
+    )
+    return initialization.call(conv, x)
 
 
 def _conv_bn_relu(x, filters, kernel_size, *, name):
@@ -198,28 +199,30 @@ def DLAUp(
             bottleneck_width=blocks.bottleneck_width,
         )
 
-    first_level = int(math.log2(down_ratio))
-    x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
-    x = resampling.pad_to_multiple(x, SIZE_MULTIPLE, name="pad")  # the normalised image, zero-padded as upstream
-    base = dla.DLA(
-        **backbone_config,
-        include_top=False,
-        weights="imagenet" if weights == "imagenet" else None,
-        input_shape=(None, None, input_shape[-1]),
-        return_levels=True,
-        name="base",
-    )
-    levels = base(x)
-    x = dla_up([levels[f"level{i}"] for i in range(first_level, 6)], name="dla_up")
-    x = _conv(x, classes, 1, use_bias=True, name="fc_0")
-    # Fixed bilinear upsampling to the input resolution, frozen as upstream (`up.weight.requires_grad = False`).
-    x = resampling.depthwise_conv_transpose(x, down_ratio, trainable=False, name="up")
-    x = resampling.crop_like(x, img_input)
-    if activation is not None:
-        x = layers.Activation(activation, dtype="float32", name="predictions")(x)
+    # A checkpoint or weights file fills every weight below (or the load raises): no random values to draw.
+    with initialization.loaded_next(weights not in (None, "imagenet")):
+        first_level = int(math.log2(down_ratio))
+        x = imagenet.normalization_layer()(img_input) if include_preprocessing else img_input
+        x = resampling.pad_to_multiple(x, SIZE_MULTIPLE, name="pad")  # the normalised image, zero-padded as upstream
+        base = dla.DLA(
+            **backbone_config,
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_shape=(None, None, input_shape[-1]),
+            return_levels=True,
+            name="base",
+        )
+        levels = base(x)
+        x = dla_up([levels[f"level{i}"] for i in range(first_level, 6)], name="dla_up")
+        x = _conv(x, classes, 1, use_bias=True, name="fc_0")
+        # Fixed bilinear upsampling to the input resolution, frozen as upstream (`up.weight.requires_grad = False`).
+        x = resampling.depthwise_conv_transpose(x, down_ratio, trainable=False, name="up")
+        x = resampling.crop_like(x, img_input)
+        if activation is not None:
+            x = layers.Activation(activation, dtype="float32", name="predictions")(x)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = fast_paths.attach(keras.Model(inputs, x, name=name or f"{backbone or 'dla'}up"))
+        inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+        model = fast_paths.attach(keras.Model(inputs, x, name=name or f"{backbone or 'dla'}up"))
 
     if state_dict is not None:
         dead = tuple(f"base.{prefix}" for prefix in convert.dead_project_keys(backbone_config))
