@@ -36,7 +36,10 @@ def register(subparsers):
     parser.add_argument("--task", choices=("classification", "segmentation"), default="classification")
     parser.add_argument("--output", default="dla_demo", help="output folder (a killed demo resumes there)")
     parser.add_argument(
-        "--model", default=None, help=f"default: {cls['model']} (classification), {seg['model']} (segmentation)"
+        "--model",
+        default=None,
+        help=f"a DLA variant or an architecture .json file, as for `keras-dla train`; default: {cls['model']} "
+        f"(classification), {seg['model']} (segmentation)",
     )
     parser.add_argument(
         "--epochs",

@@ -17,7 +17,12 @@ def register(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--task", choices=TASKS, default="classification")
-    parser.add_argument("--model", default="dla34", help="a DLA variant (dla34, dla46_c, ...); dla34up for DLA-Up")
+    parser.add_argument(
+        "--model",
+        default="dla34",
+        help="a DLA variant (dla34, dla46_c, ...; dla34up for DLA-Up), or a .json file of keras_dla.DLA's architecture "
+        'arguments, e.g. {"levels": [1, 1, 1, 2, 1, 1], "channels": [8, 16, 16, 32, 32, 64]} (the backbone for DLA-Up)',
+    )
     parser.add_argument(
         "--dataset",
         default=None,
@@ -39,7 +44,11 @@ def register(subparsers):
         help="use N GPUs, or split the CPU into N devices (TensorFlow, JAX; PyTorch: 1)",
     )
     parser.add_argument("--mixed-precision", action="store_true")
-    parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    parser.add_argument(
+        "--jit",
+        action="store_true",
+        help="compile the train step with XLA (TensorFlow; JAX always compiles it) or torch.compile (PyTorch)",
+    )
     parser.add_argument(
         "--steps-per-execution", type=int, default=1, help="train steps per graph call (less per-step overhead)"
     )

@@ -9,7 +9,7 @@ import json
 import os
 
 from keras_dla import checks
-from keras_dla.models.dla import MIN_INPUT_SIZE, MODEL_CONFIGS
+from keras_dla.models.dla import MIN_INPUT_SIZE, MODEL_CONFIGS, resolve_architecture
 from keras_dla.training import run_folder
 from keras_dla.training.choices import AUGMENTS, OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS
 
@@ -23,7 +23,7 @@ class TrainConfig:
     """Everything a training run depends on; `keras-dla train` fills it from its flags."""
 
     task: str = "classification"
-    model: str = "dla34"
+    model: str = "dla34"  # a variant (`dla34`, `dla34up`) or a JSON file of architecture arguments
     dataset: str = "fashion_mnist"
     epochs: int = 10
     steps_per_epoch: int | None = None
@@ -53,8 +53,54 @@ class TrainConfig:
     verbose: int | str = "auto"
 
 
+ARCHITECTURE_SUFFIX = ".json"  # `--model my_dla.json`: a file of `keras_dla.DLA`'s architecture arguments
+
+
 def classification_models():
     return sorted(MODEL_CONFIGS)
+
+
+def is_architecture_file(model):
+    """Whether `model` names a JSON file of architecture arguments rather than a variant."""
+    return str(model).endswith(ARCHITECTURE_SUFFIX)
+
+
+def read_architecture(path):
+    """The architecture arguments (levels, channels, block, ...) of `keras_dla.DLA` in the JSON file `path`, checked.
+
+    For segmentation they are DLA-Up's backbone. For example `{"levels": [1, 1, 1, 2, 1, 1], "channels":
+    [8, 16, 16, 32, 32, 64], "block": "basic"}`; the arguments left out take DLA-34's values.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(
+            f"`model` should be a DLA variant name or an existing JSON file of architecture arguments ({e.strerror})."
+            f" Received: model={path!r}"
+        ) from None
+    try:
+        architecture = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as e:
+        raise ValueError(f"The architecture file does not parse as JSON ({e}). Received: model={path!r}") from None
+    if not isinstance(architecture, dict):
+        raise ValueError(
+            "The architecture file should hold a JSON object of `keras_dla.DLA`'s architecture arguments (levels, "
+            f"channels, block, ...). Received: model={path!r}"
+        )
+    try:
+        resolve_architecture(**architecture)  # unknown keys and bad values: one sentence each
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{e} (the architecture file {path})") from None
+    return architecture
+
+
+def architecture_of(model):
+    """What the builders take for `model`: `{"variant": name}` for a variant (`dla34`, `dla34up`), or the
+    architecture arguments of a JSON file."""
+    if is_architecture_file(model):
+        return read_architecture(model)
+    return {"variant": backbone_of(model)}
 
 
 def segmentation_models():
@@ -106,7 +152,9 @@ def validate(config):
     config.json can hold it.
     """
     checks.one_of("task", config.task, TASKS, what="task")
-    if not (config.task == "segmentation" and config.model in classification_models()):  # a backbone name
+    if is_architecture_file(config.model):
+        read_architecture(config.model)
+    elif not (config.task == "segmentation" and config.model in classification_models()):  # a backbone name
         names = classification_models() if config.task == "classification" else segmentation_models()
         checks.one_of("model", config.model, names, what=f"model for {config.task}")
     checked = {}

@@ -20,11 +20,12 @@ from keras_dla import checks, files
 from keras_dla.models.dla import DLA
 from keras_dla.training import datasets, distribute, keras_patches, losses, run_folder, schedules
 from keras_dla.training.config import (
-    backbone_of,
+    architecture_of,
     check_resumable,
     default_lr,
     default_schedule,
     epoch_steps,
+    is_architecture_file,
     validate,
 )
 from keras_dla.weights import convert
@@ -34,7 +35,10 @@ MONITORS = {"classification": "val_accuracy", "segmentation": "val_mean_iou"}
 
 
 def build_classifier(model, classes, input_shape, weights):
-    """A DLA classifier with a `classes`-way softmax; `weights` is "none", "imagenet" or a file."""
+    """A DLA classifier with a `classes`-way softmax; `model` is a variant or an architecture file
+    (`config.architecture_of`), `weights` "none", "imagenet" or a file."""
+    architecture = architecture_of(model)
+    name = os.path.splitext(os.path.basename(model))[0] if is_architecture_file(model) else model
     backbone_weights = None if weights == "none" or str(weights).endswith(".weights.h5") else weights
     if backbone_weights is not None and input_shape[-1] != 3:
         raise ValueError(
@@ -42,22 +46,23 @@ def build_classifier(model, classes, input_shape, weights):
             f"Received: weights={weights!r}"
         )
     if backbone_weights == "imagenet" and classes == 1000:
-        net = DLA(model, weights="imagenet", input_shape=input_shape)
+        net = DLA(**architecture, weights="imagenet", input_shape=input_shape, name=name)
     elif backbone_weights is not None:
         # The ImageNet (or converted) backbone with a new `fc` for this data set's classes.
-        base = DLA(model, include_top=False, pooling="avg", weights=backbone_weights, input_shape=input_shape)
+        base = DLA(**architecture, include_top=False, pooling="avg", weights=backbone_weights, input_shape=input_shape)
         x = keras.layers.Dense(classes, name="fc")(base.output)
         x = keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)
-        net = keras.Model(base.input, x, name=model)
+        net = keras.Model(base.input, x, name=name)
     else:
-        net = DLA(model, weights=None, input_shape=input_shape, classes=classes)
+        net = DLA(**architecture, weights=None, input_shape=input_shape, classes=classes, name=name)
     if str(weights).endswith(".weights.h5"):
         convert.load_weights(net, weights)  # a file that does not fit gets one sentence, not Keras' dump
     return net
 
 
 def build_segmenter(model, classes, input_shape, weights, down_ratio):
-    """A DLA-Up model (`keras_dla.models.dla_up.DLAUp`) on the DLA backbone named by `model` (`dla34up` or `dla34`)."""
+    """A DLA-Up model (`keras_dla.models.dla_up.DLAUp`) on the DLA backbone of `model`: `dla34up` or `dla34`, or an
+    architecture file (`config.architecture_of`)."""
     try:
         from keras_dla.models.dla_up import DLAUp
     except ImportError as e:
@@ -65,8 +70,9 @@ def build_segmenter(model, classes, input_shape, weights, down_ratio):
             f"Segmentation needs keras_dla.models.dla_up, which this installation lacks. Received: model={model!r}"
         ) from e
     backbone_weights = None if weights == "none" or str(weights).endswith(".weights.h5") else weights
+    architecture = architecture_of(model)
     net = DLAUp(
-        backbone=backbone_of(model),
+        backbone=architecture.get("variant", architecture),
         classes=classes,
         down_ratio=down_ratio,
         weights=backbone_weights,
@@ -173,10 +179,16 @@ def compiled_model(config, info, size, total_steps, steps_per_execution):
         optimizer=schedules.make_optimizer(config, schedule),
         loss=loss,
         metrics=metrics,
-        jit_compile=bool(config.jit),
+        jit_compile=jit_compile(config),
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def jit_compile(config):
+    """Keras' `jit_compile` for `config`: XLA with `--jit` on TensorFlow (its graphs run without), always on JAX
+    (without it, Keras runs JAX's train step eagerly, op by op), `torch.compile` with `--jit` on PyTorch."""
+    return True if keras.backend.backend() == "jax" else bool(config.jit)
 
 
 def undecodable_image_error(error, config, data):
