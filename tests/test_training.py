@@ -1,20 +1,14 @@
-"""Training: argument checks, schedules, TF_CONFIG, and real fits in subprocesses (2 replicas, 2 workers, resume).
+"""Training: argument checks, schedules, TF_CONFIG, run folders, and `keras-dla train`'s bad input, in this process.
 
-The fits run `keras-dla train` in child processes: logical CPU devices must be set up before TensorFlow starts,
-a multi-worker cluster needs one process per worker, and kill-and-resume needs a process to kill.
+The real fits, in child processes, are tests/test_training_runs.py (2 replicas, 2 workers, NaN) and
+tests/test_training_resume.py (killed and resumed, on each backend); tests/training_runs.py holds what they share.
 """
 
 import csv
-import dataclasses
 import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
@@ -23,48 +17,13 @@ import pytest
 from keras_dla import files
 from keras_dla.cli import build_parser
 from keras_dla.cli import train as cli_train
-from keras_dla.training import choices, distribute, losses, plots, run_folder, schedules
+from keras_dla.training import choices, distribute, fit, losses, plots, run_folder, schedules
 from keras_dla.training.config import WEIGHT_DECAY, TrainConfig, check_resumable, default_lr, epoch_steps, validate
+from tests import training_runs
 from tests.test_data import make_class_folder
+from tests.training_runs import TINY, TINY_DLA, attempt_folder, keras_dla, keras_dla_here, tiny_architecture
 
-# A tiny real run: dla46_c at 32x32 on a 3-class folder, a few steps.
-TINY = ["--model", "dla46_c", "--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--verbose", "2"]
-
-
-def keras_dla(args, env=None, timeout=600, **kwargs):
-    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "keras_dla.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=timeout,
-        **kwargs,
-    )
-
-
-def keras_dla_here(capsys, args):
-    """`keras-dla ARGS` run by `keras_dla.cli.main` in this process: (exit code, stdout, stderr).
-
-    For the commands whose point is not a fresh process (no `--devices`, no kill): each saves a TensorFlow start.
-    """
-    from keras_dla.cli import main
-
-    capsys.readouterr()
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_class_folder(str(tmp_path_factory.mktemp("data") / "animals"), per_class=30, size=(36, 36))
-
-
-def history_epochs(output):
-    with open(os.path.join(output, "history.csv")) as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
+folder = training_runs.folder  # a module-scoped fixture: the 3-class image folder the runs train on
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -110,6 +69,40 @@ def test_every_named_recipe_is_implemented_and_the_cli_parses():
 def test_bad_arguments_fail_before_anything_runs(changes, message):
     with pytest.raises(ValueError, match=message):
         validate(TrainConfig(**changes))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "an existing JSON file of architecture arguments"),
+        ("{levels", "does not parse as JSON"),
+        ('["levels"]', "should hold a JSON object"),
+        ('{"depth": 3}', "Unknown DLA architecture argument\\(s\\) \\['depth'\\]"),
+        ('{"levels": [1, 1, 1]}', "`levels` should be 6 positive integers"),
+        ('{"block": "dense"}', "`block` should be one of"),
+    ],
+)
+def test_a_bad_architecture_file_is_one_sentence(tmp_path, content, message):
+    path = tmp_path / "mine.json"
+    if content is not None:
+        path.write_text(content)
+    for task in ("classification", "segmentation"):
+        with pytest.raises(ValueError, match=message) as caught:
+            validate(TrainConfig(task=task, model=str(path)))
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_architecture_file_builds_that_architecture(tmp_path):
+    from keras_dla import DLA
+
+    config = validate(TrainConfig(model=TINY_DLA))
+    model = fit.build_classifier(config.model, 3, (32, 32, 1), "none")
+    expected = DLA(**tiny_architecture(), weights=None, input_shape=(32, 32, 1), classes=3)
+    assert model.name == "tiny_dla" and model.count_params() == expected.count_params()
+    assert [w.shape for w in model.weights] == [w.shape for w in expected.weights]
+    segmenter = fit.build_segmenter(TINY_DLA, 4, (64, 64, 1), "none", 4)
+    assert segmenter.output_shape == (None, 64, 64, 4)
+    assert segmenter.get_layer("base").get_layer("level5_tree1_conv1").filters == 32
 
 
 def test_an_output_that_is_a_file_is_refused(tmp_path):
@@ -384,7 +377,7 @@ def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder, capsys, mon
     text = tmp_path / "text.weights.h5"
     text.write_text("not weights")
     other = str(tmp_path / "imagenet_head.weights.h5")
-    DLA("dla46_c", weights=None, input_shape=(32, 32, 3), classes=1000).save_weights(other)
+    DLA(**tiny_architecture(), weights=None, input_shape=(32, 32, 3), classes=1000).save_weights(other)
     damaged = shutil.copytree(folder, tmp_path / "damaged")
     for image in damaged.glob("*/*.png"):  # every one, so the first batch has one whatever the shuffle
         image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
@@ -408,66 +401,6 @@ def test_a_new_run_that_fails_leaves_no_run_folder(tmp_path, folder, capsys, mon
         assert message in err and "Traceback" not in err, err[-2000:]
         assert not output.exists()
     assert "renamed/dog/003.png" in err  # the file is named
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Real fits
-
-
-def test_two_replica_mirrored_fit_on_cpu(tmp_path, folder, capsys, monkeypatch):
-    output = str(tmp_path / "run")
-    result = keras_dla(
-        ["train", *TINY, "--dataset", folder, "--devices", "2", "--epochs", "2", "--steps-per-epoch", "3"]
-        + ["--output", output]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = json.load(open(os.path.join(output, "run.json")))
-    assert run["replicas"] == 2 and run["strategy"] == "MirroredStrategy" and run["epochs_completed"] == 2
-    for name in ("best.weights.h5", "final.weights.h5", "history.csv", "curves.png", "backup/latest.weights.h5"):
-        assert os.path.isfile(os.path.join(output, name)), name
-    assert os.listdir(os.path.join(output, "logs"))
-    assert np.isfinite(run["final"]["loss"])
-    # The same command again: the run is complete, nothing more is trained.
-    again = keras_dla(
-        ["train", *TINY, "--dataset", folder, "--devices", "2", "--epochs", "2", "--steps-per-epoch", "3"]
-        + ["--output", output]
-    )
-    assert again.returncode == 0 and "2/2 epochs done (0 in this run)" in again.stdout
-    # Other settings in the same folder are refused, before a model is built (so this runs in this process).
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    code, _, err = keras_dla_here(
-        capsys, ["train", *TINY, "--dataset", folder, "--epochs", "5", "--steps-per-epoch", "3", "--output", output]
-    )
-    assert code == 2 and "other settings (epochs)" in err
-
-
-def non_finite_datasets(path):
-    """The float datasets of an HDF5 file that hold a NaN or an infinity."""
-    import h5py
-
-    bad = []
-
-    def visit(name, item):
-        if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not np.isfinite(item[()]).all():
-            bad.append(name)
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return bad
-
-
-def test_nan_loss_stops_with_a_message(tmp_path, folder):
-    result = keras_dla(
-        ["train", *TINY[:-4], "--lr", "1e30", "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4"]
-        + ["--output", str(tmp_path / "run")]
-    )
-    assert result.returncode == 3, result.stderr[-2000:]
-    assert "The loss became" in result.stdout and "training stopped" in result.stdout
-    assert not os.path.exists(tmp_path / "run" / "final.weights.h5")  # NaN weights are not the run's result
-    # No weights file of the run (best, backup, the backup before it) holds a NaN or an infinity.
-    written = [os.path.join(d, n) for d, _, names in os.walk(tmp_path / "run") for n in names if ".weights.h5" in n]
-    assert {path: non_finite_datasets(path) for path in written} == {path: [] for path in written}
-    assert result.stdout.count("the weights hold a NaN or an infinite value") <= 1  # said once, not every epoch
 
 
 def _dense_model():
@@ -510,90 +443,6 @@ def test_weights_that_are_not_finite_are_never_written(tmp_path, capsys, value, 
     assert out.count("the weights hold a NaN or an infinite value") == 1 and variable.path in out
 
 
-def _start_and_kill(command, output, after_epoch, env=None):
-    """Starts `keras-dla train`, SIGKILLs it once its backup holds epoch `after_epoch`; returns the backup's epoch."""
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keras_dla.cli", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=environment,
-    )
-    metadata = os.path.join(output, "backup", "training_metadata.json")
-    deadline = time.time() + 500
-    try:
-        while time.time() < deadline and process.poll() is None:
-            if os.path.isfile(metadata):
-                try:
-                    if json.load(open(metadata))["epoch"] >= after_epoch:
-                        break
-                except (ValueError, KeyError):
-                    pass
-            time.sleep(0.05)
-        assert process.poll() is None, "the run finished before it could be killed"
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(30)
-    return json.load(open(metadata))["epoch"]
-
-
-def test_killed_run_resumes_with_the_same_command(tmp_path, folder):
-    output = str(tmp_path / "run")
-    command = ["train", *TINY, "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4", "--output", output]
-    done = _start_and_kill(command, output, after_epoch=1)  # mid-run: 2 epochs left
-    assert 1 <= done < 3
-    # What kills at other moments leave: the row of an epoch not backed up yet, a repeated row, a partial row.
-    history = os.path.join(output, "history.csv")
-    with open(history, newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    rows = [line for line in lines[1:] if line.endswith("\n")]
-    not_backed_up = str(done) + rows[-1][rows[-1].index(",") :]
-    with open(history, "a", newline="") as f:
-        f.write(rows[0] + not_backed_up + not_backed_up[:7])
-    result = keras_dla(command)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = json.load(open(os.path.join(output, "run.json")))
-    assert run["epochs_completed"] == 3 and run["epochs_this_run"] == 3 - done
-    assert history_epochs(output) == [0, 1, 2]  # each epoch once on disk, not only as read_history reads it
-
-
-@pytest.mark.parametrize("backend, devices", [("jax", 2), ("torch", 1)])
-def test_other_backends_train_and_resume_a_killed_run(tmp_path, folder, backend, devices):
-    """`keras-dla train` on JAX (DataParallel over 2 host devices) and PyTorch: killed, resumed, same run folder."""
-    output = str(tmp_path / "run")
-    command = ["train", *TINY, "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "3", "--output", output]
-    command += ["--devices", str(devices)]
-    env = {"KERAS_BACKEND": backend}
-    done = _start_and_kill(command, output, after_epoch=1, env=env)
-    assert 1 <= done < 3
-    result = keras_dla(command, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = json.load(open(os.path.join(output, "run.json")))
-    assert run["backend"] == backend and run["replicas"] == devices
-    assert run["strategy"] == ("DataParallel" if devices > 1 else "OneDevice")
-    assert run["epochs_completed"] == 3 and run["epochs_this_run"] == 3 - done
-    assert sorted(set(history_epochs(output))) == [0, 1, 2]
-    for name in ("best.weights.h5", "final.weights.h5", "history.csv", "curves.png", "config.json"):
-        assert os.path.isfile(os.path.join(output, name)), name
-    assert os.listdir(os.path.join(output, "logs"))
-    assert np.isfinite(run["final"]["loss"])
-
-
-def test_a_backup_damaged_by_a_kill_falls_back_to_the_one_before(tmp_path, folder):
-    output = str(tmp_path / "run")
-    command = ["train", *TINY, "--dataset", folder, "--epochs", "3", "--steps-per-epoch", "4", "--output", output]
-    done = _start_and_kill(command, output, after_epoch=2)  # from the second backup on, the previous one is kept
-    assert done == 2
-    latest = os.path.join(output, "backup", "latest.weights.h5")
-    assert os.path.isfile(latest + ".bkp")
-    with open(latest, "r+b") as f:  # as a kill in the middle of writing it would leave it
-        f.truncate(os.path.getsize(latest) // 2)
-    result = keras_dla(command)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = json.load(open(os.path.join(output, "run.json")))
-    assert run["epochs_completed"] == 3 and run["epochs_this_run"] == 3 - (done - 1)
-
-
 def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = str(tmp_path / "best.weights.h5")
@@ -621,22 +470,9 @@ def test_best_weights_are_replaced_only_by_better_complete_files(tmp_path):
     assert lower.best == 0.3 and not os.path.exists(tmp_path / "loss.weights.h5")
 
 
-def _attempt(output, backup_files=(), **settings):
-    """A run folder as an attempt with `settings` leaves it: config.json, a history row, best weights."""
-    os.makedirs(os.path.join(output, "backup"), exist_ok=True)
-    config = dataclasses.asdict(TrainConfig(output=output, **settings))
-    open(os.path.join(output, "config.json"), "w").write(json.dumps(config))
-    open(os.path.join(output, "history.csv"), "w").write("epoch,val_accuracy\n0,0.99\n")
-    open(os.path.join(output, "best.weights.h5"), "wb").write(b"weights of the attempt")
-    os.makedirs(os.path.join(output, "logs", "train"), exist_ok=True)
-    for name in backup_files:
-        open(os.path.join(output, "backup", name), "w").write("{}")
-    return output
-
-
 @pytest.mark.parametrize("changes", [dict(epochs=7), dict(lr=0.5, model="dla34"), dict(task="segmentation"), {}])
 def test_a_folder_without_a_backup_takes_any_settings(tmp_path, changes):
-    output = _attempt(str(tmp_path / "run"), epochs=3, lr=0.01, model="dla46_c")
+    output = attempt_folder(str(tmp_path / "run"), epochs=3, lr=0.01, model="dla46_c")
     config = TrainConfig(output=output, **{"epochs": 3, "lr": 0.01, "model": "dla46_c", **changes})
     assert check_resumable(config) is True  # nothing to resume: the attempt binds nothing
     open(os.path.join(output, "notes.txt"), "w").write("mine")
@@ -646,7 +482,7 @@ def test_a_folder_without_a_backup_takes_any_settings(tmp_path, changes):
 
 @pytest.mark.parametrize("backup", ["training_metadata.json", "latest.weights.h5", "latest.weights.h5.bkp"])
 def test_a_folder_with_a_backup_resumes_only_its_settings(tmp_path, backup):
-    output = _attempt(str(tmp_path / "run"), backup_files=[backup], epochs=3)
+    output = attempt_folder(str(tmp_path / "run"), backup_files=[backup], epochs=3)
     assert check_resumable(TrainConfig(output=output, epochs=3)) is False
     assert check_resumable(TrainConfig(output=output, epochs=3, verbose=0, devices=2)) is False
     with pytest.raises(ValueError, match=r"other settings \(epochs\).*Received: \{'epochs': 4\}"):
@@ -656,23 +492,11 @@ def test_a_folder_with_a_backup_resumes_only_its_settings(tmp_path, backup):
 
 @pytest.mark.parametrize("content", ["{", "[1, 2]", "\udcff"])
 def test_a_damaged_config_json_beside_a_backup_is_one_sentence(tmp_path, content):
-    output = _attempt(str(tmp_path / "run"), backup_files=["training_metadata.json"])
+    output = attempt_folder(str(tmp_path / "run"), backup_files=["training_metadata.json"])
     with open(os.path.join(output, "config.json"), "w", errors="surrogateescape") as f:
         f.write(content)
     with pytest.raises(ValueError, match=r"config.json (is damaged|holds no run settings).*Received: output="):
         check_resumable(TrainConfig(output=output))
-
-
-def test_a_run_killed_before_its_first_backup_is_restarted_with_other_settings(tmp_path, folder):
-    output = _attempt(str(tmp_path / "run"), epochs=9, lr=0.5, model="dla34")
-    result = keras_dla(
-        ["train", *TINY, "--dataset", folder, "--epochs", "1", "--steps-per-epoch", "2"] + ["--output", output]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    config = json.load(open(os.path.join(output, "config.json")))
-    assert (config["epochs"], config["model"], config["lr"]) == (1, "dla46_c", 0.01)  # rewritten
-    assert history_epochs(output) == [0]  # the attempt's row is gone
-    assert open(os.path.join(output, "best.weights.h5"), "rb").read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def test_run_directory_removes_what_a_kill_left_mid_write(tmp_path):
@@ -680,50 +504,3 @@ def test_run_directory_removes_what_a_kill_left_mid_write(tmp_path):
     open(tmp_path / "history.csv", "w").write("epoch\n")
     run_folder.RunDirectory(str(tmp_path))
     assert not os.path.exists(whole) and sorted(os.listdir(tmp_path)) == ["backup", "history.csv"]
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def test_two_worker_multiworker_fit(tmp_path, folder):
-    output = str(tmp_path / "run")
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    command = ["train", *TINY, "--dataset", folder, "--strategy", "multiworker", "--epochs", "2"]
-    command += ["--steps-per-epoch", "3", "--output", output]
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config}
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "keras_dla.cli", *command],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=environment,
-            )
-        )
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=600))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for process, (_, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
-    run = json.load(open(os.path.join(output, "run.json")))
-    assert run["strategy"] == "MultiWorkerMirroredStrategy" and run["replicas"] == 2
-    assert run["epochs_completed"] == 2
-    # Only the chief wrote the run folder; worker 1 kept just its own backup there.
-    assert os.listdir(os.path.join(output, "workers")) == ["worker-1"]
-    assert os.path.isfile(os.path.join(output, "workers", "worker-1", "backup", "latest.weights.h5"))
-    assert history_epochs(output) == [0, 1]
