@@ -29,8 +29,9 @@ def float64():
 # The files that take longest, longest first: tools/test.sh hands whole files to pytest-xdist workers in collection
 # order, so starting these first lets the workers end together (the rest keep their order).
 LONGEST_FIRST = (
-    "test_training.py",
+    "test_training_resume.py",
     "test_demo.py",
+    "test_training_runs.py",
     "test_examples.py",
     "test_backends.py",
     "test_dla.py",

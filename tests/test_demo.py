@@ -10,6 +10,7 @@ import pytest
 
 from keras_dla import demo
 from keras_dla.training import evaluation
+from tests.training_runs import TINY_DLA
 
 
 def test_confusion_matrix_and_iou():
@@ -40,7 +41,7 @@ def test_demo_pipeline_on_a_small_subset(tmp_path, task):
     args = ["--task", task, "--output", output, "--epochs", "1", "--train-limit", "64", "--test-limit", "32"]
     args += ["--batch-size", "16", "--image-size", "32"]
     if task == "segmentation":  # one replica traces DLA-Up's steps once; the classification case keeps the default 2
-        args += ["--devices", "1"]
+        args += ["--devices", "1", "--model", TINY_DLA]  # and its named variant: here a tiny backbone
     result = run_demo_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(os.path.join(output, "report.json")))

@@ -22,9 +22,10 @@ import pytest
 
 from keras_dla.weights import checksum
 from tests.test_data import make_class_folder
+from tests.training_runs import TINY_DLA
 
 EPOCHS = 2
-TRAIN = ["--model", "dla46_c", "--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--verbose", "0"]
+TRAIN = ["--model", TINY_DLA, "--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--verbose", "0"]
 TRAIN += ["--epochs", str(EPOCHS), "--steps-per-epoch", "3"]
 EXPORT = ["--model", "dla46_c", "--weights", "none", "--classes", "3", "--format", "saved_model"]
 EXPORT += ["--input-size", "32", "32", "--samples", "2", "--overwrite"]

@@ -10,4 +10,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 [ -d .venv ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# --no-compile: Python compiles a module when it is first imported instead of all ~9 GB of packages up front.
+.venv/bin/python -m pip install -q --no-compile -e ".[test]"
