@@ -9,6 +9,7 @@ import sys
 import torch
 
 from tests.test_data import make_class_folder
+from tests.training_runs import TINY_DLA
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -43,15 +44,15 @@ def test_transfer_learning_from_a_pytorch_checkpoint_on_a_folder(tmp_path):
 
 
 def test_segmentation_training_on_the_scenes(tmp_path):
-    # The smallest DLA-Up (DLA-46-C's) on 32x32 crops: the script's whole path, train and score, at least cost.
-    args = ["--output", "run", "--batch-size", "8", "--model", "dla46_cup", "--crop-size", "32"]
+    # A DLA-Up on a tiny backbone and 32x32 crops: the script's whole path, train and score, at least cost.
+    args = ["--output", "run", "--batch-size", "8", "--model", TINY_DLA, "--crop-size", "32"]
     out = run_example("segmentation_training.py", args, cwd=tmp_path)
     assert re.search(r"mean IoU \d\.\d{4}", out), out[-2000:]
     assert (tmp_path / "run" / "final.weights.h5").is_file()
 
 
 def test_distributed_training_over_two_logical_cpu_devices(tmp_path):
-    args = ["--devices", "2", "--batch-size", "32", "--output", "run"]
+    args = ["--devices", "2", "--batch-size", "32", "--output", "run", "--model", TINY_DLA]
     out = run_example("distributed_training.py", args, cwd=tmp_path)
     assert "MirroredStrategy with 2 replica(s): 2 epochs" in out, out[-2000:]
     with open(tmp_path / "run" / "run.json") as f:
