@@ -47,7 +47,7 @@ def register(subparsers):
     parser.add_argument(
         "--jit",
         action="store_true",
-        help="compile the train step with XLA (TensorFlow; JAX always compiles it) or torch.compile (PyTorch)",
+        help="compile the train step with XLA (TensorFlow; on JAX it always is)",
     )
     parser.add_argument(
         "--steps-per-execution", type=int, default=1, help="train steps per graph call (less per-step overhead)"
