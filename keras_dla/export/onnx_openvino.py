@@ -249,7 +249,8 @@ def export_openvino(
     """Exports `model` as OpenVINO IR (`path`, an `.xml` file, and its weights beside it as `.bin`), float32.
 
     Args: as `export_onnx` (without quantisation). Returns the absolute path of the `.xml` file; its contract is
-    in `path + ".json"`. Run it with `openvino.Core().compile_model(path, "CPU")`.
+    in `path + ".json"`. Run it with `openvino.Core().compile_model(path, "CPU")`; on CPUs with bfloat16
+    (AMX, AVX512_BF16) OpenVINO then computes in bfloat16 unless given `{"INFERENCE_PRECISION_HINT": "f32"}`.
     """
     shape, target, export_model, dtype, uint8_input, overwrite = _prepare(
         model, path, input_size, batch_size, uint8_input, preprocess, overwrite, ".xml", "OpenVINO"

@@ -112,7 +112,11 @@ class Runner:
         (ov,) = require("openvino", "openvino")
         self.format = "openvino"
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": num_threads} if num_threads else {}
+        # float32 as exported: OpenVINO's CPU plugin otherwise computes in bfloat16 on CPUs that have it (AMX,
+        # AVX512_BF16; its INFERENCE_PRECISION_HINT documentation), and the parity checks would measure that rounding.
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
         try:
             compiled = core.compile_model(path, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with its own multi-line report
