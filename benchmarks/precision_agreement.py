@@ -21,15 +21,15 @@ from keras_dla.export import runtime
 from keras_dla.training import datasets, fit
 
 
-def _run_file(path, x, batch):
-    """Top-1 classes of an exported file over `x`, through keras_dla's runner (quantises int8 inputs itself)."""
+def _top1(call, x, batch):
+    """The top-1 classes `call` (a batch of images -> class scores) gives over `x`, `batch` images a call."""
+    return np.concatenate([np.asarray(call(x[i : i + batch])).argmax(-1) for i in range(0, len(x), batch)])
+
+
+def _file_top1(path, x, batch):
+    """The top-1 classes of an exported file over `x`, through keras_dla's runner (it quantises int8 inputs)."""
     runner = runtime.Runner(path, num_threads=os.cpu_count())
-    batch = 1 if runner.shape[0] else batch  # TFLite files have a fixed batch of 1
-    top1 = []
-    for i in range(0, len(x), batch):
-        (out,) = runner(x[i : i + batch]).values()
-        top1.append(out.argmax(-1))
-    return np.concatenate(top1)
+    return _top1(lambda images: next(iter(runner(images).values())), x, runner.shape[0] or batch)
 
 
 def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
@@ -44,9 +44,7 @@ def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
     float32 = model.predict(x, batch_size=250, verbose=0).argmax(-1)
     rows = {"float32 (Keras)": float32}
     bf16 = keras_dla.inference_model(model, dtype="bfloat16")
-    rows["bfloat16 (inference_model)"] = np.concatenate(
-        [np.asarray(bf16.serve(x[i : i + 250])).argmax(-1) for i in range(0, len(x), 250)]
-    )
+    rows["bfloat16 (inference_model)"] = _top1(bf16.serve, x, 250)
     with tempfile.TemporaryDirectory() as tmp:
         for name, exporter, suffix in (
             ("int8 (TFLite)", export.export_tflite, ".tflite"),
@@ -61,7 +59,7 @@ def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
                 calibration_steps=len(representative),
             )
             print(f"{name}: converted in {time.perf_counter() - start:.1f} s")
-            rows[name] = _run_file(path, x, 250)
+            rows[name] = _file_top1(path, x, 250)
     results = {
         name: {"accuracy": float(np.mean(top1 == y)), "top1_agreement": float(np.mean(top1 == float32))}
         for name, top1 in rows.items()
