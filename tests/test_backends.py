@@ -131,9 +131,10 @@ SMALL_MODELS = {
 }
 
 
-def _small_models():
-    """A classifier and a DLA-Up of tiny architectures, with random weights."""
-    return {name: getattr(keras_dla, builder)(**kwargs) for name, (builder, kwargs) in SMALL_MODELS.items()}
+def _small_model(kind):
+    """The classifier or the DLA-Up (`kind`, a key of SMALL_MODELS) of tiny architecture, with random weights."""
+    builder, kwargs = SMALL_MODELS[kind]
+    return getattr(keras_dla, builder)(**kwargs)
 
 
 # Saves the models of argv[2] (SMALL_MODELS as JSON) built by keras_dla on this process's backend into
@@ -256,7 +257,7 @@ def test_segmentation_loss_equals_torch_nll_ignoring_255():
 
 @pytest.mark.parametrize("kind", ["classifier", "segmenter"])
 def test_inference_model_serve_equals_the_model(kind):
-    model = _small_models()[kind]
+    model = _small_model(kind)
     fast = keras_dla.inference_model(model)
     for shape in ((1, *SIZE, 3), (3, 64, 48, 3)):
         x = images(shape, seed=4)
@@ -298,7 +299,7 @@ def test_include_preprocessing_takes_raw_pixels_and_the_same_weights(kind, tmp_p
 @pytest.mark.parametrize("kind", ["classifier", "segmenter"])
 def test_bfloat16_inference_model_takes_and_gives_float32(kind):
     """`dtype="bfloat16"` computes in bfloat16 inside (its rounding shows) with float32 in and out."""
-    model = _small_models()[kind]
+    model = _small_model(kind)
     fast = keras_dla.inference_model(model, dtype="bfloat16")
     x = images((2, *SIZE, 3), seed=5)
     expected = numpy(model(x, training=False))
@@ -325,7 +326,7 @@ NO_TENSORFLOW = textwrap.dedent(
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.fit(x, np.array([0, 1]), epochs=1, verbose=0)
     model.predict(x, verbose=0)
-    keras_dla.DLAUp("dla46_c", classes=3, weights=None).predict(x, verbose=0)
+    keras_dla.DLAUp(json.loads(sys.argv[2]), classes=3, weights=None).predict(x, verbose=0)
     model.save_weights(f"{folder}/w.weights.h5")
     keras_dla.DLA46XC(weights=f"{folder}/w.weights.h5", input_shape=(32, 32, 3))
     keras.models.load_model(f"{folder}/m.keras")
@@ -339,8 +340,8 @@ def test_jax_and_torch_never_import_tensorflow(tmp_path):
     """Import, build, load every kind of file, fit and predict, in a fresh process: TensorFlow is never imported."""
     timm_model = reference.make_timm_model("dla46x_c")
     reference.save_safetensors(reference.timm_state_dict(timm_model), tmp_path / "w.safetensors")
-    keras_dla.DLA46XC(weights=None, classes=3).save(tmp_path / "m.keras")
-    assert not _run_elsewhere(NO_TENSORFLOW, BACKEND, str(tmp_path))["tensorflow"]
+    _small_model("classifier").save(tmp_path / "m.keras")
+    assert not _run_elsewhere(NO_TENSORFLOW, BACKEND, str(tmp_path), json.dumps(TINY_BACKBONE))["tensorflow"]
 
 
 INFERENCE_MODEL = textwrap.dedent(
@@ -351,8 +352,8 @@ INFERENCE_MODEL = textwrap.dedent(
     from keras.src.utils import module_utils
     x = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
     errors = []
-    for model in (keras_dla.DLA46C(weights=None, classes=3, input_shape=(64, 64, 3)),
-                  keras_dla.DLAUp("dla46_c", classes=3, weights=None, input_shape=(64, 64, 3))):
+    for builder, kwargs in json.loads(sys.argv[1]).values():
+        model = getattr(keras_dla, builder)(**kwargs)
         fast = keras_dla.inference_model(model)
         served = np.asarray(fast.serve(x).detach() if hasattr(fast.serve(x), "detach") else fast.serve(x))
         errors.append(float(np.abs(served - np.asarray(model.predict(x, verbose=0))).max()))
@@ -363,9 +364,9 @@ INFERENCE_MODEL = textwrap.dedent(
 
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="the TensorFlow backend imports TensorFlow by definition")
-def test_inference_model_imports_no_tensorflow(tmp_path):
+def test_inference_model_imports_no_tensorflow():
     """A classifier and a DLA-Up (nested backbone) folded and served without TensorFlow, equal to the model."""
-    done = _run_elsewhere(INFERENCE_MODEL, BACKEND, str(tmp_path))
+    done = _run_elsewhere(INFERENCE_MODEL, BACKEND, json.dumps(SMALL_MODELS))
     assert not done["tensorflow"]
     assert done["restored"]  # Keras' lazy TensorFlow module asks again next time
     assert max(done["errors"]) < 1e-4
@@ -423,7 +424,7 @@ EXPORT_ON_THIS_BACKEND = textwrap.dedent(
     """
     import json, sys
     import keras_dla, keras_dla.export
-    model = keras_dla.DLA46C(weights=None, classes=3, input_shape=(32, 32, 3))
+    model = keras_dla.DLA(**json.loads(sys.argv[2]), weights=None, classes=3, input_shape=(32, 32, 3))
     try:
         keras_dla.export.export_tflite(model, sys.argv[1] + "/m.tflite")
         said = None
@@ -436,7 +437,7 @@ EXPORT_ON_THIS_BACKEND = textwrap.dedent(
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="exports are TensorFlow's: this is about the other backends")
 def test_export_says_what_works_and_the_cli_exports_anyway(tmp_path):
-    said = _run_elsewhere(EXPORT_ON_THIS_BACKEND, BACKEND, str(tmp_path))["said"]
+    said = _run_elsewhere(EXPORT_ON_THIS_BACKEND, BACKEND, str(tmp_path), json.dumps(TINY_BACKBONE))["said"]
     assert said and "runs on the TensorFlow backend" in said and f"Received: backend {BACKEND!r}" in said
     assert "\n" not in said
     command = [sys.executable, "-m", "keras_dla.cli", "export", "--model", "dla46_c", "--weights", "none"]

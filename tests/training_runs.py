@@ -2,7 +2,7 @@
 
 The runs train `tests/tiny_dla.json` (basic blocks, 4 to 32 channels) at 32x32: what they check is the run's
 machinery (resuming, replicas, workers, files), whose cost is then TensorFlow's start-up and tracing, not the
-model. tests/test_demo.py trains the demo's named variant, tests/test_dla.py checks every variant's numbers.
+model (tests/test_dla.py checks every variant's numbers).
 """
 
 import csv

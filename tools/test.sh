@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 python=python
 [ -x .venv/bin/python ] && python=.venv/bin/python
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+# The suite starts dozens of Python processes that import TensorFlow, JAX or PyTorch. Where the environment
+# sets PYTHONDONTWRITEBYTECODE, each would compile those packages' sources again (tools/setup.sh installs them
+# without bytecode): let the first import write the bytecode and the rest read it.
+unset PYTHONDONTWRITEBYTECODE
 # JAX compiles each random initializer once per kernel shape (most of a JAX build's time); its persistent
 # compilation cache keeps those programs between the suite's many processes.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}"
