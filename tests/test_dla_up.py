@@ -211,10 +211,11 @@ def test_keras_and_weights_file_round_trips(tmp_path):
     with zipfile.ZipFile(keras_path) as archive:
         assert "keras_dla" not in archive.read("config.json").decode()  # only Keras' own layers and ops
     assert "keras_dla" not in json.dumps(model.get_config())
-    # Plain Keras loads it, without TensorFlow's fast paths: the same function up to float rounding; with them
-    # attached again, the same computation.
+    # Plain Keras loads it, without TensorFlow's fast paths: the same function up to float rounding (Keras' batch
+    # norm against the fused kernel: 2.2e-5 relative on one of 20,000 probabilities on an AVX-512 CPU, so the
+    # references' rtol); with them attached again, the same computation.
     loaded = keras.saving.load_model(keras_path)
-    np.testing.assert_allclose(run(loaded, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(loaded, x), expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(run(keras_dla.attach_fast_paths(loaded), x), expected)
     assert not loaded.get_layer("up").trainable and loaded.get_layer(keras_name("dla_up.ida_0.up_1")).trainable
 
