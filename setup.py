@@ -56,15 +56,17 @@ setup(
             "onnx",
             "onnxruntime",
             "openvino",
+            "nncf",
         ],
         # ONNX export (keras_dla.export.onnx_openvino, `keras-dla export --format onnx`): Keras' exporter converts with
         # tf2onnx; ONNX Runtime runs the file for the parity check and quantises it to int8.
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
-        # OpenVINO export: OpenVINO converts and runs the model; a graph its TensorFlow front end cannot shape
-        # (DLA-Up's upsampling) goes through tf2onnx's ONNX export.
-        "openvino": ["openvino", "tf2onnx", "onnx"],
-        # benchmarks/performance.py: timm's model exported to ONNX and run by ONNX Runtime, peak memory.
-        "bench": ["onnx", "onnxscript", "onnxruntime"],
+        # OpenVINO export: OpenVINO converts and runs the model, NNCF quantises it to int8; a graph its TensorFlow
+        # front end cannot shape (DLA-Up's upsampling) goes through tf2onnx's ONNX export.
+        "openvino": ["openvino", "nncf", "tf2onnx", "onnx"],
+        # benchmarks/performance.py: timm's model exported to ONNX and run by ONNX Runtime and OpenVINO (int8 by
+        # ONNX Runtime's static quantisation and by NNCF), peak memory.
+        "bench": ["onnx", "onnxscript", "onnxruntime", "openvino", "nncf"],
     },
     entry_points={"console_scripts": ["keras-dla = keras_dla.cli:main"]},
     classifiers=[

@@ -250,18 +250,19 @@ def test_onnx_and_openvino_print_their_contract(capsys, tmp_path):
         assert diffs[0] <= TOLERANCE and agreements == [1.0]
 
 
-def test_onnx_int8_from_real_images(capsys, tmp_path):
+def test_onnx_and_openvino_int8_from_real_images(capsys, tmp_path):
     folder = tmp_path / "garments"
     folder.mkdir()
     _, (garments, _) = fashion_mnist.load_data()
     for i, garment in enumerate(garments[:12]):
         keras.utils.save_img(folder / f"{i:02d}.png", np.repeat(garment[:, :, None], 3, axis=-1), scale=False)
-    output = tmp_path / "q.onnx"
-    code, out, err = run_cli(
-        capsys, "--model", "dla46_c", "--weights", "none", "--format", "onnx", "--quantize", "int8",
-        "--representative", folder, "--input-size", 32, 32, "--classes", 3, "--calibration-steps", 8,
-        "--samples", 4, "--output", output,
-    )  # fmt: skip
-    assert code == 0, err
-    assert "parity on 4 real images" in out and "quantization: " in out
-    assert "int8 static, ONNX Runtime QDQ" in out
+    for fmt, name, scheme in (("onnx", "q.onnx", "ONNX Runtime QDQ"), ("openvino", "q.xml", "NNCF")):
+        output = tmp_path / name
+        code, out, err = run_cli(
+            capsys, "--model", "dla46_c", "--weights", "none", "--format", fmt, "--quantize", "int8",
+            "--representative", folder, "--input-size", 32, 32, "--classes", 3, "--calibration-steps", 8,
+            "--samples", 4, "--output", output,
+        )  # fmt: skip
+        assert code == 0, err
+        assert "parity on 4 real images" in out and "quantization: " in out
+        assert f"int8 static, {scheme}" in out

@@ -102,6 +102,21 @@ def test_onnx_int8_follows_the_float_model(classifier, tmp_path):
     assert quant["scheme"].startswith("int8 static") and quant["calibration_images"] == 16
 
 
+def test_openvino_int8_follows_the_float_model(classifier, tmp_path):
+    calibration = _images(16, seed=2)
+    path = export.export(
+        classifier, tmp_path / "q.xml", format="openvino", quantization="int8", representative_data=calibration
+    )
+    assert sorted(os.listdir(tmp_path)) == ["q.bin", "q.xml", "q.xml.json"]
+    model = openvino.Core().read_model(path)
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())  # NNCF's int8 points
+    report = export.verify_export(classifier, path, _images(16, seed=3), latency_runs=1)
+    assert report.max_abs_diff < 0.1, report.summary()  # probabilities
+    assert report.top1_agreement >= 0.75, report.summary()
+    quant = sidecar.read_sidecar(path)["quantization"]
+    assert quant["scheme"].startswith("int8 static, NNCF") and quant["calibration_images"] == 16
+
+
 def test_onnx_dla_up_any_size(segmenter, tmp_path):
     path = onnx_openvino.export_onnx(segmenter, tmp_path / "seg.onnx")
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -145,6 +160,8 @@ def test_refusals_leave_nothing(classifier, tmp_path):
         onnx_openvino.export_onnx(classifier, tmp_path / "m.onnx", quantization="int8")
     with pytest.raises(ValueError, match="quantization='float16'"):
         export.export(classifier, tmp_path / "m.xml", format="openvino", quantization="float16")
+    with pytest.raises(ValueError, match="representative"):
+        export.export(classifier, tmp_path / "m.xml", format="openvino", quantization="int8")
     assert os.listdir(tmp_path) == []
     (tmp_path / "m.xml").write_text("keep")
     with pytest.raises(ValueError, match="overwrite"):

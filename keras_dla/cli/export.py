@@ -17,7 +17,7 @@ NEEDS_TENSORFLOW = True
 
 FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 # The quantisations of each format that has any.
-QUANTIZATIONS = {"tflite": ("float16", "dynamic", "int8"), "onnx": ("int8",)}
+QUANTIZATIONS = {"tflite": ("float16", "dynamic", "int8"), "onnx": ("int8",), "openvino": ("int8",)}
 UP_SUFFIX = "up"
 
 
@@ -42,7 +42,8 @@ def register(subparsers):
     parser.add_argument(
         "--quantize",
         default=None,
-        help="TFLite: float16, dynamic or int8; ONNX: int8 (ONNX Runtime static quantisation, QDQ)",
+        help="TFLite: float16, dynamic or int8; ONNX: int8 (ONNX Runtime static quantisation, QDQ); OpenVINO: int8 "
+        "(NNCF)",
     )
     parser.add_argument(
         "--representative",
@@ -288,19 +289,17 @@ def run(args):
     elif args.format in ("onnx", "openvino"):
         from keras_dla.export import onnx_openvino
 
-        if args.format == "onnx":
-            size = (height, width) if args.quantize == "int8" else args.input_size
-            path = onnx_openvino.export_onnx(
-                model,
-                args.output,
-                input_size=size,
-                quantization=args.quantize,
-                representative_data=calibration,
-                calibration_steps=args.calibration_steps,
-                **kwargs,
-            )
-        else:
-            path = onnx_openvino.export_openvino(model, args.output, input_size=args.input_size, **kwargs)
+        writer = onnx_openvino.export_onnx if args.format == "onnx" else onnx_openvino.export_openvino
+        path = writer(
+            model,
+            args.output,
+            input_size=(height, width) if args.quantize == "int8" else args.input_size,
+            quantization=args.quantize,
+            representative_data=calibration,
+            calibration_steps=args.calibration_steps,
+            verbose=True,  # the calibration's progress
+            **kwargs,
+        )
     else:
         path = export.export_tflite(
             model,

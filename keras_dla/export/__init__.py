@@ -43,7 +43,7 @@ def export(model, path, *, format="saved_model", quantization=None, **kwargs):
         model: a Keras model with one image input.
         path: the file (TFLite, ONNX, OpenVINO `.xml`) or folder (SavedModel) to write.
         format: `"saved_model"`, `"tflite"`, `"onnx"` or `"openvino"`.
-        quantization: TFLite: `None`, `"float16"`, `"dynamic"` or `"int8"`; ONNX: `None` or `"int8"`.
+        quantization: TFLite: `None`, `"float16"`, `"dynamic"` or `"int8"`; ONNX and OpenVINO: `None` or `"int8"`.
         **kwargs: passed on to `export_saved_model`, `export_tflite`, `export_onnx` or `export_openvino`.
 
     Returns:
@@ -54,13 +54,8 @@ def export(model, path, *, format="saved_model", quantization=None, **kwargs):
     if format in ("onnx", "openvino"):
         from keras_dla.export import onnx_openvino
 
-        if format == "onnx":
-            return onnx_openvino.export_onnx(model, path, quantization=quantization, **kwargs)
-        if quantization is not None:
-            raise ValueError(
-                f"OpenVINO export is float32 only. Received: format='openvino', quantization={quantization!r}"
-            )
-        return onnx_openvino.export_openvino(model, path, **kwargs)
+        writer = onnx_openvino.export_onnx if format == "onnx" else onnx_openvino.export_openvino
+        return writer(model, path, quantization=quantization, **kwargs)
     from keras_dla.export import tensorflow_formats
 
     if format == "saved_model":

@@ -17,7 +17,8 @@ from keras_dla import checks
 def representative_dataset(data, shape, dtype, steps, verbose=False):
     """A converter `representative_dataset`: one-image batches of `data`, in the exported input's dtype.
 
-    With `verbose`, the images are counted as the converter calibrates on them: a progress bar on a terminal, a
+    Its `count` attribute is the number of images it yields. With `verbose`, the images are counted as the
+    converter calibrates on them: a progress bar on a terminal, a
     line every 10 s in a log.
     """
     if data is None:
@@ -68,6 +69,7 @@ def representative_dataset(data, shape, dtype, steps, verbose=False):
             yield [np.asarray(s, dtype=dtype)[None]]
             report(done)
 
+    generate.count = len(samples)  # the images calibrated on, for the sidecar
     return generate
 
 

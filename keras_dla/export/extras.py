@@ -5,7 +5,7 @@ import importlib
 # What to install for each runtime; named in the error when one is missing.
 EXTRAS = {
     "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-    "openvino": ("openvino", "tf2onnx", "onnx"),
+    "openvino": ("openvino", "nncf", "tf2onnx", "onnx"),
 }
 
 

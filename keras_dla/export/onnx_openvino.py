@@ -8,18 +8,25 @@ stays dynamic unless `batch_size` is given; height and width stay as the model h
 fixes them.
 
 - `export_onnx`: a `.onnx` file; `quantization="int8"` quantises it statically with ONNX Runtime
-  (`quantize_static`: QDQ format, int8 weights per channel, int8 activations calibrated on
-  `representative_data`), so the file still takes and returns float32.
+  (`quantize_static`: QDQ format, int8 weights per channel, uint8 activations calibrated on
+  `representative_data`), so the file still takes and returns float32. Unsigned activations with signed weights
+  (U8S8) are the pair ONNX Runtime's x86 int8 kernels are built for; int8 activations (S8S8) take slower kernels
+  there (docs/performance.md measures both).
 - `export_openvino`: an OpenVINO IR model, `model.xml` and its weights `model.bin` beside it, float32. A graph
   that OpenVINO's TensorFlow front end cannot shape (DLA-Up's upsampling) is converted from its ONNX export.
+  `quantization="int8"` quantises it with NNCF's post-training quantisation (int8 weights per channel, int8
+  activations calibrated on `representative_data`), which OpenVINO's CPU plugin runs with int8 kernels (VNNI, AMX).
 
 Each writes its JSON sidecar (`keras_dla.export.sidecar`) and, like `keras_dla.export`, writes atomically: a failure
 leaves nothing behind, an existing target is refused unless `overwrite=True`.
 """
 
 import contextlib
+import io
+import logging
 import os
 import shutil
+import sys
 import tempfile
 
 from keras_dla import checks
@@ -99,9 +106,19 @@ def _quantize_onnx(float_path, int8_path, batches):
         Reader(),
         quant_format=q.QuantFormat.QDQ,
         per_channel=True,
-        activation_type=q.QuantType.QInt8,
+        activation_type=q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8,
         calibrate_method=q.CalibrationMethod.MinMax,
+    )
+
+
+def _calibration_batches(model_shape, representative_data, dtype, steps, verbose):
+    """The one-image calibration batches of an int8 export (a dynamic height and width: the images' own)."""
+    calibration_shape = (1, *model_shape[1:])
+    if None in model_shape[1:3] and hasattr(representative_data, "shape"):
+        calibration_shape = (1, *representative_data.shape[1:])
+    return calibration.representative_dataset(
+        representative_data, calibration_shape, dtype, steps, checks.flag("verbose", verbose)
     )
 
 
@@ -128,8 +145,10 @@ def export_onnx(
         path: the `.onnx` file to create.
         input_size: optional `(height, width)` to fix; by default the model's own (possibly dynamic) size.
         batch_size: optional static batch size; `None` keeps it dynamic (`batch`).
-        quantization: `None` (float32) or `"int8"` (ONNX Runtime static quantisation, QDQ, calibrated on
-            `representative_data`; the file still takes and returns float32).
+        quantization: `None` (float32) or `"int8"` (ONNX Runtime static quantisation, QDQ: int8 weights per
+            channel, uint8 activations calibrated on `representative_data`; the file still takes and returns
+            float32). CPUs without VNNI compute uint8 x int8 products with an instruction that can saturate
+            (ONNX Runtime's quantisation guide): check the parity report there.
         representative_data: for `"int8"`: images `(N, H, W, C)` in the form the file takes (as the Keras model
             takes them, or uint8 pixels with `uint8_input`). Real images calibrate best.
         calibration_steps: at most this many representative images are used.
@@ -152,12 +171,7 @@ def export_onnx(
     require("onnx", "tf2onnx", "onnx", "onnxruntime")
     batches = None
     if quantization == "int8":
-        calibration_shape = (1, *shape[1:])
-        if None in shape[1:3] and hasattr(representative_data, "shape"):  # a dynamic size: the images' own
-            calibration_shape = (1, *representative_data.shape[1:])
-        batches = calibration.representative_dataset(
-            representative_data, calibration_shape, dtype, calibration_steps, checks.flag("verbose", verbose)
-        )
+        batches = _calibration_batches(shape, representative_data, dtype, calibration_steps, verbose)
     out_name = sidecar.output_name(model)
     with atomic.atomic_target(target, overwrite, is_dir=False) as tmp:
         float_path = os.path.join(os.path.dirname(tmp), "float.onnx")
@@ -178,8 +192,8 @@ def export_onnx(
         quant = {
             "scheme": "int8 static, ONNX Runtime QDQ",
             "weights": "int8, per output channel",
-            "activations": "int8, per tensor, MinMax calibration",
-            "calibration_images": min(calibration_steps, _count(representative_data)),
+            "activations": "uint8, per tensor, MinMax calibration",
+            "calibration_images": batches.count,
             "input_output": f"{dtype} in, float32 out (quantised inside the graph)",
         }
     contract = sidecar.describe(
@@ -196,13 +210,6 @@ def export_onnx(
     )
     sidecar.write_sidecar(target, contract)
     return target
-
-
-def _count(data):
-    try:
-        return len(data)
-    except TypeError:
-        return None
 
 
 @contextlib.contextmanager
@@ -235,23 +242,77 @@ def _openvino_model(ov, model, signature, workdir):
     return ov.Core().read_model(traced)
 
 
+@contextlib.contextmanager
+def _torch_unimported():
+    """While NNCF runs, a PyTorch not yet imported reads as absent.
+
+    NNCF (3.4) imports PyTorch whenever it is installed: on import, to register its tensor functions for torch
+    tensors (`nncf/tensor/functions/__init__.py`), and in `nncf.quantize`, to ask whether the model is a torch one
+    (`nncf/common/utils/backend.py`); both treat an ImportError as "no PyTorch". Quantising an OpenVINO model needs
+    none of it, and keras_dla imports PyTorch only on the PyTorch backend.
+    """
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this entry is None
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
+def _quantize_openvino(converted, samples, verbose):
+    """NNCF's post-training int8 quantisation of the `openvino.Model` `converted`, calibrated on `samples`."""
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    quiet = contextlib.ExitStack()
+    if not verbose:  # NNCF logs its steps at INFO and draws its progress bars on standard output
+        nncf_logger.setLevel(logging.WARNING)
+        quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    try:
+        with _torch_unimported(), quiet:
+            (nncf,) = require("openvino", "nncf")
+            return nncf.quantize(
+                converted,
+                nncf.Dataset(samples),
+                preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric int8 weights and activations
+                subset_size=len(samples),
+                # NNCF's full bias correction, slower to calibrate than its default fast one and closer to the
+                # float model (the top-1 agreements of both are in docs/export.md).
+                fast_bias_correction=False,
+            )
+    finally:
+        nncf_logger.setLevel(level)
+
+
 def export_openvino(
     model,
     path,
     *,
     input_size=None,
     batch_size=None,
+    quantization=None,
+    representative_data=None,
+    calibration_steps=200,
     uint8_input=False,
     preprocess="imagenet",
     labels=None,
     overwrite=False,
+    verbose=False,
 ):
-    """Exports `model` as OpenVINO IR (`path`, an `.xml` file, and its weights beside it as `.bin`), float32.
+    """Exports `model` as OpenVINO IR (`path`, an `.xml` file, and its weights beside it as `.bin`).
 
-    Args: as `export_onnx` (without quantisation). Returns the absolute path of the `.xml` file; its contract is
-    in `path + ".json"`. Run it with `openvino.Core().compile_model(path, "CPU")`; on CPUs with bfloat16
-    (AMX, AVX512_BF16) OpenVINO then computes in bfloat16 unless given `{"INFERENCE_PRECISION_HINT": "f32"}`.
+    Args: as `export_onnx`; `quantization="int8"` quantises with NNCF (`pip install nncf`): int8 weights per
+    output channel and int8 activations calibrated on `representative_data`, the file still taking and returning
+    float32 (or uint8 pixels with `uint8_input`). Returns the absolute path of the `.xml` file; its contract is in
+    `path + ".json"`. Run it with `openvino.Core().compile_model(path, "CPU")`: on CPUs with bfloat16 (AMX,
+    AVX512_BF16) OpenVINO then computes the float parts in bfloat16, its fastest setting there, unless given
+    `{"INFERENCE_PRECISION_HINT": "f32"}` (what `keras_dla.export.verify_export` and `keras-dla predict` give it).
     """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` should be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
+    calibration_steps = checks.positive_int("calibration_steps", calibration_steps)
     shape, target, export_model, dtype, uint8_input, overwrite = _prepare(
         model, path, input_size, batch_size, uint8_input, preprocess, overwrite, ".xml", "OpenVINO"
     )
@@ -262,6 +323,11 @@ def export_openvino(
             f"Received: path={os.fspath(path)!r}"
         )
     (ov,) = require("openvino", "openvino")
+    batches = None
+    if quantization == "int8":  # checked before anything is converted; NNCF shows its own progress
+        batches = _calibration_batches(shape, representative_data, dtype, calibration_steps, verbose=False)
+        with _torch_unimported():
+            require("openvino", "nncf")
     out_name = sidecar.output_name(model)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with _workdir_beside(target) as workdir:
@@ -273,11 +339,23 @@ def export_openvino(
             )
         converted.inputs[0].get_tensor().set_names({INPUT_NAME})
         converted.outputs[0].get_tensor().set_names({out_name})
+        if quantization == "int8":
+            samples = [batch[0] for batch in batches()]
+            converted = _quantize_openvino(converted, samples, checks.flag("verbose", verbose))
         named = os.path.join(workdir, "model.xml")
         ov.serialize(converted, named)
         # The weights first: the .xml, which readers open, appears only once its .bin is in place.
         os.replace(named[: -len(".xml")] + ".bin", weights)
         os.replace(named, target)
+    quant = None
+    if quantization == "int8":
+        quant = {
+            "scheme": "int8 static, NNCF post-training quantization (OpenVINO)",
+            "weights": "int8, per output channel, symmetric",
+            "activations": "int8, per tensor, calibrated",
+            "calibration_images": batches.count,
+            "input_output": f"{dtype} in, float32 out (quantised inside the graph)",
+        }
     contract = sidecar.describe(
         model,
         format="openvino",
@@ -288,6 +366,7 @@ def export_openvino(
         uint8_input=uint8_input,
         preprocess=preprocess,
         labels=labels,
+        quantization=quant,
     )
     contract["weights_file"] = os.path.basename(weights)
     sidecar.write_sidecar(target, contract)
