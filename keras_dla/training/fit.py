@@ -226,6 +226,7 @@ def fit_in_folder(model, config, data, run_dir, steps, fresh):
             validation_steps=config.validation_steps,
             callbacks=callbacks,
             verbose=config.verbose,
+            shuffle=False,  # the pipelines shuffle; Keras 3.15 warns that its default True is ignored for tf.data
         )
     except BaseException as e:
         if fresh:
