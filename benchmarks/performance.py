@@ -1,4 +1,5 @@
-"""keras_dla against timm and ONNX Runtime, side by side on this machine: inference, training, build time, memory.
+"""keras_dla against timm, ONNX Runtime and OpenVINO, side by side on this machine, at every precision: inference
+(float32, bfloat16, int8), training (float32, bfloat16 mixed precision), build time, memory.
 
 Usage:
     python benchmarks/performance.py                       # DLA-34, DLA-60X, DLA-169 at 224x224, batches 1/8/32
@@ -12,17 +13,29 @@ own peak resident memory. Timings are medians of repeated calls after warm-up ca
 machine whose speed drifts, `--rounds N` runs the whole job list N times, every other round in reverse order, and
 reports each figure's median over the rounds.
 
-Paths timed (images per second):
-- `keras_dla fast`: `keras_dla.inference_model(model).serve`, batch norm folded, a traced `tf.function`.
+Paths timed (images per second), each of one precision (`PATHS`):
+- `keras_dla fast`: `keras_dla.inference_model(model).serve`, batch norm folded, a frozen TensorFlow graph;
+  `keras_dla fast bf16`: the same with `dtype="bfloat16"` (float32 in and out).
 - `keras_dla predict`: plain `model.predict(x)` on the unmodified model.
 - `tflite fp32` / `tflite int8`: `keras_dla.export.export_tflite` files run by the LiteRT interpreter.
+- `keras_dla openvino fp32` / `bf16` / `int8`: `keras_dla.export.export_openvino` files (int8: its NNCF
+  quantisation) run by OpenVINO, told float32 (`INFERENCE_PRECISION_HINT`), left at its default (bfloat16 on a CPU
+  that has it; the row is left out elsewhere), and int8.
 - `timm eager`: timm's model under `torch.inference_mode()`.
-- `onnxruntime`: timm's model exported with `torch.onnx.export`, run by ONNX Runtime (all graph optimisations).
-- training: one SGD step at batch 16, keras_dla `model.fit` against timm forward/backward/step.
+- `onnxruntime` / `onnxruntime int8`: timm's model exported with `torch.onnx.export`, run by ONNX Runtime (all graph
+  optimisations); int8 by ONNX Runtime's static quantisation (QDQ, int8 per-channel weights).
+- `openvino fp32` / `bf16` / `int8`: the same ONNX file run by OpenVINO, as keras_dla's OpenVINO files are; int8
+  quantised by NNCF.
+- training: one SGD step at batch 16, keras_dla `model.fit` against timm forward/backward/step, in float32 and in
+  bfloat16 mixed precision (Keras' `mixed_bfloat16` policy against `torch.autocast("cpu", torch.bfloat16)`).
 - `(jax)` / `(torch)`: the same keras_dla paths (`serve`, `predict`, the `fit` step) on Keras' JAX and PyTorch
   backends, each job in a process with that `KERAS_BACKEND`; TensorFlow's jobs run with KERAS_BACKEND=tensorflow.
-The matmul peak is TensorFlow's float32 matmul at its best square size; the ceiling of a model is that peak over the
-model's FLOPs per image (2 x multiply-adds of its convolutions and dense layers).
+Every int8 file is calibrated on the same images (`calibration_images`). The peers of a precision are the engines the
+targets name (float32: ONNX Runtime and OpenVINO; bfloat16: OpenVINO; int8: ONNX Runtime and OpenVINO with NNCF);
+each figure is given as a ratio to the best peer of its precision at its batch size. The matmul peaks: TensorFlow's
+float32 and bfloat16 matmul and ONNX Runtime's int8 `MatMulInteger` at their best square size; the limit of a model
+at a precision is that peak over the model's FLOPs per image (2 x multiply-adds of its convolutions and dense
+layers), and each figure is also given as its fraction of that limit.
 
 Writes `<output>/performance.json` and `<output>/performance.png`, and prints the table.
 Needs the test extra plus the bench extra: `pip install -e ".[test,bench]"`.
@@ -30,6 +43,7 @@ Needs the test extra plus the bench extra: `pip install -e ".[test,bench]"`.
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -101,26 +115,69 @@ def model_flops(model):
 # Workers: each prints one JSON object on its last line
 
 
-def work_matmul(args):
+def _peak(run_at, sizes):
+    """{size: GFLOP/s} of `run_at(n)()`, one n x n x n matrix product (2 n^3 operations)."""
+    best = {}
+    for n in sizes:
+        seconds = time_call(run_at(n), min_calls=5, min_seconds=1.0)
+        best[n] = 2 * n**3 / seconds / 1e9
+    return best
+
+
+def _tf_matmul(dtype):
     import tensorflow as tf
 
+    def run_at(n):
+        a = tf.cast(tf.random.normal((n, n)), dtype)
+        b = tf.cast(tf.random.normal((n, n)), dtype)
+        matmul = tf.function(lambda: tf.matmul(a, b))
+        return lambda: matmul().numpy()
+
+    return run_at
+
+
+def _ort_int8_matmul(threads):
+    """ONNX Runtime's `MatMulInteger` (uint8 x int8 -> int32), the kernel its int8 convolutions reduce to."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def run_at(n):
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+            "matmul_int8",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+            [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
+            [onnx.numpy_helper.from_array(np.random.default_rng(1).integers(-127, 128, (n, n), dtype=np.int8), "b")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        a = np.random.default_rng(0).integers(0, 256, (n, n), dtype=np.uint8)
+        return lambda: session.run(None, {"a": a})
+
+    return run_at
+
+
+def work_matmul(args):
+    """The machine's measured limit at each precision: the best GFLOP/s (GOP/s for int8) of a square matmul."""
     _tf_threads(args.threads)
-    best = {}
     sizes = (512, 1024, 2048) if args.quick else (1024, 2048, 3072, 4096)
-    for n in sizes:
-        a = tf.random.normal((n, n))
-        b = tf.random.normal((n, n))
-        matmul = tf.function(lambda a=a, b=b: tf.matmul(a, b))
-        seconds = time_call(lambda matmul=matmul: matmul().numpy(), min_calls=5, min_seconds=1.0)
-        best[n] = 2 * n**3 / seconds / 1e9
-    return {"gflops": max(best.values()), "by_size": best}
+    peaks = {
+        "float32": _peak(_tf_matmul("float32"), sizes),
+        "bfloat16": _peak(_tf_matmul("bfloat16"), sizes),
+        "int8": _peak(_ort_int8_matmul(args.threads), sizes),
+    }
+    return {"gflops": {p: max(by_size.values()) for p, by_size in peaks.items()}, "by_size": peaks}
 
 
 def _keras_model(args, **kwargs):
-    import keras_dla
+    from keras_dla.models import dla
 
     start = time.perf_counter()
-    model = keras_dla.models.dla.BUILDERS[args.model](weights=None, input_shape=(args.size, args.size, 3), **kwargs)
+    model = dla.BUILDERS[args.model](weights=None, input_shape=(args.size, args.size, 3), **kwargs)
     build_s = time.perf_counter() - start
     _trained_like_batch_norms(model)
     return model, build_s
@@ -171,7 +228,23 @@ def work_keras_inference(args):
     return result
 
 
-def work_keras_train(args):
+def work_keras_bf16(args):
+    """`inference_model(model, dtype="bfloat16").serve`: bfloat16 inside, float32 in and out."""
+    import keras_dla
+
+    _tf_threads(args.threads)
+    model, _ = _keras_model(args)
+    fast = keras_dla.inference_model(model, dtype="bfloat16")
+    rates = {}
+    for batch in args.batches:
+        x = random_images(batch, args.size)
+        rates[batch] = batch / time_call(
+            lambda x=x: fast.serve(x).numpy(), min_calls=args.calls, min_seconds=args.seconds
+        )
+    return {"rates": {"keras_dla fast bf16": rates}, "peak_rss_mib": peak_rss_mib()}
+
+
+def work_keras_train(args, precision="float32"):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -179,6 +252,8 @@ def work_keras_train(args):
     _tf_threads(args.threads)
     if args.gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    elif precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model, _ = _keras_model(args)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -220,7 +295,7 @@ def work_tflite(args):
     _tf_threads(args.threads)
     model, _ = _keras_model(args)
     result = {"rates": {}, "convert_s": {}}
-    calibration = random_images(8, args.size, seed=2)
+    calibration = calibration_images(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         for name, quantization in (("tflite fp32", None), ("tflite int8", "int8")):
             path = os.path.join(tmp, f"{name.replace(' ', '_')}.tflite")
@@ -306,7 +381,7 @@ def work_timm_inference(args):
     return result
 
 
-def work_timm_train(args):
+def work_timm_train(args, precision="float32"):
     import torch
 
     model, _, device = _timm_model(args)
@@ -315,10 +390,14 @@ def work_timm_train(args):
     scaler = torch.amp.GradScaler(enabled=bool(args.gpu))
     x = _torch_images(TRAIN_BATCH, args.size, device, args.gpu)
     y = torch.randint(0, CLASSES, (TRAIN_BATCH,), generator=torch.Generator().manual_seed(1)).to(device)
+    # GPU: float16 autocast with loss scaling (AMP); CPU bfloat16: bfloat16 autocast, which needs no scaling.
+    autocast = {"device_type": device, "enabled": bool(args.gpu)}
+    if precision == "bfloat16" and not args.gpu:
+        autocast = {"device_type": device, "dtype": torch.bfloat16, "enabled": True}
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device, enabled=bool(args.gpu)):
+        with torch.autocast(**autocast):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -330,37 +409,159 @@ def work_timm_train(args):
     return {"train_step_s": seconds, "peak_rss_mib": peak_rss_mib()}
 
 
-def work_onnxruntime(args):
-    import onnxruntime as ort
+def calibration_images(size, nchw=False):
+    """The images every int8 path calibrates on (TFLite, NNCF and ONNX Runtime alike): 8 images, NHWC or NCHW."""
+    images = random_images(8, size, seed=2)
+    return images.transpose(0, 3, 1, 2).copy() if nchw else images
+
+
+def _timm_onnx(args, path):
+    """timm's model exported to ONNX at `path` (input `images`, NCHW, dynamic batch); returns the export seconds."""
     import torch
 
     model, _, _ = _timm_model(args)
     model.eval()
+    example = _torch_images(1, args.size, "cpu", False)
+    start = time.perf_counter()
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    return time.perf_counter() - start
+
+
+def _ort_int8(float_path, int8_path, size):
+    """ONNX Runtime's static int8 quantisation with the settings of keras_dla's ONNX int8 export (QDQ, int8
+    per-channel weights, uint8 activations, MinMax calibration), on `calibration_images`."""
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self._images = iter(calibration_images(size, nchw=True))
+
+        def get_next(self):
+            image = next(self._images, None)
+            return None if image is None else {"images": image[None]}
+
+    prepared = float_path + ".prepared.onnx"
+    q.quant_pre_process(float_path, prepared)
+    q.quantize_static(
+        prepared,
+        int8_path,
+        Reader(),
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=q.QuantType.QUInt8,
+        weight_type=q.QuantType.QInt8,
+        calibrate_method=q.CalibrationMethod.MinMax,
+    )
+
+
+def work_onnxruntime(args):
+    """timm's ONNX file in ONNX Runtime, float32 and statically quantised to int8."""
+    import onnxruntime as ort
+
     result = {"rates": {}}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        example = _torch_images(1, args.size, "cpu", False)
+        result["export_s"] = _timm_onnx(args, path)
+        int8_path = os.path.join(tmp, "model_int8.onnx")
         start = time.perf_counter()
-        torch.onnx.export(
-            model,
-            (example,),
-            path,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
-        result["export_s"] = time.perf_counter() - start
+        _ort_int8(path, int8_path, args.size)
+        result["quantize_s"] = time.perf_counter() - start
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        for name, file in (("onnxruntime", path), ("onnxruntime int8", int8_path)):
+            session = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+            for batch in args.batches:
+                x = random_images(batch, args.size).transpose(0, 3, 1, 2).copy()
+                result["rates"].setdefault(name, {})[batch] = batch / time_call(
+                    lambda x=x, session=session: session.run(None, {"images": x}),
+                    min_calls=args.calls,
+                    min_seconds=args.seconds,
+                )
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def _openvino_rates(prefix, float_path, int8_model, args, nchw):
+    """Images/s of OpenVINO running a float model told float32, the same at OpenVINO's default precision (a row
+    only where that is bfloat16), and an int8 model: `{f"{prefix} fp32": {batch: rate}, ...}`."""
+    import openvino as ov
+
+    core = ov.Core()
+    threads = {"INFERENCE_NUM_THREADS": args.threads}
+    compiled = {
+        "fp32": core.compile_model(float_path, "CPU", {**threads, "INFERENCE_PRECISION_HINT": "f32"}),
+        "default": core.compile_model(float_path, "CPU", threads),
+        "int8": core.compile_model(int8_model, "CPU", threads),
+    }
+    default = str(compiled["default"].get_property("INFERENCE_PRECISION_HINT")).lower()
+    rates = {}
+    for tag, model in compiled.items():
+        if tag == "default":
+            if "bf16" not in default and "bfloat16" not in default:
+                continue
+            tag = "bf16"
+        request = model.create_infer_request()
         for batch in args.batches:
-            x = random_images(batch, args.size).transpose(0, 3, 1, 2).copy()
-            result["rates"].setdefault("onnxruntime", {})[batch] = batch / time_call(
-                lambda x=x: session.run(None, {"images": x}), min_calls=args.calls, min_seconds=args.seconds
+            x = random_images(batch, args.size)
+            x = x.transpose(0, 3, 1, 2).copy() if nchw else x
+            rates.setdefault(f"{prefix} {tag}", {})[batch] = batch / time_call(
+                lambda x=x, request=request: request.infer({0: x}), min_calls=args.calls, min_seconds=args.seconds
             )
+    return rates
+
+
+def work_openvino(args):
+    """timm's ONNX file in OpenVINO: float32, its default precision, and int8 quantised by NNCF."""
+    import nncf
+    import openvino as ov
+
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        result["export_s"] = _timm_onnx(args, path)
+        start = time.perf_counter()
+        calibration = nncf.Dataset([x[None] for x in calibration_images(args.size, nchw=True)])
+        int8 = nncf.quantize(  # as keras_dla's export_openvino quantises
+            ov.Core().read_model(path),
+            calibration,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            fast_bias_correction=False,
+        )
+        result["quantize_s"] = time.perf_counter() - start
+        result["rates"] = _openvino_rates("openvino", path, int8, args, nchw=True)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def work_keras_openvino(args):
+    """keras_dla's own OpenVINO files (`export_openvino`, float32 and NNCF int8) in OpenVINO, as the peers run."""
+    from keras_dla.export import onnx_openvino
+
+    _tf_threads(args.threads)
+    model, _ = _keras_model(args)
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = onnx_openvino.export_openvino(model, os.path.join(tmp, "fp32.xml"))
+        start = time.perf_counter()
+        int8_path = onnx_openvino.export_openvino(
+            model,
+            os.path.join(tmp, "int8.xml"),
+            quantization="int8",
+            representative_data=calibration_images(args.size),
+            calibration_steps=8,
+        )
+        result["quantize_s"] = time.perf_counter() - start
+        result["rates"] = _openvino_rates("keras_dla openvino", float_path, int8_path, args, nchw=False)
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -418,17 +619,23 @@ def work_backend_train(args):
 WORKERS = {
     "matmul": work_matmul,
     "keras_inference": work_keras_inference,
+    "keras_bf16": work_keras_bf16,
     "keras_train": work_keras_train,
+    "keras_train_bf16": functools.partial(work_keras_train, precision="bfloat16"),
     "jax_inference": work_backend_inference,
     "jax_train": work_backend_train,
     "torch_inference": work_backend_inference,
     "torch_train": work_backend_train,
     "tflite": work_tflite,
+    "keras_openvino": work_keras_openvino,
     "timm_inference": work_timm_inference,
     "timm_train": work_timm_train,
+    "timm_train_bf16": functools.partial(work_timm_train, precision="bfloat16"),
     "onnxruntime": work_onnxruntime,
+    "openvino": work_openvino,
 }
-CPU_ONLY = ("tflite", "onnxruntime")
+# The jobs of the CPU's precisions and engines, left out with --gpu (which times mixed precision and XLA instead).
+CPU_ONLY = ("tflite", "onnxruntime", "openvino", "keras_openvino", "keras_bf16", "keras_train_bf16", "timm_train_bf16")
 # The Keras backend of each job that runs keras_dla; every other job leaves KERAS_BACKEND as it is.
 BACKEND_OF_JOB = {"jax_inference": "jax", "jax_train": "jax", "torch_inference": "torch", "torch_train": "torch"}
 
@@ -505,9 +712,43 @@ def median_of(values):
     return statistics.median(values)
 
 
-def rows_of(results, batches):
-    """The table: one row per (model, path, batch) with images/s and the ratios the targets are about."""
+# Each timed path: who runs it and at which precision. The peers are the engines the targets compare keras_dla's
+# paths with; timm eager is the reference implementation. The backends' rows ("keras_dla fast (jax)", ...) are
+# keras_dla's float32 paths.
+PATHS = {
+    "keras_dla fast": ("keras_dla", "float32"),
+    "keras_dla predict": ("keras_dla", "float32"),
+    "tflite fp32": ("keras_dla", "float32"),
+    "keras_dla openvino fp32": ("keras_dla", "float32"),
+    "keras_dla fast bf16": ("keras_dla", "bfloat16"),
+    "keras_dla openvino bf16": ("keras_dla", "bfloat16"),
+    "tflite int8": ("keras_dla", "int8"),
+    "keras_dla openvino int8": ("keras_dla", "int8"),
+    "timm eager": ("reference", "float32"),
+    "onnxruntime": ("peer", "float32"),
+    "openvino fp32": ("peer", "float32"),
+    "openvino bf16": ("peer", "bfloat16"),
+    "onnxruntime int8": ("peer", "int8"),
+    "openvino int8": ("peer", "int8"),
+}
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def path_kind(path):
+    """(who, precision) of a timed path."""
+    return PATHS.get(path, ("keras_dla", "float32"))
+
+
+def _peaks(results):
+    """{precision: GFLOP/s} of the matmul job (older results hold one float32 figure)."""
     peak = results.get("matmul_gflops")
+    return peak if isinstance(peak, dict) else {"float32": peak} if peak else {}
+
+
+def rows_of(results, batches):
+    """The table: one row per (model, path, batch) with images/s, its ratio to the best peer of its precision (and
+    to timm eager), and its fraction of the machine's limit at its precision."""
+    peaks = _peaks(results)
     rows = []
     for model, jobs in results["models"].items():
         rates = {}
@@ -515,45 +756,94 @@ def rows_of(results, batches):
             for path, by_batch in ((job or {}).get("rates") or {}).items():
                 rates[path] = {int(b): r for b, r in by_batch.items()}
         flops = (jobs.get("keras_inference") or {}).get("flops")
-        for path, by_batch in rates.items():
+        for path, by_batch in sorted(rates.items(), key=lambda item: _path_order(item[0])):
+            who, precision = path_kind(path)
             for batch in batches:
                 rate = by_batch.get(batch)
                 if rate is None:
                     continue
+                peers = [r.get(batch) for p, r in rates.items() if path_kind(p) == ("peer", precision) and r.get(batch)]
                 timm = rates.get("timm eager", {}).get(batch)
-                onnx = rates.get("onnxruntime", {}).get(batch)
-                ceiling = peak * 1e9 / flops if peak and flops else None
+                limit = peaks[precision] * 1e9 / flops if peaks.get(precision) and flops else None
                 rows.append(
                     {
                         "model": model,
                         "path": path,
+                        "who": who,
+                        "precision": precision,
                         "batch": batch,
                         "images_per_s": rate,
+                        "vs_best_peer": rate / max(peers) if peers else None,
                         "vs_timm": rate / timm if timm else None,
-                        "vs_onnxruntime": rate / onnx if onnx else None,
-                        "of_matmul_ceiling": rate / ceiling if ceiling else None,
+                        "of_limit": rate / limit if limit else None,
                     }
                 )
     return rows
 
 
+def _path_order(path):
+    who, precision = path_kind(path)
+    return (PRECISIONS.index(precision) if precision in PRECISIONS else 9, who != "keras_dla", path)
+
+
+def best_rows(rows):
+    """Per (model, precision, batch): keras_dla's fastest path against the fastest peer, the targets' comparison."""
+    best = []
+    keys = sorted(
+        {(r["model"], r["precision"], r["batch"]) for r in rows}, key=lambda k: (k[0], _precision_i(k[1]), k[2])
+    )
+    for model, precision, batch in keys:
+        same = [r for r in rows if (r["model"], r["precision"], r["batch"]) == (model, precision, batch)]
+        ours = max((r for r in same if r["who"] == "keras_dla"), key=lambda r: r["images_per_s"], default=None)
+        peer = max((r for r in same if r["who"] == "peer"), key=lambda r: r["images_per_s"], default=None)
+        if ours and peer:
+            best.append(
+                {
+                    "model": model,
+                    "precision": precision,
+                    "batch": batch,
+                    "keras_dla_path": ours["path"],
+                    "keras_dla_images_per_s": ours["images_per_s"],
+                    "peer_path": peer["path"],
+                    "peer_images_per_s": peer["images_per_s"],
+                    "ratio": ours["images_per_s"] / peer["images_per_s"],
+                }
+            )
+    return best
+
+
+def _precision_i(precision):
+    return PRECISIONS.index(precision) if precision in PRECISIONS else 9
+
+
+def _step_rate(job):
+    step = (job or {}).get("train_step_s")
+    return TRAIN_BATCH / step if step else None
+
+
 def train_rows(results):
+    """One row per (model, precision): keras_dla's `fit` step (and its JAX and PyTorch backends' in float32)
+    against timm's SGD step at the same precision."""
     rows = []
     for model, jobs in results["models"].items():
-        keras_step = (jobs.get("keras_train") or {}).get("train_step_s")
-        timm_step = (jobs.get("timm_train") or {}).get("train_step_s")
-        backend_steps = {b: (jobs.get(f"{b}_train") or {}).get("train_step_s") for b in ("jax", "torch")}
-        rows.append(
-            {
+        for precision, suffix in (("float32", ""), ("bfloat16", "_bf16")):
+            keras_rate = _step_rate(jobs.get(f"keras_train{suffix}"))
+            timm_rate = _step_rate(jobs.get(f"timm_train{suffix}"))
+            if keras_rate is None and timm_rate is None:
+                continue
+            row = {
                 "model": model,
-                "keras_dla_images_per_s": TRAIN_BATCH / keras_step if keras_step else None,
-                **{f"keras_dla_{b}_images_per_s": TRAIN_BATCH / t if t else None for b, t in backend_steps.items()},
-                "timm_images_per_s": TRAIN_BATCH / timm_step if timm_step else None,
-                "vs_timm": timm_step / keras_step if keras_step and timm_step else None,
-                "keras_dla_peak_rss_mib": (jobs.get("keras_train") or {}).get("peak_rss_mib"),
-                "timm_peak_rss_mib": (jobs.get("timm_train") or {}).get("peak_rss_mib"),
+                "precision": precision,
+                "keras_dla_images_per_s": keras_rate,
+                "timm_images_per_s": timm_rate,
+                "vs_timm": keras_rate / timm_rate if keras_rate and timm_rate else None,
+                "keras_dla_peak_rss_mib": (jobs.get(f"keras_train{suffix}") or {}).get("peak_rss_mib"),
+                "timm_peak_rss_mib": (jobs.get(f"timm_train{suffix}") or {}).get("peak_rss_mib"),
             }
-        )
+            if precision == "float32":
+                for backend in ("jax", "torch"):
+                    row[f"keras_dla_{backend}_images_per_s"] = _step_rate(jobs.get(f"{backend}_train"))
+            rows.append(row)
     return rows
 
 
@@ -562,22 +852,37 @@ def _fmt(value, pattern):
 
 
 def print_tables(results):
-    print(f"\nmatmul peak: {_fmt(results.get('matmul_gflops'), '.0f')} GFLOP/s float32, {results['threads']} threads")
+    peaks = _peaks(results)
+    print(
+        "\nmatmul peaks (the limits): "
+        + ", ".join(f"{p} {_fmt(peaks.get(p), '.0f')} GFLOP/s" for p in PRECISIONS if p in peaks)
+        + f"; {results['threads']} threads"
+    )
     print("\ninference (images/s)")
-    print(f"{'model':8s} {'path':18s} {'batch':>5s} {'img/s':>8s} {'x timm':>7s} {'x ORT':>7s} {'ceiling':>8s}")
+    print(
+        f"{'model':8s} {'precision':9s} {'path':24s} {'batch':>5s} {'img/s':>8s} {'x peer':>7s} {'x timm':>7s} "
+        f"{'limit':>6s}"
+    )
     for r in results["inference"]:
         print(
-            f"{r['model']:8s} {r['path']:18s} {r['batch']:5d} {r['images_per_s']:8.1f} {_fmt(r['vs_timm'], '7.2f')} "
-            f"{_fmt(r['vs_onnxruntime'], '7.2f')} {_fmt(r['of_matmul_ceiling'], '8.0%')}"
+            f"{r['model']:8s} {r.get('precision', '-'):9s} {r['path']:24s} {r['batch']:5d} {r['images_per_s']:8.1f} "
+            f"{_fmt(r.get('vs_best_peer'), '7.2f')} {_fmt(r['vs_timm'], '7.2f')} {_fmt(r.get('of_limit'), '6.0%')}"
         )
+    if results.get("best"):
+        print("\nkeras_dla's fastest path against the fastest peer, per precision (images/s)")
+        print(f"{'model':8s} {'precision':9s} {'batch':>5s} {'keras_dla':>34s} {'best peer':>26s} {'ratio':>6s}")
+        for r in results["best"]:
+            ours = f"{r['keras_dla_path']} {r['keras_dla_images_per_s']:.1f}"
+            peer = f"{r['peer_path']} {r['peer_images_per_s']:.1f}"
+            print(f"{r['model']:8s} {r['precision']:9s} {r['batch']:5d} {ours:>34s} {peer:>26s} {r['ratio']:6.2f}")
     print(f"\ntraining step, batch {TRAIN_BATCH} (images/s)")
     print(
-        f"{'model':8s} {'keras_dla':>10s} {'jax':>6s} {'torch':>6s} {'timm':>8s} {'x timm':>7s} "
+        f"{'model':8s} {'precision':9s} {'keras_dla':>10s} {'jax':>6s} {'torch':>6s} {'timm':>8s} {'x timm':>7s} "
         f"{'RSS MiB':>9s} {'timm RSS':>9s}"
     )
     for r in results["training"]:
         print(
-            f"{r['model']:8s} {_fmt(r['keras_dla_images_per_s'], '10.1f')} "
+            f"{r['model']:8s} {r.get('precision', 'float32'):9s} {_fmt(r['keras_dla_images_per_s'], '10.1f')} "
             f"{_fmt(r.get('keras_dla_jax_images_per_s'), '6.1f')} "
             f"{_fmt(r.get('keras_dla_torch_images_per_s'), '6.1f')} "
             f"{_fmt(r['timm_images_per_s'], '8.1f')} "
@@ -600,6 +905,7 @@ def print_tables(results):
 
 
 def plot(results, path):
+    """One panel per (model, precision): images/s of each path at each batch size, the precision's limit dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -608,27 +914,42 @@ def plot(results, path):
 
     rows = results["inference"]
     models = list(results["models"])
-    paths = sorted({r["path"] for r in rows}, key=lambda p: (not p.startswith("keras"), p))
+    precisions = [p for p in PRECISIONS if any(r.get("precision", "float32") == p for r in rows)] or ["float32"]
+    peaks = _peaks(results)
     batches = results["batches"]
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.5), squeeze=False)
-    width = 0.8 / max(len(paths), 1)
-    for ax, model in zip(axes[0], models, strict=True):
-        for i, p in enumerate(paths):
-            values = [
-                next((r["images_per_s"] for r in rows if (r["model"], r["path"], r["batch"]) == (model, p, b)), 0)
-                for b in batches
-            ]
-            ax.bar(np.arange(len(batches)) + (i - (len(paths) - 1) / 2) * width, values, width, label=p)
+    fig, axes = plt.subplots(
+        len(models), len(precisions), figsize=(5.5 * len(precisions), 4.2 * len(models)), squeeze=False
+    )
+    for row_axes, model in zip(axes, models, strict=True):
         flops = (results["models"][model].get("keras_inference") or {}).get("flops")
-        if results.get("matmul_gflops") and flops:
-            ax.axhline(results["matmul_gflops"] * 1e9 / flops, color="black", ls="--", lw=1, label="matmul ceiling")
-        ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_title(f"{model}, {results['size']}x{results['size']}")
-        ax.set_ylabel("images / s")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{results['machine']['cpu']}, {results['threads']} threads, {results['date']}", fontsize=9)
+        for ax, precision in zip(row_axes, precisions, strict=True):
+            paths = sorted(
+                {r["path"] for r in rows if r["model"] == model and r.get("precision", "float32") == precision},
+                key=_path_order,
+            )
+            width = 0.8 / max(len(paths), 1)
+            for i, p in enumerate(paths):
+                values = [
+                    next((r["images_per_s"] for r in rows if (r["model"], r["path"], r["batch"]) == (model, p, b)), 0)
+                    for b in batches
+                ]
+                hatch = "" if path_kind(p)[0] == "keras_dla" else "//"
+                ax.bar(
+                    np.arange(len(batches)) + (i - (len(paths) - 1) / 2) * width, values, width, label=p, hatch=hatch
+                )
+            if peaks.get(precision) and flops:
+                ax.axhline(peaks[precision] * 1e9 / flops, color="black", ls="--", lw=1, label="matmul limit")
+            ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+            ax.set_title(f"{model}, {precision}, {results['size']}x{results['size']}")
+            ax.set_ylabel("images / s")
+            ax.legend(fontsize=7)
+    fig.suptitle(
+        f"keras_dla (plain bars) and peers (hatched); {results['machine']['cpu']}, {results['threads']} threads, "
+        f"{results['date']}",
+        fontsize=9,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -688,6 +1009,7 @@ def main(argv=None):
         machine={"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
     )
     results["inference"] = rows_of(results, args.batches)
+    results["best"] = best_rows(results["inference"])
     results["training"] = train_rows(results)
     results["wall_s"] = time.perf_counter() - started
     os.makedirs(args.output, exist_ok=True)

@@ -2,9 +2,11 @@
 
 Usage: `keras-dla demo` (writes dla_demo/model.weights.h5), then
 `python benchmarks/precision_agreement.py [dla_demo/model.weights.h5] [dla46_c] [32]` (weights, variant, input size).
-Rows: `keras_dla.inference_model(model, dtype="bfloat16")`, TFLite int8 and ONNX Runtime static int8 (both calibrated
-on the same 500 training images, through the evaluation pipeline). Prints each row's accuracy and its top-1
-agreement with the float32 Keras model, and writes them as JSON beside the weights (`precision_agreement.json`).
+Rows: `keras_dla.inference_model(model, dtype="bfloat16")`, the OpenVINO export at OpenVINO's default precision
+(bfloat16 on a CPU that has it), and the int8 exports: TFLite, ONNX Runtime static int8 and OpenVINO int8 by NNCF
+(all calibrated on the same 500 training images, through the evaluation pipeline; OpenVINO at its default precision,
+as `benchmarks/performance.py` times it). Prints each row's accuracy and its top-1 agreement with the float32 Keras
+model, and writes them as JSON beside the weights (`precision_agreement.json`).
 """
 
 import json
@@ -30,6 +32,16 @@ def _file_top1(path, x, batch):
     """The top-1 classes of an exported file over `x`, through keras_dla's runner (it quantises int8 inputs)."""
     runner = runtime.Runner(path, num_threads=os.cpu_count())
     return _top1(lambda images: next(iter(runner(images).values())), x, runner.shape[0] or batch)
+
+
+def _openvino_top1(path, x, batch):
+    """The top-1 classes of an OpenVINO file over `x`, compiled at OpenVINO's default precision for this CPU."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU")
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    request = compiled.create_infer_request()
+    return _top1(lambda images: request.infer({0: images})[compiled.outputs[0]], x, batch), str(precision)
 
 
 def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
@@ -60,6 +72,17 @@ def main(weights="dla_demo/model.weights.h5", variant="dla46_c", size=32):
             )
             print(f"{name}: converted in {time.perf_counter() - start:.1f} s")
             rows[name] = _file_top1(path, x, 250)
+        path = export.export_openvino(model, os.path.join(tmp, "float.xml"))
+        rows["OpenVINO, default precision"], precision = _openvino_top1(path, x, 250)
+        print(f"OpenVINO's default inference precision here: {precision}")
+        path = export.export_openvino(
+            model,
+            os.path.join(tmp, "int8.xml"),
+            quantization="int8",
+            representative_data=representative,
+            calibration_steps=len(representative),
+        )
+        rows["int8 (OpenVINO, NNCF)"], _ = _openvino_top1(path, x, 250)
     results = {
         name: {"accuracy": float(np.mean(top1 == y)), "top1_agreement": float(np.mean(top1 == float32))}
         for name, top1 in rows.items()

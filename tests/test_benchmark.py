@@ -57,7 +57,7 @@ def test_time_call_takes_the_median_after_warmup():
 def _results():
     rates = lambda a, b: {"1": a, "8": b}  # noqa: E731  (JSON keys are strings)
     return {
-        "matmul_gflops": 100.0,
+        "matmul_gflops": {"float32": 100.0, "bfloat16": 200.0, "int8": 400.0},
         "threads": 2,
         "size": 224,
         "batches": [1, 8],
@@ -66,27 +66,46 @@ def _results():
         "models": {
             "dla34": {
                 "keras_inference": {"flops": 5e9, "build_s": 1.0, "rates": {"keras_dla fast": rates(10.0, 20.0)}},
+                "keras_bf16": {"rates": {"keras_dla fast bf16": rates(15.0, 30.0)}},
+                "keras_openvino": {"rates": {"keras_dla openvino int8": rates(50.0, 70.0)}},
                 "keras_train": {"train_step_s": 2.0, "peak_rss_mib": 100},
+                "keras_train_bf16": {"train_step_s": 1.0, "peak_rss_mib": 100},
                 "timm_inference": {"build_s": 0.5, "rates": {"timm eager": rates(5.0, 10.0)}},
                 "timm_train": {"train_step_s": 4.0, "peak_rss_mib": 90},
-                "onnxruntime": {"rates": {"onnxruntime": rates(20.0, 40.0)}},
+                "timm_train_bf16": {"train_step_s": 4.0, "peak_rss_mib": 90},
+                "onnxruntime": {"rates": {"onnxruntime": rates(20.0, 40.0), "onnxruntime int8": rates(40.0, 80.0)}},
+                "openvino": {"rates": {"openvino fp32": rates(25.0, 30.0), "openvino bf16": rates(30.0, 60.0)}},
                 "tflite": None,  # a job that failed
             }
         },
     }
 
 
-def test_ratios_ceiling_and_outputs(tmp_path, capsys):
+def test_ratios_limits_and_outputs(tmp_path, capsys):
     results = _results()
     results["inference"] = performance.rows_of(results, [1, 8])
+    results["best"] = performance.best_rows(results["inference"])
     results["training"] = performance.train_rows(results)
-    fast8 = next(r for r in results["inference"] if r["path"] == "keras_dla fast" and r["batch"] == 8)
-    assert fast8["vs_timm"] == pytest.approx(2.0) and fast8["vs_onnxruntime"] == pytest.approx(0.5)
-    assert fast8["of_matmul_ceiling"] == pytest.approx(20.0 / (100e9 / 5e9))  # ceiling: 20 images/s
-    assert results["training"][0]["vs_timm"] == pytest.approx(2.0)
-    assert results["training"][0]["keras_dla_images_per_s"] == pytest.approx(8.0)
+    row = {(r["path"], r["batch"]): r for r in results["inference"]}
+    fast8 = row["keras_dla fast", 8]
+    assert (fast8["who"], fast8["precision"]) == ("keras_dla", "float32")
+    assert fast8["vs_timm"] == pytest.approx(2.0)
+    assert fast8["vs_best_peer"] == pytest.approx(0.5)  # ONNX Runtime's 40 beats OpenVINO's 30 at batch 8
+    assert row["keras_dla fast", 1]["vs_best_peer"] == pytest.approx(10.0 / 25.0)  # OpenVINO's 25 at batch 1
+    assert fast8["of_limit"] == pytest.approx(20.0 / (100e9 / 5e9))  # limit: 20 images/s
+    bf16 = row["keras_dla fast bf16", 8]
+    assert bf16["vs_best_peer"] == pytest.approx(0.5) and bf16["of_limit"] == pytest.approx(30.0 / 40.0)
+    assert row["keras_dla openvino int8", 8]["vs_best_peer"] == pytest.approx(70.0 / 80.0)
+    assert row["onnxruntime int8", 1]["of_limit"] == pytest.approx(40.0 / 80.0)
+    best = {(b["precision"], b["batch"]): b for b in results["best"]}
+    assert best["int8", 1]["ratio"] == pytest.approx(50.0 / 40.0) and best["int8", 1]["peer_path"] == "onnxruntime int8"
+    assert best["float32", 8]["keras_dla_path"] == "keras_dla fast" and len(best) == 6
+    train = {r["precision"]: r for r in results["training"]}
+    assert train["float32"]["vs_timm"] == pytest.approx(2.0) and train["bfloat16"]["vs_timm"] == pytest.approx(4.0)
+    assert train["float32"]["keras_dla_images_per_s"] == pytest.approx(8.0)
     performance.print_tables(results)
-    assert "keras_dla fast" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "keras_dla fast" in out and "bfloat16 200 GFLOP/s" in out
     performance.plot(results, str(tmp_path / "chart.png"))
     assert os.path.getsize(tmp_path / "chart.png") > 1000
     json.dumps(results)  # what main() writes
@@ -116,7 +135,7 @@ def test_rounds_alternate_and_report_medians(monkeypatch):
     assert len(results["per_round"]) == 3 and results["per_round"][1]["models"]["dla34"]["timm_train"] is None
 
 
-_OTHER_JOBS = ["keras_inference", "tflite", "timm_inference", "onnxruntime"] + list(performance.BACKEND_OF_JOB)
+_OTHER_JOBS = [j for j in performance.WORKERS if j not in ("matmul", "keras_train", "timm_train")]
 
 
 def test_kernel_time_sums_onednn_lines_between_call_markers():
