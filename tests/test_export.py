@@ -115,8 +115,18 @@ def test_classifier_exports_match_keras(variant, tmp_path):
         assert report.format == "saved_model"
         assert report.max_abs_diff <= TOLERANCE, report.summary()
         assert report.top1_agreement == 1.0
+    # ONNX and OpenVINO: a grouped convolution reaches ONNX as dense convolutions over block-diagonal kernels and
+    # OpenVINO as its GroupConvolution (keras_dla.export.onnx_openvino).
+    for name in ("model.onnx", "model.xml"):
+        path = export.export(model, tmp_path / name, format="onnx" if name.endswith(".onnx") else "openvino")
+        report = export.verify_export(model, path, inputs, latency_runs=1)
+        assert report.max_abs_diff <= TOLERANCE, report.summary()
+        assert report.top1_agreement == 1.0
     # No temporary leftovers; each artefact has its JSON sidecar (keras_dla.export.sidecar).
-    assert sorted(os.listdir(tmp_path)) == ["model.tflite", "model.tflite.json", "saved_model", "saved_model.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "model.bin", "model.onnx", "model.onnx.json", "model.tflite", "model.tflite.json", "model.xml",
+        "model.xml.json", "saved_model", "saved_model.json",
+    ]  # fmt: skip
 
 
 def test_dla_up_exports_match_keras(tmp_path):

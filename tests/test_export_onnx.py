@@ -25,8 +25,8 @@ def classifier():
 
 
 @pytest.fixture(scope="module")
-def segmenter():
-    model = dla_up.DLAUp("dla46_c", weights=None, classes=3, input_shape=(None, None, 3), activation=None)
+def segmenter():  # grouped convolutions: OpenVINO reads DLA-Up through ONNX, which takes them as dense ones
+    model = dla_up.DLAUp("dla46x_c", weights=None, classes=3, input_shape=(None, None, 3), activation=None)
     return trained_looking(model, 64)
 
 

@@ -32,6 +32,7 @@ import tempfile
 from keras_dla import checks
 from keras_dla.export import atomic, calibration, sidecar, signature
 from keras_dla.export.extras import require
+from keras_dla.models import fast_paths
 
 QUANTIZATIONS = (None, "int8")
 INPUT_NAME = sidecar.INPUT_NAME
@@ -224,13 +225,18 @@ def _workdir_beside(path):
 def _openvino_model(ov, model, signature, workdir):
     """`model` as an `openvino.Model`: by Keras' exporter, else converted from its ONNX export.
 
-    OpenVINO's TensorFlow front end (2026.4) mis-shapes DLA-Up's upsampling (a channel tile feeding a depthwise
-    convolution: it tiles the wrong axis and then refuses the GroupConvolution); its ONNX front end reads the same
-    computation as tf2onnx writes it.
+    Grouped convolutions are traced as Keras' own grouped convolution, which OpenVINO reads as its
+    `GroupConvolution`; TensorFlow's CPU form of them (`keras_dla.models.fast_paths`: dense convolutions over
+    block-diagonal kernels, built with `MatrixDiagV3`) has no conversion rule in OpenVINO's TensorFlow front end
+    (2026.4). That front end also mis-shapes DLA-Up's upsampling (a channel tile feeding a depthwise convolution: it
+    tiles the wrong axis and then refuses the GroupConvolution); its ONNX front end reads the same computation as
+    tf2onnx writes it, and tf2onnx takes the block-diagonal form (it cannot convert the XLA function Keras' grouped
+    convolution is on TensorFlow).
     """
     traced = os.path.join(workdir, "traced.xml")
     try:
-        model.export(traced, format="openvino", input_signature=signature, verbose=False)
+        with fast_paths.native_grouped_convs():
+            model.export(traced, format="openvino", input_signature=signature, verbose=False)
     except RuntimeError as e:  # OpenVINO's converter reports a graph it cannot shape as a RuntimeError
         require("onnx", "tf2onnx", "onnx")
         first = (str(e).strip().splitlines() or [""])[0]
