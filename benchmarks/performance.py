@@ -32,8 +32,9 @@ Paths timed (images per second), each of one precision (`PATHS`):
   backends, each job in a process with that `KERAS_BACKEND`; TensorFlow's jobs run with KERAS_BACKEND=tensorflow.
 Every int8 file is calibrated on the same images (`calibration_images`). The peers of a precision are the engines the
 targets name (float32: ONNX Runtime and OpenVINO; bfloat16: OpenVINO; int8: ONNX Runtime and OpenVINO with NNCF);
-each figure is given as a ratio to the best peer of its precision at its batch size. The matmul peaks: TensorFlow's
-float32 and bfloat16 matmul and ONNX Runtime's int8 `MatMulInteger` at their best square size; the limit of a model
+each figure is given as a ratio to the best peer of its precision at its batch size. The matmul peaks: the fastest
+square matmul at each precision (float32: TensorFlow, OpenVINO; bfloat16: TensorFlow, OpenVINO; int8: ONNX Runtime's
+`MatMulInteger`, OpenVINO on FakeQuantize'd operands), the best size and engine; the limit of a model
 at a precision is that peak over the model's FLOPs per image (2 x multiply-adds of its convolutions and dense
 layers), and each figure is also given as its fraction of that limit.
 
@@ -161,16 +162,54 @@ def _ort_int8_matmul(threads):
     return run_at
 
 
+def _openvino_matmul(precision, threads):
+    """OpenVINO's CPU matmul at `precision`: float32 (told so), bfloat16 (its default where the CPU has it), or
+    int8 (both operands behind FakeQuantize, which its CPU plugin runs as an int8 matmul)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def run_at(n):
+        parameter = ops.parameter([n, n], ov.Type.f32, name="a")
+        weights = np.random.default_rng(1).standard_normal((n, n)).astype("float32")
+        a, b = parameter, ops.constant(weights)
+        if precision == "int8":
+            low, high = ops.constant(np.float32(0)), ops.constant(np.float32(255))
+            a = ops.fake_quantize(a, low, high, low, high, 256)
+            low, high = ops.constant(np.float32(-128)), ops.constant(np.float32(127))
+            b = ops.fake_quantize(ops.constant(np.round(weights * 32).clip(-128, 127)), low, high, low, high, 256)
+        config = {"INFERENCE_NUM_THREADS": threads}
+        if precision == "float32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        compiled = ov.Core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [parameter]), "CPU", config)
+        request = compiled.create_infer_request()
+        x = np.random.default_rng(0).uniform(0, 255, (n, n)).astype("float32")
+        return lambda: request.infer({0: x})
+
+    return run_at
+
+
 def work_matmul(args):
-    """The machine's measured limit at each precision: the best GFLOP/s (GOP/s for int8) of a square matmul."""
+    """The machine's measured limit at each precision: the best GFLOP/s (GOP/s for int8) of a square matmul, over
+    TensorFlow, ONNX Runtime and OpenVINO (each engine's figures kept under `by_engine`)."""
     _tf_threads(args.threads)
     sizes = (512, 1024, 2048) if args.quick else (1024, 2048, 3072, 4096)
-    peaks = {
-        "float32": _peak(_tf_matmul("float32"), sizes),
-        "bfloat16": _peak(_tf_matmul("bfloat16"), sizes),
-        "int8": _peak(_ort_int8_matmul(args.threads), sizes),
+    by_engine = {
+        "float32": {
+            "tensorflow": _peak(_tf_matmul("float32"), sizes),
+            "openvino": _peak(_openvino_matmul("float32", args.threads), sizes),
+        },
+        "bfloat16": {
+            "tensorflow": _peak(_tf_matmul("bfloat16"), sizes),
+            "openvino": _peak(_openvino_matmul("bfloat16", args.threads), sizes),
+        },
+        "int8": {
+            "onnxruntime": _peak(_ort_int8_matmul(args.threads), sizes),
+            "openvino": _peak(_openvino_matmul("int8", args.threads), sizes),
+        },
     }
-    return {"gflops": {p: max(by_size.values()) for p, by_size in peaks.items()}, "by_size": peaks}
+    best = {p: {engine: max(sizes.values()) for engine, sizes in engines.items()} for p, engines in by_engine.items()}
+    return {"gflops": {p: max(engines.values()) for p, engines in best.items()}, "by_engine": best}
 
 
 def _keras_model(args, **kwargs):
@@ -691,6 +730,7 @@ def collect(args):
     matmul = median_of([r["matmul"] for r in rounds])
     results = {
         "matmul_gflops": matmul["gflops"] if matmul else None,
+        "matmul_by_engine": matmul.get("by_engine") if matmul else None,
         "models": {m: {job: median_of([r["models"][m][job] for r in rounds]) for job in jobs} for m in args.models},
     }
     if args.rounds > 1:
@@ -918,7 +958,7 @@ def plot(results, path):
     peaks = _peaks(results)
     batches = results["batches"]
     fig, axes = plt.subplots(
-        len(models), len(precisions), figsize=(5.5 * len(precisions), 4.2 * len(models)), squeeze=False
+        len(models), len(precisions), figsize=(5.5 * len(precisions), 6.0 * len(models)), squeeze=False
     )
     for row_axes, model in zip(axes, models, strict=True):
         flops = (results["models"][model].get("keras_inference") or {}).get("flops")
@@ -942,7 +982,7 @@ def plot(results, path):
             ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
             ax.set_title(f"{model}, {precision}, {results['size']}x{results['size']}")
             ax.set_ylabel("images / s")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     fig.suptitle(
         f"keras_dla (plain bars) and peers (hatched); {results['machine']['cpu']}, {results['threads']} threads, "
         f"{results['date']}",
@@ -981,6 +1021,9 @@ def parse_args(argv=None):
         "--rounds", type=int, default=1, help="run every job this many times, alternating; report the medians"
     )
     parser.add_argument("--output", default="benchmarks/results")
+    parser.add_argument(
+        "--report", metavar="JSON", help="print the tables and redraw the chart of an earlier run's performance.json"
+    )
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -996,6 +1039,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
+        return
+    if args.report:
+        with open(args.report, encoding="utf-8") as f:
+            results = json.load(f)
+        print_tables(results)
+        plot(results, os.path.join(os.path.dirname(args.report), "performance.png"))
         return
     started = time.perf_counter()
     results = collect(args)

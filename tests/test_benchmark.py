@@ -108,7 +108,10 @@ def test_ratios_limits_and_outputs(tmp_path, capsys):
     assert "keras_dla fast" in out and "bfloat16 200 GFLOP/s" in out
     performance.plot(results, str(tmp_path / "chart.png"))
     assert os.path.getsize(tmp_path / "chart.png") > 1000
-    json.dumps(results)  # what main() writes
+    (tmp_path / "performance.json").write_text(json.dumps(results))  # what main() writes
+    performance.main(["--report", str(tmp_path / "performance.json")])  # its tables and chart again, from the file
+    assert "keras_dla's fastest path against the fastest peer" in capsys.readouterr().out
+    assert os.path.getsize(tmp_path / "performance.png") > 1000
 
 
 def test_rounds_alternate_and_report_medians(monkeypatch):
