@@ -166,6 +166,24 @@ def test_the_advice_works_weights_into_a_float32_model(tmp_path, policy):
     assert export.verify_export(model, tflite, x, latency_runs=1).max_abs_diff < 1e-4
 
 
+def test_float32_weights_load_into_a_mixed_bfloat16_build(tmp_path, policy):
+    """docs/training.md: under `mixed_bfloat16` a builder's `weights=` loads into float32 variables unchanged."""
+    model = dla.DLA46C(weights=None, classes=3, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        variable.assign(rng.normal(0.0, 0.1, variable.shape).astype("float32") + ("variance" in variable.path))
+    path = _saved(tmp_path, model, "float32")
+    policy("mixed_bfloat16")
+    low = dla.DLA46C(weights=path, classes=3, input_shape=(32, 32, 3))
+    assert {layer.dtype_policy.name for layer in low.layers if layer.weights} == {"mixed_bfloat16"}
+    assert {variable.dtype for variable in low.weights} == {"float32"}
+    _assert_same_weights(low, model)
+    x = rng.standard_normal((4, 32, 32, 3)).astype("float32")
+    expected, got = model.predict(x, verbose=0), low.predict(x, verbose=0)
+    assert got.dtype == np.float32 and not np.array_equal(got, expected)  # computed in bfloat16, returned in float32
+    np.testing.assert_allclose(got, expected, atol=0.05)
+
+
 def test_export_cli_refuses_a_bfloat16_keras_file(tmp_path, capsys, policy):
     policy("mixed_bfloat16")
     path = str(tmp_path / "low.keras")
