@@ -552,6 +552,33 @@ def test_fused_batch_norm_trains_as_keras_does(keras_batch_norm_calls):
     assert not np.allclose(np.asarray(fused.moving_variance), untouched.moving_variance.numpy())
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_fused_batch_norm_in_mixed_precision_trains_as_keras_does(policy, keras_batch_norm_calls):
+    """Under a mixed policy the fused kernel takes the half-precision input as it is (no float32 copy), and gives
+    Keras' outputs, gradients and float32 moving statistics within half-precision rounding."""
+    x = tf.constant(random((4, 7, 5, 6)) * 3 + 1)
+    results = []
+    for name in ("keras", "fused"):
+        layer = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=policy, name=name)
+        model = keras.Model(inputs := keras.Input(x.shape[1:]), layer(inputs))
+        if name == "fused":
+            fast_paths.attach(model)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * tf.constant(random(x.shape, seed=1)))
+        assert y.dtype == policy.split("_")[1] and layer.moving_variance.dtype == "float32"
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([tf.cast(y, "float32"), *grads, layer.moving_mean, layer.moving_variance])
+    assert keras_batch_norm_calls == ["keras"]
+    half = tf.as_dtype(policy.split("_")[1])
+    traced = tf.function(lambda t: layer(t, training=True)).get_concrete_function(tf.TensorSpec(x.shape, half))
+    kernels = [op for op in traced.graph.get_operations() if op.type == "FusedBatchNormV3"]
+    assert kernels and all(op.inputs[0].dtype == half for op in kernels)
+    for ours, expected, tolerance in zip(results[1], results[0], (2e-2, 5e-2, 5e-2, 5e-2, 1e-5, 1e-5), strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=tolerance, rtol=tolerance)
+
+
 def test_fused_batch_norm_inference_equals_keras_and_torch(keras_batch_norm_calls):
     x = random((2, 5, 5, 8), seed=2) * 2
     keras_bn, fused = _batch_norm_pair(x.shape, seed=3)

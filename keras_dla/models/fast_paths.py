@@ -116,7 +116,10 @@ def _fused_batch_norm_call(self, inputs, training=None, mask=None):
         return layers.BatchNormalization.call(self, inputs, training=training, mask=mask)
     import tensorflow as tf
 
-    x = tf.cast(inputs, "float32")
+    # The kernel takes bfloat16 and float16 inputs as they are (its statistics, scale and offset stay float32), so a
+    # mixed-precision model needs no casts around each batch norm; Keras' own layer casts to float32 and back.
+    low = keras.backend.standardize_dtype(inputs.dtype) in ("bfloat16", "float16")
+    x = inputs if low else tf.cast(inputs, "float32")
     gamma, beta = tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32")
     if training and self.trainable:
         empty = tf.constant([], "float32")
