@@ -45,16 +45,10 @@ def write_timm(args, path):
     performance._timm_onnx(
         argparse.Namespace(model=args.model, size=args.size, threads=args.threads, gpu=False), onnx_path
     )
-    if args.precision == "int8":  # NNCF on timm's file, as performance.py's `openvino int8` peer row
-        import nncf
+    if args.precision == "int8":  # performance.py's `openvino int8` peer row
         import openvino as ov
 
-        calibration = nncf.Dataset([x[None] for x in performance.calibration_images(args.size, nchw=True)])
-        model = ov.Core().read_model(onnx_path)
-        quantized = nncf.quantize(
-            model, calibration, preset=nncf.QuantizationPreset.PERFORMANCE, fast_bias_correction=False
-        )
-        ov.save_model(quantized, path)
+        ov.save_model(performance.nncf_int8(onnx_path, args.size), path)
 
 
 def profile(path, nchw, args):

@@ -559,23 +559,30 @@ def _openvino_rates(prefix, float_path, int8_model, args, nchw):
     return rates
 
 
-def work_openvino(args):
-    """timm's ONNX file in OpenVINO: float32, its default precision, and int8 quantised by NNCF."""
+def nncf_int8(onnx_path, size):
+    """The OpenVINO model of an ONNX file quantised by NNCF on `calibration_images`, as keras_dla's
+    `export_openvino(quantization="int8")` quantises."""
     import nncf
     import openvino as ov
+
+    calibration = nncf.Dataset([x[None] for x in calibration_images(size, nchw=True)])
+    return nncf.quantize(
+        ov.Core().read_model(onnx_path),
+        calibration,
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        fast_bias_correction=False,
+    )
+
+
+def work_openvino(args):
+    """timm's ONNX file in OpenVINO: float32, its default precision, and int8 quantised by NNCF."""
 
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         result["export_s"] = _timm_onnx(args, path)
         start = time.perf_counter()
-        calibration = nncf.Dataset([x[None] for x in calibration_images(args.size, nchw=True)])
-        int8 = nncf.quantize(  # as keras_dla's export_openvino quantises
-            ov.Core().read_model(path),
-            calibration,
-            preset=nncf.QuantizationPreset.PERFORMANCE,
-            fast_bias_correction=False,
-        )
+        int8 = nncf_int8(path, args.size)
         result["quantize_s"] = time.perf_counter() - start
         result["rates"] = _openvino_rates("openvino", path, int8, args, nchw=True)
     result["peak_rss_mib"] = peak_rss_mib()
