@@ -19,6 +19,10 @@ unset PYTHONDONTWRITEBYTECODE
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES:-0}"
+# Those programs each run a few times: LLVM's optimisation of their machine code costs more than it saves here, and
+# backend level 0 skips it (the same arithmetic: XLA's CPU fast math is off by default). TensorFlow applies
+# XLA_FLAGS only to what it compiles with XLA (Keras' grouped convolution; `fit` is not XLA-compiled on a CPU).
+export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0"
 # One compute thread per process: the passes and workers already share the cores, and a framework's thread pool
 # waiting for a core another process holds wastes it (four copies of a test_dla.py subset: 94 s with the default
 # threads, 66 s with these). Processes that split the CPU into devices (`--devices N`) set their own.
