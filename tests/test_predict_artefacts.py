@@ -62,7 +62,7 @@ def artefacts(tmp_path_factory):
     """The `.keras` file of a small classifier and its exports, each with its sidecar, and the photos."""
     folder = tmp_path_factory.mktemp("artefacts")
     # Seeded: the least-squares head over nearly equal pooled features is large, and with some random weights it
-    # magnifies two float32 engines' round-off past what 4 printed decimals allow (OpenVINO once: 1.7e-4).
+    # magnifies two float32 engines' round-off past what 4 printed decimals allow.
     keras.utils.set_random_seed(0)
     model = trained_looking(dla.DLA46C(weights=None, classes=CLASSES, input_shape=(SIZE, SIZE, 3)), SIZE)
     photos = _photos(str(folder))

@@ -24,8 +24,8 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENT
 # XLA_FLAGS only to what it compiles with XLA (Keras' grouped convolution; `fit` is not XLA-compiled on a CPU).
 export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0"
 # One compute thread per process: the passes and workers already share the cores, and a framework's thread pool
-# waiting for a core another process holds wastes it (four copies of a test_dla.py subset: 94 s with the default
-# threads, 66 s with these). Processes that split the CPU into devices (`--devices N`) set their own.
+# waiting for a core another process holds wastes it. Processes that split the CPU into devices (`--devices N`) set
+# their own.
 export TF_NUM_INTRAOP_THREADS="${TF_NUM_INTRAOP_THREADS:-1}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 others=$(mktemp -d)
