@@ -27,7 +27,10 @@ Paths timed (images per second), each of one precision (`PATHS`):
 - `openvino fp32` / `bf16` / `int8`: the same ONNX file run by OpenVINO, as keras_dla's OpenVINO files are; int8
   quantised by NNCF.
 - training: one SGD step at batch 16, keras_dla `model.fit` against timm forward/backward/step, in float32 and in
-  bfloat16 mixed precision (Keras' `mixed_bfloat16` policy against `torch.autocast("cpu", torch.bfloat16)`).
+  bfloat16 mixed precision (Keras' `mixed_bfloat16` policy against `torch.autocast("cpu", torch.bfloat16)`). Each
+  step is also given as its fraction of the machine's limit at its precision (the matmul peak over `train_flops`),
+  timm's too, and as the ratio to timm that a step at that limit would have: the most any implementation could be
+  ahead of timm on this machine.
 - `(jax)` / `(torch)`: the same keras_dla paths (`serve`, `predict`, the `fit` step) on Keras' JAX and PyTorch
   backends, each job in a process with that `KERAS_BACKEND`; TensorFlow's jobs run with KERAS_BACKEND=tensorflow.
 Every int8 file is calibrated on the same images (`calibration_images`). The peers of a precision are the engines the
@@ -95,21 +98,34 @@ def _tf_threads(threads):
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def _layer_flops(layer):
+    """FLOPs per image (2 x multiply-adds) of one Conv2D or Dense layer of a built model; 0 for other layers."""
+    import keras
+
+    if isinstance(layer, keras.layers.Conv2D):
+        kh, kw, cin_per_group, cout = layer.kernel.shape
+        _, h, w, _ = layer.output.shape
+        return 2 * h * w * kh * kw * cin_per_group * cout
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return 0
+
+
 def model_flops(model):
     """FLOPs per image (2 x multiply-adds) of the Conv2D and Dense layers of a built Keras model."""
     import keras
 
-    flops = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            flops += model_flops(layer)
-        elif isinstance(layer, keras.layers.Conv2D):
-            kh, kw, cin_per_group, cout = layer.kernel.shape
-            _, h, w, _ = layer.output.shape
-            flops += 2 * h * w * kh * kw * cin_per_group * cout
-        elif isinstance(layer, keras.layers.Dense):
-            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return flops
+    return sum(model_flops(layer) if isinstance(layer, keras.Model) else _layer_flops(layer) for layer in model.layers)
+
+
+def train_flops(model):
+    """FLOPs per image of one training step: each Conv2D and Dense layer's forward product, its gradient with
+    respect to its input and with respect to its weights (each as many FLOPs as the forward one), less the first
+    convolution's input gradient, which no framework computes (the image is not trained)."""
+    import keras
+
+    first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    return 3 * model_flops(model) - _layer_flops(first)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -304,7 +320,7 @@ def work_keras_train(args, precision="float32"):
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
 
     step_s = _median_step_s(model, x=data, steps_per_epoch=max(args.calls, 3) + 2)
-    return {"train_step_s": step_s, "peak_rss_mib": peak_rss_mib()}
+    return {"train_step_s": step_s, "train_flops": train_flops(model), "peak_rss_mib": peak_rss_mib()}
 
 
 def _median_step_s(model, **fit_args):
@@ -870,21 +886,30 @@ def _step_rate(job):
 
 def train_rows(results):
     """One row per (model, precision): keras_dla's `fit` step (and its JAX and PyTorch backends' in float32)
-    against timm's SGD step at the same precision."""
+    against timm's SGD step at the same precision, each with its fraction of the machine's limit at that precision
+    (the matmul peak over `train_flops`), and the most any implementation at that limit could be ahead of timm."""
+    peaks = _peaks(results)
     rows = []
     for model, jobs in results["models"].items():
         for precision, suffix in (("float32", ""), ("bfloat16", "_bf16")):
-            keras_rate = _step_rate(jobs.get(f"keras_train{suffix}"))
+            keras_job = jobs.get(f"keras_train{suffix}") or {}
+            keras_rate = _step_rate(keras_job)
             timm_rate = _step_rate(jobs.get(f"timm_train{suffix}"))
             if keras_rate is None and timm_rate is None:
                 continue
+            flops = keras_job.get("train_flops")
+            limit = peaks[precision] * 1e9 / flops if peaks.get(precision) and flops else None
             row = {
                 "model": model,
                 "precision": precision,
                 "keras_dla_images_per_s": keras_rate,
                 "timm_images_per_s": timm_rate,
                 "vs_timm": keras_rate / timm_rate if keras_rate and timm_rate else None,
-                "keras_dla_peak_rss_mib": (jobs.get(f"keras_train{suffix}") or {}).get("peak_rss_mib"),
+                "limit_images_per_s": limit,
+                "keras_dla_of_limit": keras_rate / limit if keras_rate and limit else None,
+                "timm_of_limit": timm_rate / limit if timm_rate and limit else None,
+                "at_limit_vs_timm": limit / timm_rate if timm_rate and limit else None,
+                "keras_dla_peak_rss_mib": keras_job.get("peak_rss_mib"),
                 "timm_peak_rss_mib": (jobs.get(f"timm_train{suffix}") or {}).get("peak_rss_mib"),
             }
             if precision == "float32":
@@ -895,7 +920,11 @@ def train_rows(results):
 
 
 def _fmt(value, pattern):
-    return "-" if value is None else format(value, pattern)
+    """`value` formatted by `pattern`; a missing one as "-" in the pattern's width, so the columns stay aligned."""
+    if value is None:
+        width = pattern.split(".")[0]  # "6.1f" -> "6"
+        return "-".rjust(int(width) if width.isdigit() else 0)
+    return format(value, pattern)
 
 
 def print_tables(results):
@@ -922,19 +951,20 @@ def print_tables(results):
             ours = f"{r['keras_dla_path']} {r['keras_dla_images_per_s']:.1f}"
             peer = f"{r['peer_path']} {r['peer_images_per_s']:.1f}"
             print(f"{r['model']:8s} {r['precision']:9s} {r['batch']:5d} {ours:>34s} {peer:>26s} {r['ratio']:6.2f}")
-    print(f"\ntraining step, batch {TRAIN_BATCH} (images/s)")
+    print(f"\ntraining step, batch {TRAIN_BATCH} (images/s; limit: the matmul peak over the step's FLOPs)")
     print(
         f"{'model':8s} {'precision':9s} {'keras_dla':>10s} {'jax':>6s} {'torch':>6s} {'timm':>8s} {'x timm':>7s} "
-        f"{'RSS MiB':>9s} {'timm RSS':>9s}"
+        f"{'limit':>6s} {'ours':>5s} {'timm':>5s} {'max x':>6s} {'RSS MiB':>9s} {'timm RSS':>9s}"
     )
     for r in results["training"]:
         print(
             f"{r['model']:8s} {r.get('precision', 'float32'):9s} {_fmt(r['keras_dla_images_per_s'], '10.1f')} "
             f"{_fmt(r.get('keras_dla_jax_images_per_s'), '6.1f')} "
             f"{_fmt(r.get('keras_dla_torch_images_per_s'), '6.1f')} "
-            f"{_fmt(r['timm_images_per_s'], '8.1f')} "
-            f"{_fmt(r['vs_timm'], '7.2f')} {_fmt(r['keras_dla_peak_rss_mib'], '9.0f')} "
-            f"{_fmt(r['timm_peak_rss_mib'], '9.0f')}"
+            f"{_fmt(r['timm_images_per_s'], '8.1f')} {_fmt(r['vs_timm'], '7.2f')} "
+            f"{_fmt(r.get('limit_images_per_s'), '6.1f')} {_fmt(r.get('keras_dla_of_limit'), '5.0%')} "
+            f"{_fmt(r.get('timm_of_limit'), '5.0%')} {_fmt(r.get('at_limit_vs_timm'), '6.2f')} "
+            f"{_fmt(r['keras_dla_peak_rss_mib'], '9.0f')} {_fmt(r['timm_peak_rss_mib'], '9.0f')}"
         )
     print("\nbuild time and inference peak memory")
     header = (("GFLOP", 6), ("keras s", 8), ("jax s", 6), ("torch s", 7), ("timm s", 7))

@@ -31,6 +31,12 @@ def test_flops_match_the_published_multiply_adds():
     assert performance.model_flops(keras_dla.DLA169(weights=None)) / 2e9 == pytest.approx(11.6, rel=0.01)
 
 
+def test_a_training_step_is_three_products_but_the_images_gradient():
+    model = keras_dla.DLA34(weights=None)
+    stem = 2 * 224 * 224 * 7 * 7 * 3 * 16  # dla.py's base_layer: 7x7, 3 to 16 channels, stride 1
+    assert performance.train_flops(model) == 3 * performance.model_flops(model) - stem
+
+
 def test_timed_models_fold_to_nonzero_biases_as_trained_ones_do():
     import argparse
 
@@ -68,8 +74,8 @@ def _results():
                 "keras_inference": {"flops": 5e9, "build_s": 1.0, "rates": {"keras_dla fast": rates(10.0, 20.0)}},
                 "keras_bf16": {"rates": {"keras_dla fast bf16": rates(15.0, 30.0)}},
                 "keras_openvino": {"rates": {"keras_dla openvino int8": rates(50.0, 70.0)}},
-                "keras_train": {"train_step_s": 2.0, "peak_rss_mib": 100},
-                "keras_train_bf16": {"train_step_s": 1.0, "peak_rss_mib": 100},
+                "keras_train": {"train_step_s": 2.0, "train_flops": 1e9, "peak_rss_mib": 100},
+                "keras_train_bf16": {"train_step_s": 1.0, "train_flops": 1e9, "peak_rss_mib": 100},
                 "timm_inference": {"build_s": 0.5, "rates": {"timm eager": rates(5.0, 10.0)}},
                 "timm_train": {"train_step_s": 4.0, "peak_rss_mib": 90},
                 "timm_train_bf16": {"train_step_s": 4.0, "peak_rss_mib": 90},
@@ -103,6 +109,11 @@ def test_ratios_limits_and_outputs(tmp_path, capsys):
     train = {r["precision"]: r for r in results["training"]}
     assert train["float32"]["vs_timm"] == pytest.approx(2.0) and train["bfloat16"]["vs_timm"] == pytest.approx(4.0)
     assert train["float32"]["keras_dla_images_per_s"] == pytest.approx(8.0)
+    # The float32 limit: 100 GFLOP/s over 1 GFLOP a training image, 100 images/s; bfloat16's 200 is 50x timm's 4.
+    assert train["float32"]["limit_images_per_s"] == pytest.approx(100.0)
+    assert train["float32"]["keras_dla_of_limit"] == pytest.approx(0.08)
+    assert train["float32"]["timm_of_limit"] == pytest.approx(0.04)
+    assert train["bfloat16"]["at_limit_vs_timm"] == pytest.approx(200.0 / 4.0)
     performance.print_tables(results)
     out = capsys.readouterr().out
     assert "keras_dla fast" in out and "bfloat16 200 GFLOP/s" in out
