@@ -1,6 +1,7 @@
 """Where the fast path's time goes: oneDNN kernel time against wall time of `inference_model(model).serve`.
 
     python benchmarks/kernel_time.py --model dla34 --batch 1
+    python benchmarks/kernel_time.py --model dla34 --batch 1 --dtype bfloat16   # inference_model(m, dtype=...)
 
 Runs itself again with `ONEDNN_VERBOSE=1` (oneDNN prints one line per primitive execution, with its time), times
 `--calls` calls of `fast.serve` after warm-up, and prints, per call, the wall time and the summed kernel time by
@@ -32,7 +33,7 @@ def measure(args):
 
     performance._tf_threads(args.threads)
     model, _ = performance._keras_model(argparse.Namespace(model=args.model, size=args.size))
-    fast = keras_dla.inference_model(model)
+    fast = keras_dla.inference_model(model, dtype=args.dtype)
     x = tf.constant(performance.random_images(args.batch, args.size))
     for _ in range(3):
         fast.serve(x).numpy()
@@ -101,6 +102,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="inference_model's dtype")
     parser.add_argument("--per-conv", action="store_true", help="a table of the last call's convolutions by shape")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -125,7 +127,7 @@ def main(argv=None):
             print(f"{ms:7.2f} {n:3d} {rate:8.0f}  {problem}")
     walls = sorted(wall for wall, _ in calls)
     insides = sorted(sum(k.values()) for _, k in calls)
-    summary = {"model": args.model, "batch": args.batch, "median_wall_ms": walls[len(walls) // 2]}
+    summary = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "median_wall_ms": walls[len(walls) // 2]}
     summary["median_kernel_ms"] = insides[len(insides) // 2]
     print(json.dumps(summary))
 
